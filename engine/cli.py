@@ -1,0 +1,78 @@
+"""Command line entry point: argument parsing, dispatch and exit codes only.
+
+    conquest-run JOB.yml... [--dry-run] [--validate] [--json] ...   run jobs      (cli_jobs)
+    conquest-run rebuild|store|summary|query ...                      the archive   (cli_archive)
+    conquest-run serve|echo ...                                       the network   (cli_network)
+    conquest-run history ...                                          past runs     (cli_jobs)
+
+Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
+``PATH:LINE:COL: message`` on stderr, never as a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["main", "add_archive_flags"]
+
+import argparse
+import importlib
+import sys
+
+from .errors import ConquestRunError
+
+# subcommand -> module (relative to this package) that defines register(name, parser) and
+# run(name, args) -> int
+SUBCOMMANDS = {
+    "rebuild": "cli_archive",
+    "store": "cli_archive",
+    "summary": "cli_archive",
+    "query": "cli_archive",
+    "serve": "cli_network",
+    "echo": "cli_network",
+    "history": "cli_jobs",
+}
+
+
+def add_archive_flags(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--data, --database, --dicom-sql. With defaults=False they stay None (job files decide)."""
+    g = parser.add_argument_group("archive")
+    g.add_argument("--data", default="data" if defaults else None,
+                   help="the archive's data directory (default: data)")
+    g.add_argument("--database", default="conquest.db" if defaults else None,
+                   help="the SQLite index (default: conquest.db)")
+    g.add_argument("--dicom-sql", default=None,
+                   help="the dicom.sql layout (default: ./dicom.sql if present, else built-in)")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with argparse's message
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            name = argv[0]
+            module = importlib.import_module(f"{__package__}.{SUBCOMMANDS[name]}")
+            parser = _Parser(prog=f"conquest-run {name}")
+            module.register(name, parser)
+            args = parser.parse_args(argv[1:])
+            return module.run(name, args)
+        module = importlib.import_module(f"{__package__}.cli_jobs")
+        parser = _Parser(prog="conquest-run", epilog="subcommands: " + ", ".join(SUBCOMMANDS))
+        module.register(None, parser)
+        args = parser.parse_args(argv)
+        return module.run(None, args)
+    except ConquestRunError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""SQLite connections to an archive index.
+
+Writers get WAL mode and a busy timeout, so a job can read while the receiver writes; readers get
+a ``mode=ro`` URI connection that cannot change the file (and creates no -wal/-shm of its own
+when the database is not in WAL mode yet).
+"""
+
+from __future__ import annotations
+
+__all__ = ["connect", "connect_readonly", "ensure_schema", "has_schema"]
+
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from .errors import ArchiveError
+from .schema import Schema
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A read-write connection in WAL mode (the file is created if missing)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise ArchiveError(f"the folder for the database does not exist: {path.parent}",
+                           file=str(path))
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
+    return conn
+
+
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A connection that cannot write (SQLite ``mode=ro``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError("database not found", file=str(path))
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = 1")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
+    return conn
+
+
+def has_schema(conn: sqlite3.Connection, schema: Schema) -> bool:
+    names = {r[0].lower() for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    return all(t.lower() in names for t in schema.tables)
+
+
+def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
+    """Create Conquest's tables, the extras table and the views where they are missing.
+
+    Existing Conquest tables are checked against the layout: a database made from another
+    dicom.sql is refused with a clear message instead of being written into.
+    """
+    existing = {r[0].lower(): r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not any(t.lower() in existing for t in schema.tables):
+            for stmt in schema.conquest_ddl():
+                conn.execute(stmt)
+        else:
+            for table in schema.tables.values():
+                if table.name.lower() not in existing:
+                    raise ArchiveError(f"the database has no table {table.name} although it has "
+                                       f"other Conquest tables; it was made from another dicom.sql")
+                have = [r[1] for r in conn.execute(f'PRAGMA table_info("{table.name}")')]
+                want = table.column_names()
+                missing = [c for c in want if c.lower() not in {h.lower() for h in have}]
+                if missing:
+                    raise ArchiveError(
+                        f"table {table.name} lacks the columns {', '.join(missing)} of "
+                        f"{schema.source}; the database was made from another dicom.sql "
+                        f"(rebuild it into a new database file)")
+        for stmt in schema.extras_ddl() + schema.views_ddl():
+            conn.execute(stmt)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

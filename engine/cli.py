@@ -3,7 +3,7 @@
     conquest-run JOB.yml... [--dry-run] [--validate] [--json] ...   run jobs      (cli_jobs)
     conquest-run rebuild|store|summary|query ...                      the archive   (cli_archive)
     conquest-run serve|echo ...                                       the network   (cli_network)
-    conquest-run history ...                                          past runs     (cli_jobs)
+    conquest-run history ...                                          past runs     (cli_audit)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -28,7 +28,7 @@ SUBCOMMANDS = {
     "query": "cli_archive",
     "serve": "cli_network",
     "echo": "cli_network",
-    "history": "cli_jobs",
+    "history": "cli_audit",
 }
 
 

@@ -1,0 +1,446 @@
+"""pynetdicom glue for sending: contexts from file meta, TCP_NODELAY, associations, C-ECHO.
+
+The sender walks one path for real and dry runs: files are read (file meta only), grouped into
+associations (a series never split unless it alone needs more than 128 presentation contexts),
+and handed to a *transport*: :class:`DicomTransport` talks to the peer, :class:`DryTransport`
+answers "would send" without any traffic.  Each instance gets an :class:`~.report.Outcome` as
+the peer confirms it, passed to a callback so the caller can journal it at once.
+
+Files go on the wire as stored (no decode, no re-encode) whenever the peer accepts their own
+transfer syntax; only when it accepts another uncompressed syntax is the dataset decoded and
+re-encoded by pynetdicom.  pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PeerSettings",
+    "SendItem",
+    "Transport",
+    "DicomTransport",
+    "DryTransport",
+    "read_send_item",
+    "group_associations",
+    "echo",
+    "set_tcp_nodelay",
+    "pynetdicom_config",
+    "MAX_CONTEXTS",
+    "MAX_ASSOCIATIONS",
+]
+
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import NetworkError
+from .report import DONE, FAILED, Outcome
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+MAX_CONTEXTS = 128          # DICOM: at most 128 presentation contexts per association
+MAX_ASSOCIATIONS = 8
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE)
+
+OnOutcome = Callable[[Outcome], None]
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """Where and how to send: one peer, checked values (see ``actions/send.py``)."""
+
+    host: str
+    port: int
+    called_ae: str = "ANY-SCP"
+    calling_ae: str = "CONQUEST_RUN"
+    associations: int = 1       # parallel associations, 1..8
+    retries: int = 2            # new associations after a failed / refused / lost one
+    retry_delay: float = 1.0    # seconds before the first retry; doubles each time
+    timeout: float = 30.0       # connect, ACSE, DIMSE and network timeouts (seconds)
+
+    @property
+    def target(self) -> str:
+        """The journal key of this peer: ``CALLED_AE@host:port``."""
+        return f"{self.called_ae}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """One instance ready to send: where its file is and what its file meta says."""
+
+    sop_uid: str
+    series_uid: str | None
+    path: Path
+    sop_class: str
+    transfer_syntax: str
+    has_meta: bool = True       # False: a bare dataset (Conquest .v2): decoded before sending
+    size: int = 0
+
+
+class Transport(Protocol):
+    def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
+        """Send each batch on its own association; call ``on_outcome`` once per item."""
+
+
+# --------------------------------------------------------------------------------------------
+# pynetdicom internals and global settings: the only two places that touch them
+# --------------------------------------------------------------------------------------------
+
+def set_tcp_nodelay(event: Any) -> None:
+    """``EVT_CONN_OPEN`` handler: switch Nagle's algorithm off on the association's socket.
+
+    pynetdicom offers no option for it; the event is the supported hook, but the socket is only
+    reachable through its internals (``assoc.dul.socket.socket``).  Without it a loopback
+    C-STORE waits for a delayed ACK (~40 ms).  Does nothing when the layout ever changes.
+    """
+    wrapper = getattr(getattr(event.assoc, "dul", None), "socket", None)
+    sock = getattr(wrapper, "socket", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextmanager
+def pynetdicom_config(**flags: bool) -> Iterator[None]:
+    """Set pynetdicom ``_config`` flags for the duration of a block, then restore them.
+
+    ``STORE_SEND_CHUNKED_DATASET=True`` makes ``send_c_store(path)`` stream the file's bytes
+    after its file meta instead of decoding the dataset.
+    """
+    from pynetdicom import _config
+
+    saved = {name: getattr(_config, name) for name in flags}
+    try:
+        for name, value in flags.items():
+            setattr(_config, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(_config, name, value)
+
+
+# --------------------------------------------------------------------------------------------
+# files -> items -> associations
+# --------------------------------------------------------------------------------------------
+
+def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
+                   sop_class: str | None = None) -> SendItem | Outcome:
+    """Read only the file meta group of ``path``; a failed Outcome when it cannot be sent."""
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_file_meta_info
+
+    def failed(reason: str) -> Outcome:
+        return Outcome(sop_uid, series_uid, FAILED, reason, {"path": str(path)})
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return failed("file missing")
+    try:
+        meta = read_file_meta_info(path)
+    except InvalidDicomError:
+        meta = None                     # no preamble: a bare dataset, implicit VR LE
+    except (OSError, ValueError, EOFError) as exc:
+        return failed(f"unreadable file: {exc}")
+    if meta is None or "TransferSyntaxUID" not in meta:
+        if not sop_class:
+            return failed("no file meta and no SOP class known")
+        return SendItem(sop_uid, series_uid, path, sop_class, IMPLICIT_LE, False, size)
+    file_sop = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+    if file_sop and file_sop != sop_uid:
+        return failed(f"the file holds SOP instance {file_sop}, not the planned one "
+                      "(the archive changed since planning)")
+    klass = str(meta.get("MediaStorageSOPClassUID", "") or sop_class or "")
+    if not klass:
+        return failed("no SOP class in the file meta")
+    return SendItem(sop_uid, series_uid, path, klass, str(meta.TransferSyntaxUID), True, size)
+
+
+def _contexts_of(items: Sequence[SendItem]) -> dict[tuple[str, str], None]:
+    return dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items)
+
+
+def group_associations(items: Sequence[SendItem], *, parts: int = 1,
+                       max_contexts: int = MAX_CONTEXTS) -> list[list[SendItem]]:
+    """Split items (in plan order) into association batches.
+
+    A series stays on one association; a batch holds at most ``max_contexts`` distinct
+    (SOP class, transfer syntax) pairs; with ``parts`` > 1 batches are cut at about a
+    ``1/(2*parts)`` share of the bytes so parallel associations get balanced work.  Only a series
+    that alone needs more than ``max_contexts`` contexts is split.
+    """
+    series: dict[str | None, list[SendItem]] = {}
+    for item in items:
+        series.setdefault(item.series_uid, []).append(item)
+    total = sum(max(i.size, 1) for i in items)
+    share = total / (2 * parts) if parts > 1 else float("inf")
+
+    batches: list[list[SendItem]] = []
+    current: list[SendItem] = []
+    ctx: dict[tuple[str, str], None] = {}
+    size = 0
+    for members in series.values():
+        for chunk in _split_by_contexts(members, max_contexts):
+            need = _contexts_of(chunk)
+            if current and (len(ctx.keys() | need.keys()) > max_contexts or size >= share):
+                batches.append(current)
+                current, ctx, size = [], {}, 0
+            current.extend(chunk)
+            ctx.update(need)
+            size += sum(max(i.size, 1) for i in chunk)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _split_by_contexts(members: list[SendItem], max_contexts: int) -> list[list[SendItem]]:
+    if len(_contexts_of(members)) <= max_contexts:
+        return [members]
+    chunks: list[list[SendItem]] = [[]]
+    seen: set[tuple[str, str]] = set()
+    for item in members:
+        key = (item.sop_class, item.transfer_syntax)
+        if key not in seen and len(seen) == max_contexts:
+            chunks.append([])
+            seen = set()
+        seen.add(key)
+        chunks[-1].append(item)
+    return chunks
+
+
+# --------------------------------------------------------------------------------------------
+# transports
+# --------------------------------------------------------------------------------------------
+
+class DryTransport:
+    """Walks the batches and answers what would be sent; no traffic."""
+
+    def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
+        for number, batch in enumerate(batches, 1):
+            for item in batch:
+                on_outcome(Outcome(item.sop_uid, item.series_uid, DONE, "would send",
+                                   {"association": number, "transfer_syntax":
+                                    item.transfer_syntax}))
+
+
+class _AssociationLost(Exception):
+    pass
+
+
+@dataclass
+class DicomTransport:
+    """Sends over real associations (in ``settings.associations`` parallel threads)."""
+
+    settings: PeerSettings
+    stop: threading.Event = field(default_factory=threading.Event)
+    _connected: threading.Event = field(default_factory=threading.Event, init=False)
+    _emit_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
+        """Raise :class:`NetworkError` when the peer cannot be reached at all (nothing sent)."""
+        work: queue.SimpleQueue[Sequence[SendItem]] = queue.SimpleQueue()
+        for batch in batches:
+            work.put(batch)
+        errors: list[BaseException] = []
+
+        def emit(outcome: Outcome) -> None:
+            with self._emit_lock:
+                on_outcome(outcome)
+
+        def worker() -> None:
+            try:
+                while not self.stop.is_set():
+                    try:
+                        batch = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    self._send_batch(batch, emit)
+            except BaseException as exc:   # handed to the calling thread
+                errors.append(exc)
+                self.stop.set()
+
+        count = max(1, min(self.settings.associations, MAX_ASSOCIATIONS, len(batches)))
+        with pynetdicom_config(STORE_SEND_CHUNKED_DATASET=True):
+            threads = [threading.Thread(target=worker, name=f"send-{n}", daemon=True)
+                       for n in range(count)]
+            for t in threads:
+                t.start()
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
+            except BaseException:           # Ctrl-C: stop after the instance in flight
+                self.stop.set()
+                for t in threads:
+                    t.join(self.settings.timeout + 5)
+                raise
+        if errors:
+            raise errors[0]
+
+    # -- one association's worth of items, with retries -----------------------------------
+    def _send_batch(self, batch: Sequence[SendItem], emit: OnOutcome) -> None:
+        s = self.settings
+        remaining = list(batch)
+        failures = 0
+        last_error = ""
+        while remaining and not self.stop.is_set():
+            assoc, error = self._associate(_contexts_of(remaining))
+            if assoc is not None:
+                self._connected.set()
+                try:
+                    remaining = self._store_all(assoc, remaining, emit)
+                    if not remaining:
+                        return
+                    last_error = ""                 # stopped (Ctrl-C): the rest stays unsent
+                except _AssociationLost as exc:
+                    remaining = remaining[int(str(exc)):]
+                    last_error = "association lost during the send"
+                finally:
+                    if assoc.is_established:
+                        assoc.release()
+                    elif not (assoc.is_aborted or assoc.is_released):
+                        assoc.abort()
+            else:
+                last_error = error
+                if not self._connected.is_set() and failures >= s.retries:
+                    raise NetworkError(f"cannot send to {s.target}: {error}")
+            if self.stop.is_set():
+                break
+            failures += 1
+            if failures > s.retries:
+                break
+            self.stop.wait(s.retry_delay * 2 ** (failures - 1))
+        for item in remaining:
+            emit(Outcome(item.sop_uid, item.series_uid, FAILED,
+                         f"not sent: {last_error}" if last_error else "not sent: interrupted",
+                         {}))
+
+    def _ae(self) -> Any:
+        from pynetdicom import AE
+
+        s = self.settings
+        ae = AE(ae_title=s.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = s.timeout
+        ae.connection_timeout = s.timeout
+        return ae
+
+    def _associate(self, contexts: dict[tuple[str, str], None]) -> tuple[Any, str]:
+        from pynetdicom import evt
+        from pynetdicom.presentation import build_context
+
+        s = self.settings
+        proposed = []
+        for sop_class, ts in contexts:
+            syntaxes = [ts] + ([t for t in UNCOMPRESSED if t != ts] if ts in UNCOMPRESSED else [])
+            proposed.append(build_context(sop_class, syntaxes))
+        opened = threading.Event()
+        assoc = self._ae().associate(
+            s.host, s.port, contexts=proposed, ae_title=s.called_ae,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                          (evt.EVT_CONN_OPEN, lambda event: opened.set())])
+        if assoc.is_established:
+            return assoc, ""
+        if assoc.is_rejected:
+            return None, f"association rejected by the peer (called AE {s.called_ae!r}, " \
+                         f"calling AE {s.calling_ae!r})"
+        if not opened.is_set():
+            return None, f"no DICOM peer listening at {s.host}:{s.port} (connection failed)"
+        return None, "association aborted by the peer"
+
+    def _store_all(self, assoc: "Association", items: list[SendItem],
+                   emit: OnOutcome) -> list[SendItem]:
+        accepted: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        for n, item in enumerate(items):
+            if self.stop.is_set():
+                return items[n:]
+            syntaxes = accepted.get(item.sop_class, set())
+            if item.has_meta and item.transfer_syntax in syntaxes:
+                payload: Any = item.path                     # streamed as stored
+            elif item.transfer_syntax in UNCOMPRESSED and syntaxes & set(UNCOMPRESSED):
+                payload = _decoded(item)                     # re-encoded by pynetdicom
+            else:
+                emit(Outcome(item.sop_uid, item.series_uid, FAILED,
+                             "not accepted by the peer: SOP class "
+                             f"{item.sop_class} with transfer syntax {item.transfer_syntax}",
+                             {"sop_class": item.sop_class,
+                              "transfer_syntax": item.transfer_syntax}))
+                continue
+            try:
+                status = assoc.send_c_store(payload, msg_id=(n % 65535) + 1)
+            except (RuntimeError, OSError):
+                raise _AssociationLost(n) from None
+            except (ValueError, AttributeError) as exc:
+                emit(Outcome(item.sop_uid, item.series_uid, FAILED, f"cannot send: {exc}", {}))
+                continue
+            if "Status" not in status:
+                raise _AssociationLost(n)
+            emit(_status_outcome(item, int(status.Status)))
+        return []
+
+
+def _decoded(item: SendItem) -> Any:
+    from pydicom import dcmread
+    from pydicom.dataset import FileMetaDataset
+
+    ds = dcmread(item.path, force=True)
+    if not item.has_meta:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = item.transfer_syntax
+    return ds
+
+
+def _status_outcome(item: SendItem, code: int) -> Outcome:
+    from pynetdicom.status import code_to_category
+
+    category = code_to_category(code)
+    detail = {"status": f"0x{code:04X}"}
+    if category == "Success":
+        return Outcome(item.sop_uid, item.series_uid, DONE, "sent", detail)
+    if category == "Warning":
+        return Outcome(item.sop_uid, item.series_uid, DONE, f"sent with warning 0x{code:04X}",
+                       detail)
+    return Outcome(item.sop_uid, item.series_uid, FAILED,
+                   f"refused by the peer: status 0x{code:04X} ({category.lower()})", detail)
+
+
+def echo(settings: PeerSettings) -> float:
+    """C-ECHO the peer; the round trip in seconds, or :class:`NetworkError`."""
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title=settings.calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout
+    ae.connection_timeout = settings.timeout
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    opened = threading.Event()
+    started = time.perf_counter()
+    assoc = ae.associate(settings.host, settings.port, ae_title=settings.called_ae,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                                       (evt.EVT_CONN_OPEN, lambda event: opened.set())])
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise NetworkError(f"C-ECHO to {settings.target}: association rejected by the peer")
+        if not opened.is_set():
+            raise NetworkError(f"C-ECHO to {settings.target}: no DICOM peer listening at "
+                               f"{settings.host}:{settings.port}")
+        raise NetworkError(f"C-ECHO to {settings.target}: association aborted")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in status:
+        raise NetworkError(f"C-ECHO to {settings.target}: no response")
+    if int(status.Status) != 0:
+        raise NetworkError(f"C-ECHO to {settings.target}: status 0x{int(status.Status):04X}")
+    return time.perf_counter() - started

@@ -1,0 +1,229 @@
+"""What the local actions (copy, dump, delete, rebuild) share.
+
+* ``FileSystem`` / ``DryFileSystem``: every file side effect (mkdir, atomic write, verified copy,
+  remove) goes through one of these; the dry one walks the same calls and writes nothing.
+* ``StepRecorder``: collects a step's outcomes and records each into the audit log as it happens.
+* ``inside`` / ``source_path``: paths from the index or the job never leave their root.
+* ``progress``: a rich progress bar on a terminal, nothing otherwise.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside", "source_path",
+           "progress", "sha256_file", "archive_facts", "ArchiveFacts", "CHUNK", "safe_component",
+           "safe_patient_dir"]
+
+import hashlib
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+
+from ..audit import now_iso
+from ..errors import ActionError
+from ..report import Outcome, StepReport
+
+if TYPE_CHECKING:
+    from ..plan import PlanStep
+    from ..schema import Schema
+    from . import ActionContext
+
+CHUNK = 1 << 20  # bytes read at a time when copying or hashing
+
+
+# -- paths ---------------------------------------------------------------------------------
+def inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` (fully resolved, symlinks followed) lies strictly below ``root``."""
+    root_r = Path(os.path.realpath(root))
+    path_r = Path(os.path.realpath(path))
+    return path_r != root_r and path_r.is_relative_to(root_r)
+
+
+def source_path(data_dir: Path, rel: str) -> Path:
+    """The file an ``ObjectFile`` names; refuses absolute paths and ``..`` that leave data/."""
+    rel_norm = os.path.normpath(rel.replace("\\", "/"))
+    if os.path.isabs(rel_norm) or rel_norm == ".." or rel_norm.startswith("../") \
+            or rel_norm == ".":
+        raise ActionError(f"the index names a file outside the data directory: {rel!r}")
+    return data_dir / rel_norm
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- the archive ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArchiveFacts:
+    data_dir: Path
+    database: Path
+    schema: "Schema"
+
+
+def archive_facts(archive: Any) -> ArchiveFacts:
+    """The data directory, database path and schema of an ``Archive``."""
+    return ArchiveFacts(Path(archive.data_dir), Path(archive.database), archive.schema)
+
+
+# -- file side effects ---------------------------------------------------------------------
+class _NullWriter:
+    """A write-only sink that keeps only the count of what was written (dry runs)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: Any) -> int:
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class FileSystem:
+    """The real file system: the only place the local actions change files."""
+
+    dry_run = False
+
+    def makedirs(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def atomic_open(self, path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+        """Write to a temporary file beside ``path``; rename over it only when all went well."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def copy_verified(self, src: Path, dst: Path) -> tuple[str, int]:
+        """Copy ``src`` to ``dst`` atomically; the written bytes are re-read and must hash the
+        same as the bytes read.  Returns (SHA-256, size)."""
+        h = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as fin, self.atomic_open(dst, "w+b") as fout:
+            for block in iter(lambda: fin.read(CHUNK), b""):
+                h.update(block)
+                size += len(block)
+                fout.write(block)
+            fout.flush()
+            fout.seek(0)
+            back = hashlib.sha256()
+            for block in iter(lambda: fout.read(CHUNK), b""):
+                back.update(block)
+            digest = h.hexdigest()
+            if back.hexdigest() != digest:
+                raise OSError(f"the copy of {src} does not read back identical")
+        return digest, size
+
+    def remove(self, path: Path) -> None:
+        os.unlink(path)
+
+
+class DryFileSystem(FileSystem):
+    """Walks the same calls, reads what the real one reads, changes nothing."""
+
+    dry_run = True
+
+    def makedirs(self, path: Path) -> None:
+        pass
+
+    @contextmanager
+    def atomic_open(self, path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+        yield _NullWriter()  # type: ignore[misc]
+
+    def copy_verified(self, src: Path, dst: Path) -> tuple[str, int]:
+        size = os.path.getsize(src)
+        return sha256_file(src), size
+
+    def remove(self, path: Path) -> None:
+        # what unlink would refuse, refused here too
+        if not os.path.lexists(path):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+
+
+def filesystem(dry_run: bool) -> FileSystem:
+    return DryFileSystem() if dry_run else FileSystem()
+
+
+# -- outcomes ------------------------------------------------------------------------------
+class StepRecorder:
+    """A step's report in the making; each outcome goes to the audit log as it is added."""
+
+    def __init__(self, step: "PlanStep", ctx: "ActionContext") -> None:
+        self.step = step
+        self.ctx = ctx
+        self.report = StepReport(step.index, step.name, step.action, step.target, ctx.dry_run,
+                                 started=now_iso())
+
+    def add(self, outcome: Outcome) -> Outcome:
+        self.report.outcomes.append(outcome)
+        if self.ctx.audit is not None and not self.ctx.dry_run:
+            self.ctx.audit.record(self.ctx.run_id, self.step.index, self.step.name,
+                                  self.step.action, self.step.target, outcome)
+        return outcome
+
+    def fail_step(self, message: str) -> StepReport:
+        self.report.error = message
+        return self.finish()
+
+    def finish(self, **summary: Any) -> StepReport:
+        self.report.summary.update(summary)
+        self.report.ended = now_iso()
+        if self.ctx.audit is not None and not self.ctx.dry_run:
+            self.ctx.audit.flush()
+        return self.report
+
+
+# -- progress ------------------------------------------------------------------------------
+@contextmanager
+def progress(ctx: "ActionContext", total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """``advance(n)`` for a progress bar on stderr when ``ctx.progress``; a no-op otherwise."""
+    if not ctx.progress or total < 2:
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+# -- safe names (engine/store.py owns them; a stand-in until it lands) ---------------------
+try:
+    from ..store import safe_component, safe_patient_dir
+except ImportError:  # pragma: no cover - removed once store.py exists
+    import re as _re
+
+    def safe_patient_dir(patient_id: str) -> str:
+        out = []
+        for ch in patient_id:
+            if ord(ch) < 33:
+                break
+            out.append("_" if ch in '/\\;><|,. :?*"' else ch)
+        name = "".join(out).rstrip("_")
+        return name or "unknown"
+
+    def safe_component(value: str) -> str:
+        name = _re.sub(r"[^A-Za-z0-9._^=+-]", "_", value).strip()
+        return "unknown" if name in ("", ".", "..") else name

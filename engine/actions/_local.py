@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside", "source_path",
            "progress", "sha256_file", "archive_facts", "ArchiveFacts", "CHUNK", "safe_component",
-           "safe_patient_dir"]
+           "safe_patient_dir", "plan_series", "api_run"]
 
 import hashlib
 import os
@@ -19,14 +19,14 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..audit import now_iso
 from ..errors import ActionError
 from ..report import Outcome, StepReport
 
 if TYPE_CHECKING:
-    from ..plan import PlanStep
+    from ..plan import PlannedSeries, PlanStep
     from ..schema import Schema
     from . import ActionContext
 
@@ -227,3 +227,102 @@ except ImportError:  # pragma: no cover - removed once store.py exists
     def safe_component(value: str) -> str:
         name = _re.sub(r"[^A-Za-z0-9._^=+-]", "_", value).strip()
         return "unknown" if name in ("", ".", "..") else name
+
+
+# -- the Python API: one-step plans --------------------------------------------------------
+def plan_series(archive: Any, series_uids: "Sequence[str] | None",
+                level: str = "series") -> "tuple[PlannedSeries, ...]":
+    """The named series (all when None) with their instances, in the planner's stable order.
+
+    With ``level="instance"`` the UIDs are SOP Instance UIDs and each series carries only the
+    named instances.
+    """
+    from ..db import connect_readonly
+    from ..plan import PlannedInstance, PlannedSeries
+
+    facts = archive_facts(archive)
+    se, st, im = facts.schema.series, facts.schema.studies, facts.schema.images
+    q = _quote_ident
+    conn = connect_readonly(facts.database)
+    try:
+        series_pat = facts.schema.patient_column(se.name) or st.link
+        sql = (f"SELECT s.{q(se.key)}, coalesce(t.{q(st.link)}, s.{q(series_pat)}), "
+               f"s.{q(se.link)}, s.Modality, s.SeriesDesc FROM {q(se.name)} s "
+               f"LEFT JOIN {q(st.name)} t ON t.{q(st.key)} = s.{q(se.link)}")
+        wanted: set[str] | None = None
+        sops: set[str] | None = None
+        if level == "instance":
+            sops = set(series_uids or ())
+            wanted = set()
+            uids = list(sops)
+            for i in range(0, len(uids), 500):
+                chunk = uids[i:i + 500]
+                wanted.update(r[0] for r in conn.execute(
+                    f"SELECT DISTINCT {q(im.link)} FROM {q(im.name)} WHERE {q(im.key)} IN "
+                    f"({', '.join('?' * len(chunk))})", chunk))
+        elif series_uids is not None:
+            wanted = set(series_uids)
+        out = []
+        for uid, pid, study, modality, desc in conn.execute(sql).fetchall():
+            if wanted is not None and uid not in wanted:
+                continue
+            insts = []
+            for sop, cls, rel in conn.execute(
+                    f"SELECT {q(im.key)}, SOPClassUI, ObjectFile FROM {q(im.name)} "
+                    f"WHERE {q(im.link)} = ? ORDER BY {q(im.key)}", (uid,)):
+                if sops is not None and sop not in sops:
+                    continue
+                try:
+                    size: int | None = os.path.getsize(source_path(facts.data_dir, rel or ""))
+                except (OSError, ActionError):
+                    size = None
+                insts.append(PlannedInstance(sop, cls, rel or "", size))
+            out.append(PlannedSeries(uid, pid, study, modality, desc, tuple(insts)))
+    finally:
+        conn.close()
+    out.sort(key=lambda s: (s.patient_id or "", s.study_uid or "", s.series_uid))
+    return tuple(out)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def api_run(archive: Any, action: str, options: dict[str, Any],
+            uids: "Sequence[str] | None", *, level: str = "series", query: str | None = None,
+            dry_run: bool = False, target: str = "", name: str = "python-api") -> StepReport:
+    """Run one action over the named series as a one-step plan, audited like a job run.
+
+    A whole-step failure raises ``ActionError``; per-instance failures are in the report.
+    """
+    import uuid
+
+    from ..audit import AuditLog
+    from ..db import connect
+    from ..plan import Plan, PlanStep
+    from . import ActionContext, get_action
+
+    facts = archive_facts(archive)
+    series = plan_series(archive, uids, level)
+    step = PlanStep(1, action, action, dict(options), target or action, action == "delete",
+                    level, series, query, None)
+    plan = Plan("<python>", "", name, str(facts.data_dir), str(facts.database), None,
+                (step,), now_iso())
+    run_id = uuid.uuid4().hex
+    conn = None
+    log = None
+    if not dry_run:
+        conn = connect(facts.database)
+        log = AuditLog(conn)
+        log.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
+    try:
+        ctx = ActionContext(archive, plan, dry_run=dry_run, audit=log, run_id=run_id)
+        report = get_action(action)(step, ctx)
+        if log is not None:
+            log.end_run(run_id, report.ok, {"totals": report.totals(), "error": report.error})
+    finally:
+        if conn is not None:
+            conn.close()
+    if report.error:
+        raise ActionError(report.error)
+    return report

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from ..audit import now_iso
 from ..errors import ActionError
 from ..report import Outcome, StepReport
+from ..store import safe_component, safe_patient_dir
 
 if TYPE_CHECKING:
     from ..plan import PlannedSeries, PlanStep
@@ -207,26 +208,6 @@ def progress(ctx: "ActionContext", total: int, label: str) -> Iterator[Callable[
     with bar:
         task = bar.add_task(label, total=total)
         yield lambda n=1: bar.advance(task, n)
-
-
-# -- safe names (engine/store.py owns them; a stand-in until it lands) ---------------------
-try:
-    from ..store import safe_component, safe_patient_dir
-except ImportError:  # pragma: no cover - removed once store.py exists
-    import re as _re
-
-    def safe_patient_dir(patient_id: str) -> str:
-        out = []
-        for ch in patient_id:
-            if ord(ch) < 33:
-                break
-            out.append("_" if ch in '/\\;><|,. :?*"' else ch)
-        name = "".join(out).rstrip("_")
-        return name or "unknown"
-
-    def safe_component(value: str) -> str:
-        name = _re.sub(r"[^A-Za-z0-9._^=+-]", "_", value).strip()
-        return "unknown" if name in ("", ".", "..") else name
 
 
 # -- the Python API: one-step plans --------------------------------------------------------

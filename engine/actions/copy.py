@@ -9,7 +9,8 @@ Options (from the job's ``action: copy: {...}``):
   Every value is made safe for paths (patient IDs the way Conquest names patient folders) and the
   resolved path must stay under the destination.
 * ``overwrite``: ``never`` (default: a different file already there fails, an identical one is
-  skipped) or ``always``.
+  skipped), ``if_different`` (a different one is replaced, an identical one skipped) or
+  ``always`` (every file written again).
 * ``manifest``: ``json`` (default, ``manifest.json``), ``csv`` (``manifest.csv``) or ``false``.
 
 Each copy is written to a temporary file and renamed; the bytes written are read back and must
@@ -47,7 +48,7 @@ LAYOUTS = {
     "series": "{SeriesInst}/{SOPInstanc}.dcm",
     "flat": "{SOPInstanc}.dcm",
 }
-OVERWRITE_MODES = ("never", "always")
+OVERWRITE_MODES = ("never", "if_different", "always")
 MANIFEST_FORMATS = ("json", "csv")
 MANIFEST_FORMAT_VERSION = 1
 MANIFEST_FIELDS = ("sop_uid", "series_uid", "patient_id", "path", "size", "sha256")
@@ -285,14 +286,15 @@ def _copy_one(fs, data_dir: Path, dest: Path, layout: Layout, series: "PlannedSe
             if target.is_symlink() or not target.is_file():
                 return failed(f"{rel} exists at the destination and is not a regular file",
                               path=rel)
-            src_sha = sha256_file(src)
-            if sha256_file(target) == src_sha:
-                return Outcome(inst.sop_uid, series.series_uid, SKIPPED,
-                               "an identical file is already there",
-                               {"path": rel, "size": os.path.getsize(src), "sha256": src_sha})
-            if overwrite == "never":
-                return failed(f"a different file is already at {rel} (overwrite: never)",
-                              path=rel)
+            if overwrite != "always":
+                src_sha = sha256_file(src)
+                if sha256_file(target) == src_sha:
+                    return Outcome(inst.sop_uid, series.series_uid, SKIPPED,
+                                   "an identical file is already there",
+                                   {"path": rel, "size": os.path.getsize(src), "sha256": src_sha})
+                if overwrite == "never":
+                    return failed(f"a different file is already at {rel} (overwrite: never)",
+                                  path=rel)
         fs.makedirs(target.parent)
         digest, size = fs.copy_verified(src, target)
     except OSError as exc:

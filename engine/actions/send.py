@@ -1,0 +1,147 @@
+"""The ``send`` action: C-STORE a plan's instances to a DICOM peer, resumably.
+
+Options (from the job; the planner resolves ``node: NAME`` into host/port/called_ae):
+``host``, ``port``, ``called_ae``, ``calling_ae`` (default CONQUEST_RUN), ``associations``
+(1..8, default 1), ``retries`` (default 2), ``retry_delay`` (seconds, default 1, doubling),
+``timeout`` (seconds, default 30), ``verify`` (C-ECHO first, default true).
+
+The audit log is the journal: instances a peer already confirmed for this target
+(``CALLED_AE@host:port``) are skipped ("already sent") unless ``--force``; each outcome is
+recorded as the peer answers.  A send never changes or deletes anything in the archive.
+"""
+
+from __future__ import annotations
+
+__all__ = ["run", "peer_settings"]
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..audit import AUDIT_TABLE, now_iso
+from ..errors import ActionError, ArchiveError, NetworkError
+from ..net import (MAX_ASSOCIATIONS, DicomTransport, DryTransport, PeerSettings, SendItem,
+                   echo, group_associations, read_send_item)
+from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
+
+if TYPE_CHECKING:
+    from ..plan import PlanStep
+    from . import ActionContext
+
+ACTION = "send"
+
+
+def peer_settings(options: dict[str, Any]) -> PeerSettings:
+    """Checked :class:`PeerSettings` from a send step's options (ActionError when unusable)."""
+    if "node" in options and "host" not in options:
+        raise ActionError(f"send: node {options['node']!r} was not resolved into host and port")
+
+    def number(key: str, default: Any, kind: type, low: float, high: float) -> Any:
+        value = options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            raise ActionError(f"send: {key} must be a{'n integer' if kind is int else ' number'}"
+                              f" from {low} to {high}, not {value!r}")
+        return kind(value)
+
+    host = options.get("host")
+    if not isinstance(host, str) or not host:
+        raise ActionError("send: host is required")
+    return PeerSettings(
+        host=host,
+        port=number("port", None, int, 1, 65535),
+        called_ae=str(options.get("called_ae") or "ANY-SCP"),
+        calling_ae=str(options.get("calling_ae") or "CONQUEST_RUN"),
+        associations=number("associations", 1, int, 1, MAX_ASSOCIATIONS),
+        retries=number("retries", 2, int, 0, 100),
+        retry_delay=number("retry_delay", 1.0, float, 0, 3600),
+        timeout=number("timeout", 30.0, float, 0.1, 86400),
+    )
+
+
+def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
+    report = StepReport(step.index, step.name, ACTION, step.target, ctx.dry_run, started=now_iso())
+    try:
+        settings = peer_settings(step.options)
+    except ActionError as exc:
+        report.error = str(exc)
+        report.ended = now_iso()
+        return report
+    target = settings.target
+    report.summary["peer"] = target
+
+    def record(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        if ctx.audit is not None:
+            ctx.audit.record(ctx.run_id, step.index, step.name, ACTION, target, outcome)
+
+    try:
+        if (ctx.echo if ctx.dry_run else step.options.get("verify", True)):
+            report.summary["echo_seconds"] = round(echo(settings), 4)
+        confirmed = set() if ctx.force else _confirmed(ctx, target)
+        items = _items(step, ctx, confirmed, record)
+        batches = group_associations(items, parts=settings.associations)
+        report.summary["associations"] = len(batches)
+        report.summary["bytes"] = sum(i.size for i in items)
+        transport = DryTransport() if ctx.dry_run else DicomTransport(settings)
+        transport.send(batches, record)
+    except (NetworkError, ArchiveError) as exc:
+        report.error = str(exc)
+    finally:
+        if ctx.audit is not None:
+            ctx.audit.flush()
+    _in_plan_order(step, report)
+    report.summary["warnings"] = sum(1 for o in report.outcomes
+                                     if o.status == DONE and "warning" in o.reason)
+    report.ended = now_iso()
+    return report
+
+
+def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
+    """What the journal says the peer already has (read-only in a dry run)."""
+    if ctx.audit is not None:
+        return ctx.audit.confirmed(ACTION, target)
+    from ..db import connect_readonly
+
+    database = Path(ctx.plan.database)
+    if not database.is_file():
+        return set()
+    conn = connect_readonly(database)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (AUDIT_TABLE,)).fetchone():
+            return set()
+        rows = conn.execute(f"SELECT DISTINCT SOPInstanc FROM {AUDIT_TABLE} WHERE Action = ? "
+                            "AND Target = ? AND Status = ? AND SOPInstanc IS NOT NULL",
+                            (ACTION, target, DONE))
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
+
+
+def _items(step: "PlanStep", ctx: "ActionContext", confirmed: set[str],
+           record: Any) -> list[SendItem]:
+    data_dir = Path(getattr(ctx.archive, "data_dir", None) or ctx.plan.data_dir).resolve()
+    items: list[SendItem] = []
+    for series in step.series:
+        for inst in series.instances:
+            if inst.sop_uid in confirmed:
+                record(Outcome(inst.sop_uid, series.series_uid, SKIPPED, "already sent"))
+                continue
+            path = (data_dir / inst.path).resolve()
+            if not path.is_relative_to(data_dir):
+                record(Outcome(inst.sop_uid, series.series_uid, FAILED,
+                               "path outside the data directory", {"path": inst.path}))
+                continue
+            got = read_send_item(path, inst.sop_uid, series.series_uid, inst.sop_class)
+            if isinstance(got, Outcome):
+                got.detail["path"] = inst.path
+                record(got)
+            else:
+                items.append(got)
+    return items
+
+
+def _in_plan_order(step: "PlanStep", report: StepReport) -> None:
+    order = {inst.sop_uid: n for n, inst in
+             enumerate(i for s in step.series for i in s.instances)}
+    report.outcomes.sort(key=lambda o: order.get(o.sop_uid, len(order)))

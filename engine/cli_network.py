@@ -1,0 +1,101 @@
+"""``conquest-run serve`` (a storage SCP into the archive) and ``conquest-run echo`` (C-ECHO).
+
+    conquest-run serve --port P [--host 127.0.0.1] [--aet CONQUEST] [--allow AE ...]
+                       [--no-index] [--data data] [--database conquest.db] [--dicom-sql F]
+    conquest-run echo HOST PORT [--aet CONQUEST_RUN] [--called-ae ANY-SCP] [--timeout S]
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "run"]
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .cli import add_archive_flags
+from .errors import ArchiveError
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {value}")
+    return value
+
+
+def register(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "serve":
+        parser.description = ("Receive DICOM (C-STORE, C-ECHO) into the archive's data/<PatientID>/ "
+                              "folders and index it; runs until SIGINT/SIGTERM.")
+        parser.add_argument("--port", type=_port, required=True, help="TCP port to listen on")
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+        parser.add_argument("--aet", default="CONQUEST", help="our AE title (default CONQUEST)")
+        parser.add_argument("--allow", nargs="+", action="extend", default=[], metavar="AE",
+                            help="accept only these calling AE titles")
+        parser.add_argument("--no-index", action="store_true",
+                            help="store files without indexing them into the database")
+        add_archive_flags(parser)
+    else:
+        parser.description = "Send a C-ECHO to a DICOM peer."
+        parser.add_argument("host")
+        parser.add_argument("port", type=_port)
+        parser.add_argument("--aet", default="CONQUEST_RUN", help="calling AE title")
+        parser.add_argument("--called-ae", default="ANY-SCP", help="the peer's AE title")
+        parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    return _serve(args) if name == "serve" else _echo(args)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from .net import PeerSettings, echo
+
+    settings = PeerSettings(args.host, args.port, called_ae=args.called_ae, calling_ae=args.aet,
+                            timeout=args.timeout)
+    seconds = echo(settings)
+    print(f"C-ECHO {settings.target}: ok ({seconds * 1000:.1f} ms)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .receiver import listen
+
+    data = Path(args.data)
+    if data.exists() and not data.is_dir():
+        raise ArchiveError("the data directory is not a folder", file=str(data))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        receiver = listen(data, args.port, database=args.database, dicom_sql=args.dicom_sql,
+                          index=not args.no_index, host=args.host, aet=args.aet,
+                          allow=args.allow)
+        print(f"conquest-run serve: {args.aet} listening on {args.host}:{receiver.port}, "
+              f"storing into {data}" + ("" if args.no_index else f", indexing into "
+                                                                  f"{args.database}"),
+              file=sys.stderr, flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            receiver.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    stats = receiver.stats
+    print(f"conquest-run serve: stopped; received {stats.received}, failed {stats.failed}"
+          + ("" if args.no_index else f", indexed {stats.indexed}"), file=sys.stderr)
+    for error in stats.index_errors[:5]:
+        print(f"conquest-run serve: indexing error: {error}", file=sys.stderr)
+    return 0

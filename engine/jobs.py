@@ -1,0 +1,571 @@
+"""Job files: YAML -> JSON Schema -> references -> SQL, every error located ``file:line:col``.
+
+``load_job(path)`` reads and checks a job without any database (YAML, the schema in
+``schemas/job.schema.json``, references such as AE titles, hosts, node names and
+``delete: {files: true}``).  ``check_job_sql(job, schema)`` checks each ``select.query`` with
+``sqlcheck`` against the tables of a dicom.sql.  ``validate_job`` does both.  Every stage reports
+all its errors at once (``JobErrors``), sorted by position.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Job", "Step", "Selection", "ArchiveSpec", "JobErrors", "load_job", "validate_job",
+           "check_job_sql", "job_schema", "job_from_source", "SELECT_KEYS", "AE_TITLE_MAX"]
+
+import datetime as _dt
+import difflib
+import ipaddress
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConquestRunError, JobError
+from .source import PathKey, Position, Source, load_source, parse_source
+
+SELECT_KEYS = ("query", "patient", "study", "series", "modality")
+AE_TITLE_MAX = 16
+_ACTIONS = ("copy", "dump", "delete", "rebuild", "send")
+_TRUE_TEXTS = ("true", "True", "TRUE")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+# -- the result ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selection:
+    """What a step selects; the keys narrow each other (AND), the values of one key are ORed."""
+
+    query: str | None = None
+    patient: tuple[str, ...] = ()
+    study: tuple[str, ...] = ()
+    series: tuple[str, ...] = ()
+    modality: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Selection":
+        d = d or {}
+
+        def many(v: Any) -> tuple[str, ...]:
+            if v is None:
+                return ()
+            return (v,) if isinstance(v, str) else tuple(v)
+        return cls(d.get("query"), many(d.get("patient")), many(d.get("study")),
+                   many(d.get("series")), many(d.get("modality")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.query is not None:
+            out["query"] = self.query
+        for k in SELECT_KEYS[1:]:
+            if getattr(self, k):
+                out[k] = list(getattr(self, k))
+        return out
+
+    @property
+    def empty(self) -> bool:
+        return not self.to_dict()
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int                      # 1-based
+    name: str
+    action: str
+    options: dict[str, Any]
+    select: Selection | None
+    line: int | None = None         # where the step (or the job's action) is written
+    path: PathKey = ()              # JSON path of the step in the job file ('steps', i) or ()
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """The job's ``archive:`` as written (None: not given)."""
+
+    data: str | None = None
+    database: str | None = None
+    dicom_sql: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    path: str
+    sha256: str
+    name: str
+    description: str
+    archive: ArchiveSpec
+    nodes: dict[str, dict[str, Any]]
+    steps: tuple[Step, ...]
+    version: int = 1
+    source: Source | None = field(default=None, compare=False, repr=False)
+
+    def locate(self, path: PathKey, *, key: bool = False) -> Position:
+        if self.source is None:
+            return Position(1, 1, 0)
+        return self.source.key_at(path) if key else self.source.value_at(path)
+
+    def error(self, message: str, path: PathKey, *, key: bool = False) -> JobError:
+        pos = self.locate(path, key=key)
+        return JobError(message, file=self.path, line=pos.line, column=pos.column)
+
+
+class JobErrors(JobError):
+    """Several located errors of one job, reported together (one per line)."""
+
+    def __init__(self, errors: list[ConquestRunError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.file or "", e.line or 0, e.column or 0))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+    def __str__(self) -> str:  # no location of its own: each line carries one
+        return self.message
+
+
+# -- the schema ---------------------------------------------------------------------------------
+def job_schema() -> dict[str, Any]:
+    """The job JSON Schema shipped inside the package."""
+    text = resources.files("conquest_run").joinpath("schemas/job.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _validator():
+    import jsonschema
+    schema = job_schema()
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "the job"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, _dt.datetime):
+        return "a date and time"
+    if isinstance(value, _dt.date):
+        return "a date"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number",
+               "boolean": "true or false", "object": "a mapping", "array": "a list",
+               "null": "empty"}
+
+
+class _Humanizer:
+    """jsonschema errors -> located, readable JobErrors."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def at(self, path: PathKey, message: str, *, key: bool = False) -> JobError:
+        pos = self.source.key_at(path) if key else self.source.value_at(path)
+        return self.source.error(message, pos)
+
+    def quote_it(self, path: PathKey, value: Any) -> JobError | None:
+        """A scalar YAML resolved to a non-string where a string is needed."""
+        info = self.source.scalars.get(tuple(path))
+        if info is None or isinstance(value, str) or info.style is not None:
+            return None
+        if value is None:
+            return self.at(path, f"{_dotted(path)} has no value")
+        text = info.text.replace("\\", "\\\\").replace('"', '\\"')
+        return self.at(path, f"{_dotted(path)} is {_kind(value)}; quote it: \"{text}\"")
+
+    def _string_type_error(self, error) -> Any:
+        """The deepest 'type: string' failure in an error or its context, if any."""
+        best = None
+        stack = [error]
+        while stack:
+            e = stack.pop()
+            types = e.validator_value if e.validator == "type" else None
+            if types is not None:
+                types = [types] if isinstance(types, str) else list(types)
+                if "string" in types and not isinstance(e.instance, (str, list, dict)):
+                    if best is None or len(e.absolute_path) > len(best.absolute_path):
+                        best = e
+            stack.extend(e.context or [])
+        return best
+
+    def convert(self, error, data: Any) -> list[JobError]:
+        path = tuple(error.absolute_path)
+        where = _dotted(path)
+        v, inst = error.validator, error.instance
+        spath = list(error.schema_path)
+
+        string_err = self._string_type_error(error)
+        if string_err is not None:
+            quoted = self.quote_it(tuple(string_err.absolute_path), string_err.instance)
+            if quoted is not None:
+                return [quoted]
+
+        if v == "additionalProperties" and isinstance(inst, dict):
+            allowed = list(error.schema.get("properties", {}))
+            out = []
+            for k in inst:
+                if k in allowed:
+                    continue
+                if spath[-2:] == ["action", "additionalProperties"] or \
+                        (len(path) >= 1 and path[-1] == "action"):
+                    msg = f"unknown action {k!r} (one of {', '.join(_ACTIONS)})"
+                else:
+                    msg = f"unknown key {k!r} in {where}"
+                close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
+                if close:
+                    msg += f" (did you mean {close[0]!r}?)"
+                elif not msg.startswith("unknown action"):
+                    msg += f" (allowed: {', '.join(allowed)})"
+                out.append(self.at(path + (k,), msg, key=True))
+            return out
+        if v == "required":
+            missing = [k for k in error.validator_value if k not in (inst or {})]
+            out = []
+            for k in missing:
+                if k == "select":
+                    msg = (f"{where} needs select: (which series? e.g. select: "
+                           "{modality: RTPLAN})" if path else
+                           "the job needs select: (which series? e.g. select: {modality: RTPLAN})")
+                elif path and path[-1] == "send" and k in ("host", "port", "called_ae"):
+                    msg = f"send needs {k} (or node: naming a peer under nodes:)"
+                else:
+                    msg = f"{where} needs {k}" if path else f"the job needs {k}:"
+                out.append(self.at(path, msg, key=True))
+            return out
+        if v == "oneOf" and spath[:2] == ["allOf", 0]:
+            keys = set(inst) if isinstance(inst, dict) else set()
+            if "steps" in keys:
+                extra = [k for k in ("action", "select") if k in keys]
+                return [self.at((extra[0],) if extra else ("steps",),
+                                f"a job with steps: has its select and action inside each step; "
+                                f"move {' and '.join(extra)} into a step", key=True)]
+            return [self.at((), "the job needs action: (with select:) or steps:")]
+        if v is None and "then" in spath and path and path[-1] == "send":
+            given = [k for k in ("host", "port", "called_ae") if k in (inst or {})]
+            return [self.at(path + (k,), f"send with node: takes {k} from the node; "
+                            f"leave {k} out", key=True) for k in given] or \
+                [self.at(path, "send with node: takes host, port and called_ae from the node")]
+        if v == "type":
+            want = error.validator_value
+            want = [want] if isinstance(want, str) else list(want)
+            if isinstance(inst, type(None)) and path and path[-1] in _ACTIONS:
+                return [self.at(path, f"{path[-1]} needs its options, e.g. "
+                                f"{_EXAMPLES.get(path[-1], '{...}')}")]
+            words = " or ".join(_TYPE_WORDS.get(w, w) for w in want if w != "null")
+            return [self.at(path, f"{where} must be {words}, not {_kind(inst)}")]
+        if v == "const":
+            return [self.at(path, f"{where} must be {error.validator_value!r}"
+                            + (" (the only job format so far)" if path == ("version",) else ""))]
+        if v == "enum":
+            opts = ", ".join(str(o) for o in error.validator_value)
+            return [self.at(path, f"{where} must be one of {opts}; not {inst!r}")]
+        if v == "minProperties":
+            if path and path[-1] == "action":
+                return [self.at(path, f"{where} needs one of {', '.join(_ACTIONS)}", key=True)]
+            if path and path[-1] == "select":
+                return [self.at(path, f"{where} needs at least one of {', '.join(SELECT_KEYS)}",
+                                key=True)]
+            return [self.at(path, f"{where} must not be empty", key=True)]
+        if v == "maxProperties" and path and path[-1] == "action":
+            names = list(inst)
+            return [self.at(path + (names[1],), f"one action per step, not {', '.join(names)}; "
+                            "use steps: to run several", key=True)]
+        if v in ("minLength",):
+            return [self.at(path, f"{where} must not be empty")]
+        if v == "maxLength":
+            return [self.at(path, f"{where} is longer than {error.validator_value} characters "
+                            f"({len(inst)})")]
+        if v == "minItems":
+            return [self.at(path, f"{where} must list at least {error.validator_value} "
+                            f"{'item' if error.validator_value == 1 else 'items'}")]
+        if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            bounds = {"minimum": "at least", "maximum": "at most",
+                      "exclusiveMinimum": "more than", "exclusiveMaximum": "less than"}
+            return [self.at(path, f"{where} must be {bounds[v]} {error.validator_value}, "
+                            f"not {inst!r}")]
+        if v == "pattern":
+            if "nodeName" in str(error.schema) or (path and path[-1] == "node"):
+                return [self.at(path, f"{where}: node names may hold only letters, digits, "
+                                "'_', '.' and '-'")]
+            return [self.at(path, f"{where} does not match {error.validator_value}")]
+        if v == "propertyNames":
+            return [self.at(path + (inst,) if isinstance(inst, str) else path,
+                            f"node name {inst!r} may hold only letters, digits, '_', '.' and '-'",
+                            key=True)]
+        if v in ("anyOf", "oneOf"):
+            if path and path[-1] == "layout":
+                return [self.at(path, f"{where} must be patient, series, flat, or a template of "
+                                "index columns like \"{PatientID}/{SeriesInst}/{SOPInstanc}.dcm\"")]
+            if path and path[-1] in SELECT_KEYS:
+                deeper = [c for c in (error.context or []) if len(c.absolute_path) > len(path)]
+                if deeper:
+                    return self.convert(deeper[0], data)
+                return [self.at(path, f"{where} must be a string or a list of strings, "
+                                f"not {_kind(inst)}")]
+            return [self.at(path, f"{where} is not valid here")]
+        return [self.at(path, f"{where}: {error.message}")]
+
+
+_EXAMPLES = {"copy": "{destination: exports/x}", "dump": "{file: out.csv}",
+             "send": "{host: 127.0.0.1, port: 104, called_ae: PACS}"}
+
+
+def _schema_errors(source: Source) -> list[JobError]:
+    validator = _validator()
+    human = _Humanizer(source)
+    errors: list[JobError] = []
+    raw = list(validator.iter_errors(source.data))
+    for e in raw:
+        errors.extend(human.convert(e, source.data))
+    # a misspelled key also shows as a missing one: keep the clearer "did you mean"
+    suggested = {e.message.split("did you mean ")[1].strip("?)'")
+                 for e in errors if "did you mean " in e.message}
+    errors = [e for e in errors
+              if not any(e.message.endswith(f"needs {k}") or f"needs {k}:" in e.message
+                         for k in suggested)]
+    unique: dict[tuple, JobError] = {}
+    for e in errors:
+        unique.setdefault((e.line, e.column, e.message), e)
+    return list(unique.values())
+
+
+# -- references -----------------------------------------------------------------------------------
+def _ae_problem(value: str) -> str | None:
+    if not value.strip():
+        return "is blank"
+    if "\\" in value:
+        return "contains a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains a control character"
+    if len(value) > AE_TITLE_MAX:
+        return f"is longer than {AE_TITLE_MAX} characters"
+    return None
+
+
+def _host_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if _HOSTNAME.match(value) and not value.replace(".", "").isdigit():
+        return None
+    return "is not a host name or IP address"
+
+
+def _path_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "contains a NUL character"
+    if any(ord(c) < 32 for c in value):
+        return "contains a control character"
+    return None
+
+
+def _template_problem(value: str) -> str | None:
+    try:
+        fields = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        return f"is not a valid template: {exc}"
+    for _, name, spec, conv in fields:
+        if name is None:
+            continue
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            return f"has the field {{{name}}}: fields must be plain column names"
+        if conv:
+            return f"has a conversion (!{conv}) in {{{name}}}: not allowed"
+        if spec and not re.fullmatch(r"[<>^=]?[0-9]*", spec):
+            return f"has the format {{{name}:{spec}}}: only widths like {{{name}:04}} are allowed"
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        return "must be a relative path"
+    if ".." in parts:
+        return "must not contain '..'"
+    return None
+
+
+def _reference_errors(job: Job) -> list[JobError]:
+    src = job.source
+    errs: list[JobError] = []
+    for key in ("data", "database", "dicom_sql"):
+        value = getattr(job.archive, key)
+        if value is not None and (p := _path_problem(value)):
+            errs.append(job.error(f"archive.{key} {p}", ("archive", key)))
+    for name, node in job.nodes.items():
+        errs += _peer_errors(job, ("nodes", name), node)
+    names: dict[str, Step] = {}
+    for step in job.steps:
+        base = step.path + ("action", step.action)
+        opts = step.options
+        if step.path and "name" in (src.data["steps"][step.path[1]] if src else {}):
+            if step.name in names:
+                errs.append(job.error(f"step name {step.name!r} is used twice (first in step "
+                                      f"{names[step.name].index})", step.path + ("name",)))
+            names.setdefault(step.name, step)
+        if step.action == "copy":
+            if p := _path_problem(opts["destination"]):
+                errs.append(job.error(f"copy.destination {p}", base + ("destination",)))
+            layout = opts.get("layout")
+            if layout is not None and layout not in ("patient", "series", "flat"):
+                if p := _template_problem(layout):
+                    errs.append(job.error(f"copy.layout {p}", base + ("layout",)))
+        elif step.action == "dump":
+            if p := _path_problem(opts["file"]):
+                errs.append(job.error(f"dump.file {p}", base + ("file",)))
+            if opts.get("per_instance") and opts.get("format", "csv") == "csv":
+                errs.append(job.error("dump.per_instance needs format: json or text "
+                                      "(a CSV is one file)", base + ("per_instance",), key=True))
+            if opts.get("table") is not None and step.select is not None:
+                errs.append(job.error("dump.table dumps a whole table: leave select: out, or "
+                                      "drop table: to dump the selection",
+                                      base + ("table",), key=True))
+        elif step.action == "delete":
+            if opts.get("files") is True and src is not None:
+                info = src.scalars.get(base + ("files",))
+                if info is not None and (info.style is not None or info.text not in _TRUE_TEXTS):
+                    errs.append(job.error(
+                        f"delete.files: {info.text} is read as true; deleting files must be "
+                        "written explicitly as files: true", base + ("files",)))
+        elif step.action == "rebuild":
+            if opts.get("only_missing") and opts.get("refresh"):
+                errs.append(job.error("rebuild: choose only_missing or refresh, not both",
+                                      base + ("refresh",), key=True))
+        elif step.action == "send":
+            node = opts.get("node")
+            if node is not None and node not in job.nodes:
+                known = ", ".join(job.nodes) or "none are declared under nodes:"
+                errs.append(job.error(f"send.node {node!r} is not declared under nodes: "
+                                      f"(known: {known})", base + ("node",)))
+            errs += _peer_errors(job, base, opts)
+    return errs
+
+
+def _peer_errors(job: Job, base: PathKey, opts: dict[str, Any]) -> list[JobError]:
+    errs = []
+    label = "send" if "action" in base else _dotted(base)
+    if isinstance(opts.get("host"), str) and (p := _host_problem(opts["host"])):
+        errs.append(job.error(f"{label}.host {opts['host']!r} {p}", base + ("host",)))
+    for key in ("called_ae", "calling_ae"):
+        if isinstance(opts.get(key), str) and (p := _ae_problem(opts[key])):
+            errs.append(job.error(f"{label}.{key} {opts[key]!r} {p} (an AE title has 1 to "
+                                  f"{AE_TITLE_MAX} characters, no backslash or control "
+                                  "characters)", base + (key,)))
+    return errs
+
+
+# -- building -------------------------------------------------------------------------------------
+def _steps(data: dict[str, Any], source: Source) -> tuple[Step, ...]:
+    raw: list[tuple[PathKey, dict[str, Any]]]
+    if "steps" in data:
+        raw = [(("steps", i), s) for i, s in enumerate(data["steps"])]
+    else:
+        raw = [((), data)]
+    steps = []
+    for i, (path, s) in enumerate(raw, 1):
+        action, options = next(iter(s["action"].items()))
+        options = dict(options or {})
+        line = source.key_at(path + ("action",) if not path else path).line
+        steps.append(Step(i, (s.get("name") if path else None) or action, action, options,
+                          Selection.from_dict(s["select"]) if "select" in s else None,
+                          line, path))
+    return tuple(steps)
+
+
+def job_from_source(source: Source) -> Job:
+    """Check a parsed job (schema, then references) and build the ``Job``."""
+    data = source.data
+    if not isinstance(data, dict):
+        pos = source.value_at(())
+        what = "empty" if data is None else _kind(data)
+        raise source.error(f"a job file must be a mapping (version:, select:, action: ...), "
+                           f"not {what}", pos)
+    errors = _schema_errors(source)
+    if errors:
+        raise JobErrors(errors)
+    arch = data.get("archive") or {}
+    name = data.get("name") or Path(source.path).stem
+    job = Job(source.path, source.sha256, name, data.get("description", ""),
+              ArchiveSpec(arch.get("data"), arch.get("database"), arch.get("dicom_sql")),
+              {k: dict(v) for k, v in (data.get("nodes") or {}).items()},
+              _steps(data, source), data["version"], source)
+    errors = _reference_errors(job)
+    if errors:
+        raise JobErrors(errors)
+    return job
+
+
+def load_job(path: str | Path, *, display: str | None = None) -> Job:
+    """Read a job file and check YAML, schema and references (no database needed)."""
+    return job_from_source(load_source(path, display=display))
+
+
+def parse_job(text: str, path: str = "<job>") -> Job:
+    return job_from_source(parse_source(text, path))
+
+
+def check_job_sql(job: Job, schema) -> None:
+    """Check each step's ``select.query`` against ``schema``; raise ``JobErrors`` with all."""
+    errors: list[ConquestRunError] = []
+    for step in job.steps:
+        if step.select is not None and step.select.query is not None:
+            try:
+                check_step_query(job, step, schema)
+            except ConquestRunError as exc:
+                errors.append(exc)
+        if step.action == "dump" and step.options.get("table") is not None:
+            table = step.options["table"]
+            known = {t.lower(): t for t in schema.sqlglot_schema()}
+            if table.lower() not in known:
+                errors.append(job.error(
+                    f"dump.table {table!r} is not a table or view of {schema.source} "
+                    f"(known: {', '.join(sorted(known.values()))})",
+                    step.path + ("action", "dump", "table")))
+    if errors:
+        raise JobErrors(errors)
+
+
+def check_step_query(job: Job, step: Step, schema):
+    """The ``CheckedQuery`` of a step's ``select.query`` (errors located in the job file)."""
+    from .sqlcheck import check_query
+    qpath = step.path + ("select", "query")
+    sql = step.select.query if step.select else None
+    if sql is None:
+        return None
+    src = job.source
+
+    def locate(offset: int) -> tuple[int, int]:
+        if src is None:
+            return (1, 1)
+        pos = src.locate_in_scalar(qpath, sql, offset)
+        return (pos.line, pos.column)
+    start = job.locate(qpath)
+    return check_query(sql, schema, file=job.path, line=start.line, col=start.column,
+                       locate=locate)
+
+
+def validate_job(path: str | Path, schema=None, *, display: str | None = None,
+                 dicom_sql: str | Path | None = None) -> Job:
+    """``load_job`` plus the SQL checks, with the schema from ``dicom_sql`` / the job / built-in."""
+    job = load_job(path, display=display)
+    if schema is None:
+        from .schema import load_schema
+        sql_path = dicom_sql if dicom_sql is not None else job.archive.dicom_sql
+        if sql_path is None and Path("dicom.sql").is_file():
+            sql_path = "dicom.sql"
+        schema = load_schema(sql_path)
+    check_job_sql(job, schema)
+    return job

@@ -78,6 +78,7 @@ def make_archive(root: Path, extra: dict[str, Path] | None = None) -> MiniArchiv
 
     data = root / "data"
     schema = load_schema()
+    root.mkdir(parents=True, exist_ok=True)
     conn = connect(root / "conquest.db")
     ensure_schema(conn, schema)
     placed = []
@@ -166,3 +167,64 @@ def tree_state(*roots: Path) -> dict[str, bytes | str]:
                 p = Path(dirpath, f)
                 state[str(p)] = "link" if p.is_symlink() else p.read_bytes()
     return state
+
+
+def variant(name: str, dest: Path, **changes: str) -> Path:
+    """A pydicom test file rewritten with changed attributes (new UIDs, IDs, ...)."""
+    ds = pydicom.dcmread(pydicom_file(name), force=True)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+        if keyword == "SOPInstanceUID" and getattr(ds, "file_meta", None) is not None:
+            ds.file_meta.MediaStorageSOPInstanceUID = value
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest)
+    return dest
+
+
+def ct_study(tmp: Path) -> dict[str, Path]:
+    """Extra files for make_archive: patient CTX with one study holding series A (two CT
+    instances) and series B (one), built from CT_small."""
+    src = tmp / "src"
+    common = dict(PatientID="CTX", PatientName="Study^Two", StudyInstanceUID="1.2.826.0.1.9.1")
+    files = {
+        "CTX/a1.dcm": variant("CT_small.dcm", src / "a1.dcm", SeriesInstanceUID="1.2.826.0.1.9.1.1",
+                              SOPInstanceUID="1.2.826.0.1.9.1.1.1", **common),
+        "CTX/a2.dcm": variant("CT_small.dcm", src / "a2.dcm", SeriesInstanceUID="1.2.826.0.1.9.1.1",
+                              SOPInstanceUID="1.2.826.0.1.9.1.1.2", **common),
+        "CTX/b1.dcm": variant("CT_small.dcm", src / "b1.dcm", SeriesInstanceUID="1.2.826.0.1.9.1.2",
+                              SOPInstanceUID="1.2.826.0.1.9.1.2.1", **common),
+    }
+    return files
+
+
+def run_action(archive: MiniArchive, step: PlanStep, *, dry_run: bool = False):
+    """Run the step's action with a real audit log (not in a dry run); returns (report, run_id)."""
+    from conquest_run.actions import get_action
+    ctx, conn = make_ctx(archive, step, dry_run=dry_run)
+    try:
+        report = get_action(step.action)(step, ctx)
+        if ctx.audit is not None:
+            ctx.audit.end_run(ctx.run_id, report.ok)
+    finally:
+        if conn is not None:
+            conn.close()
+    return report, ctx.run_id
+
+
+def audit_rows(archive: MiniArchive, run_id: str) -> list[tuple]:
+    conn = connect_readonly(archive.database)
+    try:
+        return conn.execute("SELECT SOPInstanc, Status, Reason, Detail FROM ConquestRunAudit "
+                            "WHERE RunId = ? ORDER BY rowid", (run_id,)).fetchall()
+    finally:
+        conn.close()
+
+
+def table_counts(archive: MiniArchive) -> dict[str, int]:
+    conn = connect_readonly(archive.database)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("DICOMPatients", "DICOMStudies", "DICOMSeries", "DICOMImages",
+                          "RTExtras")}
+    finally:
+        conn.close()

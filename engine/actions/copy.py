@@ -21,7 +21,7 @@ archive gives the same files and the same manifest entries; only its time differ
 
 from __future__ import annotations
 
-__all__ = ["run", "check_layout", "LAYOUTS", "OVERWRITE_MODES", "MANIFEST_FORMATS"]
+__all__ = ["run", "copy_series", "check_layout", "LAYOUTS", "OVERWRITE_MODES", "MANIFEST_FORMATS"]
 
 import csv
 import json
@@ -301,3 +301,15 @@ def _copy_one(fs, data_dir: Path, dest: Path, layout: Layout, series: "PlannedSe
         return failed(f"copy failed: {exc.strerror or exc}", path=rel)
     return Outcome(inst.sop_uid, series.series_uid, DONE, "",
                    {"path": rel, "size": size, "sha256": digest})
+
+
+def copy_series(archive: Any, series_uids: "list[str] | tuple[str, ...]",
+                destination: "str | os.PathLike", layout: str = "patient",
+                overwrite: str = "never", manifest: "str | bool" = "json",
+                dry_run: bool = False) -> StepReport:
+    """Python API: copy the named series' files to ``destination`` (see the module doc)."""
+    from ._local import api_run
+    options = {"destination": os.fspath(destination), "layout": layout, "overwrite": overwrite,
+               "manifest": manifest}
+    return api_run(archive, "copy", options, list(series_uids), dry_run=dry_run,
+                   target=os.fspath(destination))

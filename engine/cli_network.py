@@ -93,9 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    stats = receiver.stats
-    print(f"conquest-run serve: stopped; received {stats.received}, failed {stats.failed}"
-          + ("" if args.no_index else f", indexed {stats.indexed}"), file=sys.stderr)
-    for error in stats.index_errors[:5]:
-        print(f"conquest-run serve: indexing error: {error}", file=sys.stderr)
+    print(f"conquest-run serve: stopped; received {receiver.received}, failed {receiver.failed}",
+          file=sys.stderr)
+    for error in receiver.errors[:5]:
+        print(f"conquest-run serve: {error}", file=sys.stderr)
     return 0

@@ -1,9 +1,11 @@
 """The C-STORE / C-ECHO SCP behind ``conquest-run serve`` (and ``Archive.listen``).
 
 Each received dataset is written as received (file meta + the peer's encoded bytes, never
-decoded and re-encoded) into ``data/<safe PatientID>/`` through a temporary file and a rename,
-then indexed by a writer thread that commits in batches (every ``BATCH_FILES`` files or
-``BATCH_SECONDS``), on a WAL connection so jobs can read while it writes.
+decoded and re-encoded) into ``data/<safe PatientID>/<SOPInstanceUID>.dcm`` through a temporary
+file and a rename (``store.DatasetStore``), and its index rows are committed in batches (every
+``BATCH_FILES`` files, or by a flusher thread every ``BATCH_SECONDS``) on a WAL connection, so a
+job can read while the receiver writes.  A C-STORE is answered "success" only once the file is
+in place.
 
 Binds 127.0.0.1 unless told otherwise; with ``allow`` only those calling AE titles may associate.
 ``Receiver.stop()`` stops accepting, lets the associations in flight finish (bounded), flushes
@@ -12,21 +14,20 @@ the index and closes.
 
 from __future__ import annotations
 
-__all__ = ["ReceiverSettings", "Receiver", "ArchiveIndex", "listen", "storage_contexts",
-           "TRANSFER_SYNTAXES"]
+__all__ = ["ReceiverSettings", "Receiver", "ArchiveSink", "FileSink", "listen",
+           "storage_contexts", "TRANSFER_SYNTAXES"]
 
 import io
 import os
-import queue
-import tempfile
+import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import NetworkError
+from .errors import ArchiveError, DicomFileError, NetworkError
 from .net import VERIFICATION_SOP_CLASS, set_tcp_nodelay
 
 TRANSFER_SYNTAXES = (
@@ -50,8 +51,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
-IndexBatch = Callable[[list[tuple[Path, str]]], None]   # [(absolute path, ObjectFile)]
-
 
 @dataclass(frozen=True)
 class ReceiverSettings:
@@ -72,29 +71,91 @@ def storage_contexts() -> list[Any]:
         build_context(uid, list(TRANSFER_SYNTAXES)) for uid in classes]
 
 
-@dataclass
-class _Stats:
-    received: int = 0
-    failed: int = 0
-    indexed: int = 0
-    index_errors: list[str] = field(default_factory=list)
+class Sink(Protocol):
+    def put(self, encoded: bytes, sop_uid: str) -> str: ...     # -> ObjectFile
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """Files only (``--no-index``): ``data/<safe PatientID>/<SOP UID>.dcm``, atomically."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def put(self, encoded: bytes, sop_uid: str) -> str:
+        from .store import resolve_inside, safe_component, safe_patient_dir
+
+        target = resolve_inside(self.data_dir, safe_patient_dir(_patient_id(encoded)),
+                                safe_component(sop_uid) + ".dcm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.rx-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(encoded)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target.relative_to(self.data_dir.resolve()).as_posix()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ArchiveSink:
+    """Files and index rows, through the archive core's ``DatasetStore`` (one WAL connection,
+    rows committed every ``BATCH_FILES`` datasets or on ``flush()``)."""
+
+    def __init__(self, data_dir: str | Path, database: str | Path,
+                 dicom_sql: str | Path | None = None) -> None:
+        from .db import connect, ensure_schema
+        from .schema import load_schema
+        from .store import DatasetStore
+
+        schema = load_schema(dicom_sql)
+        self.conn = connect(database)
+        try:
+            ensure_schema(self.conn, schema)
+        except BaseException:
+            self.conn.close()
+            raise
+        self.store = DatasetStore(self.conn, schema, data_dir, batch_size=BATCH_FILES)
+        self.lock = threading.Lock()
+
+    def put(self, encoded: bytes, sop_uid: str) -> str:
+        with self.lock:
+            return self.store.store(encoded).object_file
+
+    def flush(self) -> None:
+        with self.lock:
+            self.store.flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
 
 
 class Receiver:
-    """A running storage SCP (start with :func:`listen`)."""
+    """A storage SCP; :func:`listen` makes and starts one."""
 
     def __init__(self, data_dir: str | Path, settings: ReceiverSettings,
-                 index_batch: IndexBatch | None = None,
-                 on_stored: Callable[[Path], None] | None = None) -> None:
-        self.data_dir = Path(data_dir).absolute()
+                 sink: Sink | None = None) -> None:
+        self.data_dir = Path(data_dir)
         self.settings = settings
-        self.stats = _Stats()
-        self._index_batch = index_batch
-        self._on_stored = on_stored
+        self.sink: Sink = sink if sink is not None else FileSink(self.data_dir)
+        self.received = 0
+        self.failed = 0
+        self.errors: list[str] = []        # the first few reasons of failed stores
         self._server: Any = None
-        self._queue: queue.SimpleQueue[tuple[Path, str] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> "Receiver":
@@ -105,22 +166,20 @@ class Receiver:
         ae = AE(ae_title=s.aet)
         ae.supported_contexts = storage_contexts()
         ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = s.timeout
-        ae.maximum_pdu_size = 0            # no limit: fewer, larger PDUs from the sender
         if s.allow:
             ae.require_calling_aet = list(s.allow)
         handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay),
                     (evt.EVT_C_STORE, self._on_c_store),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
-        if self._index_batch is not None:
-            self._writer = threading.Thread(target=self._index_loop, name="receiver-index",
-                                            daemon=True)
-            self._writer.start()
         try:
             self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
         except OSError as exc:
-            self._stop_writer()
+            self.sink.close()
             raise NetworkError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") \
                 from None
+        self._flusher = threading.Thread(target=self._flush_loop, name="receiver-flush",
+                                         daemon=True)
+        self._flusher.start()
         return self
 
     @property
@@ -129,16 +188,20 @@ class Receiver:
         return int(self._server.server_address[1]) if self._server else self.settings.port
 
     def stop(self) -> None:
-        """Stop accepting, let associations in flight finish (bounded), flush the index."""
+        """Stop accepting, let associations in flight finish (bounded), flush, close."""
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()              # no new associations; running ones go on
-            deadline = time.monotonic() + self.settings.stop_timeout
-            while server.active_associations and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for assoc in server.active_associations:
-                assoc.abort()
-        self._stop_writer()
+        if server is None:
+            return
+        server.shutdown()                  # no new associations; running ones go on
+        deadline = time.monotonic() + self.settings.stop_timeout
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            assoc.abort()
+        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.join(self.settings.stop_timeout)
+        self.sink.close()
 
     def __enter__(self) -> "Receiver":
         return self
@@ -149,89 +212,30 @@ class Receiver:
     # -- storing ------------------------------------------------------------------------
     def _on_c_store(self, event: Any) -> int:
         try:
-            encoded = event.encoded_dataset(include_meta=True)
-            path, object_file = self._write(encoded, _patient_id(encoded),
-                                            str(event.request.AffectedSOPInstanceUID))
-        except OSError:
-            with self._lock:
-                self.stats.failed += 1
-            return STATUS_OUT_OF_RESOURCES
-        except Exception:                  # unreadable dataset
-            with self._lock:
-                self.stats.failed += 1
-            return STATUS_CANNOT_UNDERSTAND
+            self.sink.put(event.encoded_dataset(include_meta=True),
+                          str(event.request.AffectedSOPInstanceUID))
+        except (OSError, ArchiveError) as exc:
+            return self._failure(STATUS_OUT_OF_RESOURCES, exc)
+        except Exception as exc:           # DicomFileError and whatever a damaged dataset raises
+            return self._failure(STATUS_CANNOT_UNDERSTAND, exc)
         with self._lock:
-            self.stats.received += 1
-        if self._writer is not None:
-            self._queue.put((path, object_file))
-        if self._on_stored is not None:
-            self._on_stored(path)
+            self.received += 1
         return STATUS_SUCCESS
 
-    def _write(self, encoded: bytes, patient_id: str, sop_uid: str) -> tuple[Path, str]:
-        folder = _safe_patient_dir(self.data_dir, patient_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{_safe_component(sop_uid)}.dcm"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rx-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(encoded)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target, target.relative_to(self.data_dir).as_posix()
+    def _failure(self, status: int, exc: BaseException) -> int:
+        with self._lock:
+            self.failed += 1
+            if len(self.errors) < 20:
+                self.errors.append(str(exc) if isinstance(exc, DicomFileError)
+                                   else f"{type(exc).__name__}: {exc}")
+        return status
 
-    # -- indexing -----------------------------------------------------------------------
-    def _index_loop(self) -> None:
-        assert self._index_batch is not None
-        pending: list[tuple[Path, str]] = []
-        last = time.monotonic()
-        done = False
-        while not done:
+    def _flush_loop(self) -> None:
+        while not self._stopping.wait(BATCH_SECONDS):
             try:
-                item = self._queue.get(timeout=BATCH_SECONDS)
-                if item is None:
-                    done = True
-                else:
-                    pending.append(item)
-            except queue.Empty:
-                pass
-            if pending and (done or len(pending) >= BATCH_FILES
-                            or time.monotonic() - last >= BATCH_SECONDS):
-                self._flush(pending)
-                pending = []
-                last = time.monotonic()
-
-    def _flush(self, batch: list[tuple[Path, str]]) -> None:
-        assert self._index_batch is not None
-        try:
-            result = self._index_batch(batch)
-            self.stats.indexed += len(batch) - len(getattr(result, "bad", ()))
-        except Exception as exc:           # the files are stored; a rebuild can index them
-            self.stats.index_errors.append(str(exc))
-
-    def _stop_writer(self) -> None:
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join(self.settings.stop_timeout)
-            self._writer = None
-        close = getattr(self._index_batch, "close", None)
-        if close is not None:
-            close()
-            self._index_batch = None
-
-
-def _safe_component(text: str) -> str:
-    """Shim until store.py lands: one safe path component."""
-    import re
-
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text.strip()).lstrip(".")
-    return cleaned[:64] or "_"
-
-
-def _safe_patient_dir(data_dir: Path, patient_id: str) -> Path:
-    return data_dir / _safe_component(patient_id or "unknown")
+                self.sink.flush()
+            except Exception as exc:       # the files are stored; a rebuild can index them
+                self._failure(0, exc)
 
 
 def _patient_id(encoded: bytes) -> str:
@@ -246,44 +250,16 @@ def _after_patient_id(tag: Any, vr: Any, length: Any) -> bool:
     return tag > 0x00100020
 
 
-class ArchiveIndex:
-    """Indexes received files into an archive database (one WAL connection, batched)."""
-
-    def __init__(self, data_dir: str | Path, database: str | Path,
-                 dicom_sql: str | Path | None = None) -> None:
-        from .db import connect, ensure_schema
-        from .indexer import Indexer
-        from .schema import load_schema
-
-        schema = load_schema(dicom_sql)
-        self.conn = connect(database)
-        try:
-            ensure_schema(self.conn, schema)
-        except BaseException:
-            self.conn.close()
-            raise
-        self.indexer = Indexer(self.conn, schema, data_dir, exclude=[database])
-
-    def __call__(self, batch: list[tuple[Path, str]]) -> Any:
-        return self.indexer.index_files([rel for _, rel in batch])
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 def listen(data_dir: str | Path, port: int, *, database: str | Path | None = None,
            dicom_sql: str | Path | None = None, index: bool = True, host: str = "127.0.0.1",
            aet: str = "CONQUEST", allow: Sequence[str] = (), timeout: float = 60.0,
            stop_timeout: float = 30.0) -> Receiver:
     """Start a storage SCP writing into ``data_dir`` (and indexing into ``database`` unless
-    ``index`` is false); returns the running :class:`Receiver` (``.stop()`` it)."""
+    ``index`` is false or no database is given); returns the running :class:`Receiver`
+    (``.stop()`` it, or use it as a context manager)."""
     settings = ReceiverSettings(port=port, host=host, aet=aet, allow=tuple(allow),
                                 timeout=timeout, stop_timeout=stop_timeout)
-    index_batch = ArchiveIndex(data_dir, database, dicom_sql) \
-        if index and database is not None else None
-    try:
-        return Receiver(data_dir, settings, index_batch).start()
-    except BaseException:
-        if index_batch is not None:
-            index_batch.close()
-        raise
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    sink: Sink = ArchiveSink(data_dir, database, dicom_sql) \
+        if index and database is not None else FileSink(data_dir)
+    return Receiver(data_dir, settings, sink).start()

@@ -1,0 +1,195 @@
+"""``Archive``: the Python API over a Conquest-style archive (a data folder + its SQLite index).
+
+    from conquest_run import Archive
+    arc = Archive("data", "conquest.db")          # dicom.sql: ./dicom.sql if present, else built-in
+    arc.rebuild()                                  # pyconquest: rebuild_database_from_dicom()
+    arc.store(["incoming/"])                       # pyconquest: store_dicom_files / folder
+    arc.query("SELECT SeriesInst FROM DICOMSeries WHERE Modality = ?", ("RTPLAN",), column=0)
+    arc.series_summary()
+
+Every method opens its own connection and closes it; ``connect()`` / ``connect_readonly()``
+give one to callers that do more.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Archive", "SeriesInfo"]
+
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import db
+from .errors import ArchiveError
+from .indexer import Indexer, IndexResult
+from .schema import EXTRAS_TABLE, Schema, load_schema
+from .store import DatasetStore, StoredFile, StoreResult, resolve_inside, store
+
+_MODALITY, _SERIES_DESC, _SERIES_DATE, _STUDY_DATE = 0x00080060, 0x0008103E, 0x00080021, 0x00080020
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    patient_id: str | None
+    study_uid: str | None
+    series_uid: str
+    modality: str | None
+    description: str | None
+    date: str | None
+    instances: int
+    bytes: int
+
+
+def _column(schema: Schema, table: str, tag: int) -> str | None:
+    for c in schema.tables[table].columns:
+        if c.tag == tag:
+            return c.name
+    return None
+
+
+class Archive:
+    """A data directory, its SQLite index and the dicom.sql layout of that index."""
+
+    def __init__(self, data: str | Path = "data", database: str | Path = "conquest.db",
+                 dicom_sql: str | Path | None = None) -> None:
+        self.data_dir = Path(data)
+        self.database = Path(database)
+        if dicom_sql is None and Path("dicom.sql").is_file():
+            dicom_sql = Path("dicom.sql")
+        self.dicom_sql = None if dicom_sql is None else Path(dicom_sql)
+        self.schema: Schema = load_schema(self.dicom_sql)
+
+    def __repr__(self) -> str:
+        return (f"Archive(data={str(self.data_dir)!r}, database={str(self.database)!r}, "
+                f"dicom_sql={None if self.dicom_sql is None else str(self.dicom_sql)!r})")
+
+    # -- connections -------------------------------------------------------------------------
+    def connect(self) -> sqlite3.Connection:
+        """A read-write connection with the schema in place (created if missing)."""
+        conn = db.connect(self.database)
+        try:
+            db.ensure_schema(conn, self.schema)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def connect_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write (the database must exist)."""
+        return db.connect_readonly(self.database)
+
+    def path_of(self, object_file: str) -> Path:
+        """The absolute path of an ObjectFile, refused when it points outside the data dir."""
+        return resolve_inside(self.data_dir, *object_file.replace("\\", "/").split("/"))
+
+    # -- indexing ----------------------------------------------------------------------------
+    def _require_data(self) -> None:
+        if not self.data_dir.is_dir():
+            raise ArchiveError("data directory not found", file=str(self.data_dir))
+
+    def rebuild(self, patients: Iterable[str] | None = None, mode: str = "all",
+                workers: int = 1,
+                progress: bool | Callable[[int, int], None] = False) -> IndexResult:
+        """(Re)index the data directory.  mode: "all" | "missing" | "refresh"; ``patients``
+        narrows it to those PatientIDs.  ``progress``: True for a bar on stderr, or a
+        callback(done, total)."""
+        self._require_data()
+        with closing(self.connect()) as conn:
+            indexer = Indexer(conn, self.schema, self.data_dir, exclude=[self.database])
+            if progress is True:
+                return _with_progress_bar(
+                    lambda cb: indexer.run(mode=mode, patients=patients, workers=workers,
+                                           progress=cb))
+            return indexer.run(mode=mode, patients=patients, workers=workers,
+                               progress=progress or None)
+
+    def ensure_indexed(self) -> IndexResult | None:
+        """Index the data directory first when the database does not exist yet."""
+        if self.database.exists():
+            return None
+        self._require_data()
+        return self.rebuild()
+
+    def store(self, paths: str | Path | Sequence[str | Path], move: bool = False) -> StoreResult:
+        """Copy (or move) files / folders into data/<PatientID>/ and index them."""
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        self._require_data()
+        self.ensure_indexed()
+        with closing(self.connect()) as conn:
+            return store(conn, self.schema, self.data_dir, list(paths), move=move)
+
+    def store_dataset(self, data: Any) -> StoredFile:
+        """Store one pydicom Dataset (or Part-10 bytes) and index it."""
+        self._require_data()
+        with closing(self.connect()) as conn, DatasetStore(conn, self.schema,
+                                                           self.data_dir) as ds_store:
+            return ds_store.store(data)
+
+    # -- reading -----------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = (),
+              column: int | str | None = None) -> list:
+        """Run one read-only SQL statement with parameters; rows as tuples, or one column's
+        values (by index or name) when ``column`` is given."""
+        self.ensure_indexed()
+        with closing(self.connect_readonly()) as conn:
+            try:
+                cur = conn.execute(sql, params)
+                rows = cur.fetchall()
+            except sqlite3.Error as exc:
+                raise ArchiveError(f"query failed: {exc}") from None
+            if column is None:
+                return rows
+            if isinstance(column, str):
+                names = [d[0].lower() for d in cur.description or ()]
+                if column.lower() not in names:
+                    raise ArchiveError(f"the query has no column {column!r} "
+                                       f"(it has {', '.join(names) or 'none'})")
+                column = names.index(column.lower())
+            return [r[column] for r in rows]
+
+    def series_summary(self) -> list[SeriesInfo]:
+        """One entry per series: patient, study, series UID, modality, description, date,
+        number of instances and bytes on disk (as indexed)."""
+        self.ensure_indexed()
+        sc = self.schema
+        se, st, im = sc.series, sc.studies, sc.images
+
+        def col(table: str, tag: int) -> str:
+            name = _column(sc, table, tag)
+            return f"{table}.{name}" if name else "NULL"
+        date = _column(sc, se.name, _SERIES_DATE)
+        date_sql = (f"COALESCE({se.name}.{date}, {col(st.name, _STUDY_DATE)})" if date
+                    else col(st.name, _STUDY_DATE))
+        sql = (f"SELECT {st.name}.{st.link}, {se.name}.{se.link}, {se.name}.{se.key}, "
+               f"{col(se.name, _MODALITY)}, {col(se.name, _SERIES_DESC)}, {date_sql}, "
+               f"count({im.name}.{im.key}), COALESCE(sum({EXTRAS_TABLE}.FileSize), 0) "
+               f"FROM {se.name} LEFT JOIN {st.name} ON {se.name}.{se.link} = {st.name}.{st.key} "
+               f"LEFT JOIN {im.name} ON {im.name}.{im.link} = {se.name}.{se.key} "
+               f"LEFT JOIN {EXTRAS_TABLE} ON {EXTRAS_TABLE}.SOPInstanc = {im.name}.{im.key} "
+               f"GROUP BY {se.name}.{se.key} "
+               f"ORDER BY 1, 2, 3")
+        with closing(self.connect_readonly()) as conn:
+            return [SeriesInfo(*row) for row in conn.execute(sql)]
+
+    # -- actions on selections (delete / copy / dump / send / listen) --------------------------
+    # Added by the actions and network modules; keep each a thin wrapper over its module.
+
+
+def _with_progress_bar(run: Callable[[Callable[[int, int], None]], IndexResult]) -> IndexResult:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+    from rich.console import Console
+
+    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(file=sys.stderr),
+                  transient=True) as bar:
+        task = bar.add_task("index", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        return run(update)

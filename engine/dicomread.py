@@ -1,0 +1,273 @@
+"""Read one file's DICOM header (never the pixel data) into row values the Conquest way.
+
+How a value is stored, as Conquest's dgate stores it:
+
+* an absent element -> NULL; a zero-length element -> NULL;
+* text: trailing spaces (and NUL padding) stripped, leading spaces kept, so a value of only
+  spaces becomes ``''``; multiple values stay joined with ``\\`` as they are in the file;
+* binary DT_UINT16 / DT_UINT32 / DT_FL / DT_FD values become decimal text;
+* a value longer than its column is cut to the column length (Conquest's fixed-size fields).
+
+The values come from pydicom's *raw* data elements (bytes and length as in the file), which is
+both exact and fast.  Files without the ``DICM`` preamble are read with ``force`` when they start
+like a DICOM data set (Conquest's ``.v2`` files); anything else raises ``DicomFileError`` with a
+short reason.  ``read_header`` also hashes the file bytes (SHA-256) and checks that the file is
+not truncated (last header element and pixel data complete).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ReadSpec", "HeaderRecord", "read_header", "KEY_LEVELS"]
+
+import hashlib
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR
+from pydicom.errors import InvalidDicomError
+
+from .errors import DicomFileError
+from .rtextras import rt_extras
+from .schema import Schema
+
+KEY_LEVELS = ("Patient", "Study", "Series", "Image")
+
+_UNDEFINED = 0xFFFFFFFF
+_BINARY = {
+    "DT_UINT16": ("H", 2), "DT_UINT32": ("I", 4), "DT_FL": ("f", 4), "DT_FD": ("d", 8),
+}
+# VRs whose values are text: a binary DT_ type over one of these is read as text
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+             "UI", "UR", "UT"}
+_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
+_MODALITY = 0x00080060
+_CHARSET = 0x00080005
+_SOP_CLASS = 0x00080016
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read, derived from a Schema; small and picklable for worker processes.
+
+    ``levels[i]`` is ``(table, ((tag, dicom_type, length), ...))`` for Patient, Study, Series,
+    Image in that order; the first column of each is the level's key.
+    """
+
+    levels: tuple[tuple[str, tuple[tuple[int, str, int], ...]], ...]
+
+    @classmethod
+    def from_schema(cls, schema: Schema) -> "ReadSpec":
+        levels = []
+        for section in KEY_LEVELS:
+            lv = schema.levels[section]
+            levels.append((lv.table, tuple((e.tag, e.dicom_type, e.length) for e in lv.columns)))
+        return cls(tuple(levels))
+
+
+@dataclass
+class HeaderRecord:
+    """Everything the indexer stores for one file."""
+
+    object_file: str                      # relative to the data directory, '/' separated
+    rows: tuple[tuple[Any, ...], ...]     # DICOM column values for Patient, Study, Series, Image
+    modality: str | None
+    sop_class: str | None
+    extras: dict[str, Any] = field(default_factory=dict)  # RTExtras columns (RT + file facts)
+
+    @property
+    def patient_id(self) -> str | None:
+        return self.rows[0][0]
+
+    @property
+    def study_uid(self) -> str | None:
+        return self.rows[1][0]
+
+    @property
+    def series_uid(self) -> str | None:
+        return self.rows[2][0]
+
+    @property
+    def sop_uid(self) -> str:
+        return self.rows[3][0]
+
+
+def _decoder(elements: dict):
+    """bytes -> str for text values, following (0008,0005) Specific Character Set."""
+    raw = elements.get(_CHARSET)
+    charsets = []
+    if raw is not None and raw.value:
+        value = raw.value if isinstance(raw.value, bytes) else str(raw.value).encode("ascii")
+        charsets = [c.strip().decode("ascii", "replace")
+                    for c in value.rstrip(b" \0").split(b"\\")]
+    charsets = [c for c in charsets if c] or ["ISO_IR 6"]
+    if charsets in (["ISO_IR 6"], ["ISO_IR 100"], ["ISO 2022 IR 6"], ["ISO 2022 IR 100"]):
+        return lambda b: b.decode("latin-1")
+    if charsets == ["ISO_IR 192"]:
+        return lambda b: b.decode("utf-8", "replace")
+    try:
+        encodings = convert_encodings(charsets)
+    except Exception:
+        return lambda b: b.decode("latin-1")
+
+    def decode(b: bytes) -> str:
+        try:
+            return decode_bytes(b, encodings, set())
+        except Exception:
+            return b.decode("latin-1")
+    return decode
+
+
+def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, little: bool) -> Any:
+    raw = elements.get(tag)
+    if raw is None:
+        return None
+    value = raw.value
+    if not isinstance(value, (bytes, bytearray)):
+        # an element pydicom already converted (only happens for the character set): use text
+        if value is None or value == "":
+            return None
+        text = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        return text.rstrip(" \0")[:length]
+    if len(value) == 0:
+        return None
+    vr = raw.VR
+    binary = _BINARY.get(dicom_type)
+    if binary is not None:
+        if vr is None:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                vr = "UN"
+        if vr not in _TEXT_VRS:
+            fmt, size = binary
+            if len(value) % size == 0:
+                count = len(value) // size
+                numbers = struct.unpack(("<" if little else ">") + fmt * count, value)
+                text = "\\".join(str(n) if isinstance(n, int) else repr(n) for n in numbers)
+                return text[:length]
+    text = decode(bytes(value)).rstrip(" \0")
+    return text[:length]
+
+
+def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
+                    implicit: bool) -> None:
+    """Raise if the header's last element or the pixel data is cut short."""
+    if not elements:
+        return
+    last = elements[max(elements)]
+    if (last is not None and isinstance(last.value, (bytes, bytearray))
+            and last.length != _UNDEFINED and len(last.value) < last.length):
+        raise DicomFileError(f"truncated: element {last.tag} has {len(last.value)} of "
+                             f"{last.length} bytes")
+    if stopped_at >= len(data):
+        return
+    head = data[stopped_at:stopped_at + 12]
+    if len(head) < 8:
+        raise DicomFileError("truncated: the file ends inside an element header")
+    order = "<" if little else ">"
+    group, element = struct.unpack(order + "HH", head[:4])
+    if (group << 16 | element) not in _PIXEL_TAGS:
+        return
+    if implicit:
+        length, start = struct.unpack(order + "I", head[4:8])[0], 8
+    else:
+        vr = head[4:6].decode("latin-1")
+        if vr in _LONG_VRS:
+            if len(head) < 12:
+                raise DicomFileError("truncated: the file ends inside the pixel data header")
+            length, start = struct.unpack(order + "I", head[8:12])[0], 12
+        else:
+            length, start = struct.unpack(order + "H", head[6:8])[0], 8
+    if length == _UNDEFINED:
+        delimiter = b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd"
+        if data.rfind(delimiter, stopped_at) < 0:
+            raise DicomFileError("truncated: the encapsulated pixel data has no end")
+    elif stopped_at + start + length > len(data):
+        raise DicomFileError(f"truncated: pixel data has {len(data) - stopped_at - start} of "
+                             f"{length} bytes")
+
+
+def _looks_like_dataset(data: bytes) -> bool:
+    """A file without preamble that starts like a DICOM data set (meta group or group 0008)."""
+    if len(data) < 8:
+        return False
+    group_le = data[0] | data[1] << 8
+    group_be = data[1] | data[0] << 8
+    return group_le in (0x0002, 0x0008) or group_be == 0x0008
+
+
+def _parse(data: bytes) -> tuple[Any, int]:
+    fp = io.BytesIO(data)
+    if data[128:132] == b"DICM":
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    elif _looks_like_dataset(data):
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    else:
+        raise DicomFileError("not DICOM (no 'DICM' marker and no data set at the start)")
+    return ds, fp.tell()
+
+
+def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
+                data: bytes | None = None, stat: os.stat_result | None = None) -> HeaderRecord:
+    """Read ``path`` into a HeaderRecord; raise DicomFileError(reason) for a file to skip.
+
+    ``data``/``stat`` may be given when the caller already holds the bytes (store_dataset).
+    """
+    try:
+        if data is None:
+            if stat is None:
+                stat = os.stat(path)
+            if stat.st_size == 0:
+                raise DicomFileError("empty file (0 bytes)")
+            with open(path, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise DicomFileError(f"cannot read: {exc.strerror}") from None
+    if not data:
+        raise DicomFileError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds, stopped_at = _parse(data)
+        except DicomFileError:
+            raise
+        except InvalidDicomError as exc:
+            raise DicomFileError(f"not DICOM ({exc})") from None
+        except Exception as exc:  # pydicom raises many kinds on damaged input
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DicomFileError(f"unreadable DICOM (truncated or damaged): {reason}") from None
+        # top-level elements by plain int tag, values as read (raw: bytes and length)
+        elements = {int(tag): elem for tag, elem in ds.items()}
+        implicit, little = ds.original_encoding
+        if implicit is None:
+            implicit, little = True, True
+        tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if str(tsyntax or "") not in _DEFLATED:
+            _check_complete(elements, data, stopped_at, little, implicit)
+        decode = _decoder(elements)
+        rows = tuple(
+            tuple(_value(elements, tag, dtype, length, decode, little) for tag, dtype, length in cols)
+            for _, cols in spec.levels)
+        if not rows[3][0]:
+            raise DicomFileError("no SOP Instance UID: not an indexable DICOM object")
+        if not rows[2][0] or not rows[1][0]:
+            missing = "Series" if not rows[2][0] else "Study"
+            raise DicomFileError(f"no {missing} Instance UID")
+        modality = _value(elements, _MODALITY, "DT_STR", 64, decode, little)
+        sop_class = _value(elements, _SOP_CLASS, "DT_UI", 64, decode, little)
+        extras = rt_extras(ds, modality)
+    extras["SOPInstanc"] = rows[3][0]
+    extras["Modality"] = modality
+    extras["hash"] = hashlib.sha256(data).hexdigest()
+    extras["FileSize"] = len(data)
+    extras["FileMtime"] = None if stat is None else stat.st_mtime_ns
+    return HeaderRecord(object_file, rows, modality, sop_class, extras)

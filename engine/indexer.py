@@ -1,0 +1,492 @@
+"""Walk ``data/`` and fill Conquest's tables (and ``RTExtras``) in batched transactions.
+
+Modes (``mode=``):
+
+* ``"all"``: clear the index (or, with ``patients``, those patients' rows) and index every file;
+* ``"missing"``: index only files whose ``ObjectFile`` is not in the index yet;
+* ``"refresh"``: index new files and files whose size or mtime changed; drop the rows of files
+  that vanished, with Conquest's cascade (a series without images goes, then a study without
+  series, then a patient without studies).
+
+``patients`` (raw PatientIDs) narrows any mode to those patients' folders and indexed files.
+Bad files (empty, not DICOM, truncated, damaged) are listed in the result with a reason and never
+stop the run.  Parsing may run in worker processes; all writing happens in the calling process,
+``batch_size`` files per transaction.
+"""
+
+from __future__ import annotations
+
+__all__ = ["IndexResult", "BadFile", "Indexer", "index_tree", "DEVICE_NAME"]
+
+import functools
+import multiprocessing
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dicomread import HeaderRecord, ReadSpec, read_header
+from .errors import ArchiveError, DicomFileError
+from .schema import EXTRAS_COLUMNS, EXTRAS_TABLE, Schema
+
+DEVICE_NAME = "MAG0"
+MODES = ("all", "missing", "refresh")
+_STUDY_MODALITY_TAG = 0x00080061
+_CHUNK = 64            # files per task sent to a worker process
+_SQL_VARS = 500        # parameters per IN (...) query
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: str      # relative to the data directory
+    reason: str
+
+
+@dataclass
+class IndexResult:
+    """What one indexing run did."""
+
+    indexed: int = 0                  # files read and written into the index
+    unchanged: int = 0                # files already indexed and left as they are
+    removed: int = 0                  # index rows dropped for files that vanished
+    skipped: int = 0                  # hidden / temporary / database files not looked at
+    bad: list[BadFile] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # files whose SOP UID another file had
+    seconds: float = 0.0
+
+    @property
+    def files_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        text = (f"{self.indexed} files indexed, {self.unchanged} unchanged, "
+                f"{self.skipped} skipped, {len(self.bad)} bad")
+        if self.removed:
+            text += f", {self.removed} removed"
+        if self.duplicates:
+            text += f", {len(self.duplicates)} duplicate SOP UIDs"
+        return text + f" in {self.seconds:.1f} s"
+
+
+# -- reading (in this process or in workers) ------------------------------------------------------
+
+def _read_one(data_dir: str, rel: str, spec: ReadSpec) -> HeaderRecord | BadFile:
+    try:
+        return read_header(os.path.join(data_dir, rel), rel, spec)
+    except DicomFileError as exc:
+        return BadFile(rel, exc.message)
+    except Exception as exc:  # never let one file stop the run
+        return BadFile(rel, f"unreadable: {type(exc).__name__}: {exc}")
+
+
+def _read_chunk(data_dir: str, spec: ReadSpec, chunk: list[str]) -> list[HeaderRecord | BadFile]:
+    return [_read_one(data_dir, rel, spec) for rel in chunk]
+
+
+def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
+              workers: int) -> Iterator[HeaderRecord | BadFile]:
+    if workers <= 1 or len(rels) < 2 * _CHUNK:
+        for rel in rels:
+            yield _read_one(str(data_dir), rel, spec)
+        return
+    method = "fork" if (threading.active_count() == 1
+                        and "fork" in multiprocessing.get_all_start_methods()) else "spawn"
+    ctx = multiprocessing.get_context(method)
+    chunks = [rels[i:i + _CHUNK] for i in range(0, len(rels), _CHUNK)]
+    with ctx.Pool(workers) as pool:
+        for results in pool.imap(functools.partial(_read_chunk, str(data_dir), spec), chunks):
+            yield from results
+
+
+# -- walking -------------------------------------------------------------------------------
+
+def _walk(root: Path, base: Path, excluded: set[str]) -> Iterator[tuple[str, os.stat_result | None]]:
+    """(relative path with '/', stat) of every regular file under root; hidden names yield
+    (rel, None) so they can be counted as skipped."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ArchiveError(f"cannot list folder: {exc.strerror}", file=str(folder)) from None
+        for entry in entries:
+            rel = os.path.relpath(entry.path, base).replace(os.sep, "/")
+            if entry.name.startswith(".") or entry.path in excluded:
+                if not entry.is_dir(follow_symlinks=False):
+                    yield rel, None
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                try:
+                    yield rel, entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+
+
+# -- the index writer ----------------------------------------------------------------------
+
+def _chunks(items: list, size: int = _SQL_VARS) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class _Writer:
+    """Upserts HeaderRecords level by level; one transaction per ``flush``."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, access_time: int) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.access_time = access_time
+        self.pending: list[HeaderRecord] = []
+        self.affected_series: set[str] = set()
+        self.affected_studies: set[str] = set()
+        self.affected_patients: set[str] = set()
+        self.duplicates: list[str] = []
+        self.sql: dict[str, str] = {}
+        tables = [schema.patients, schema.studies, schema.series, schema.images]
+        for table in tables:
+            cols = [c.name for c in table.columns if c.tag is not None] + ["AccessTime"]
+            if table is schema.images:
+                cols += ["ObjectFile", "DeviceName"]
+            updates = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
+            self.sql[table.name] = (
+                f"INSERT INTO {table.name} ({', '.join(cols)}) "
+                f"VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT({table.key}) DO UPDATE SET {updates}")
+        ecols = [n for n, _ in EXTRAS_COLUMNS]
+        self.extras_cols = ecols
+        self.sql[EXTRAS_TABLE] = (f"INSERT OR REPLACE INTO {EXTRAS_TABLE} ({', '.join(ecols)}) "
+                                  f"VALUES ({', '.join('?' * len(ecols))})")
+        study_tags = [c.tag for c in schema.studies.columns if c.tag is not None]
+        self.study_modality = (study_tags.index(_STUDY_MODALITY_TAG)
+                               if _STUDY_MODALITY_TAG in study_tags else None)
+
+    def add(self, record: HeaderRecord) -> None:
+        self.pending.append(record)
+
+    def _existing(self, sql: str, keys: list[str]) -> list[tuple]:
+        out: list[tuple] = []
+        for part in _chunks(keys):
+            out += self.conn.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+        return out
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        records, self.pending = self.pending, []
+        at = self.access_time
+        sc = self.schema
+        patients: dict[str, tuple] = {}
+        studies: dict[str, list] = {}
+        series: dict[str, tuple] = {}
+        images: dict[str, tuple] = {}
+        extras: dict[str, tuple] = {}
+        modalities: dict[str, list[str]] = {}
+        for r in records:
+            p, st, se, im = r.rows
+            if p[0] is not None:
+                patients[p[0]] = p + (at,)
+            studies[st[0]] = list(st) + [at]
+            series[se[0]] = se + (at,)
+            if im[0] in images and images[im[0]][-2] != r.object_file:
+                self.duplicates.append(r.object_file)
+            images[im[0]] = im + (at, r.object_file, DEVICE_NAME)
+            extras[im[0]] = tuple(r.extras.get(c) for c in self.extras_cols)
+            if r.modality:
+                mods = modalities.setdefault(st[0], [])
+                if r.modality not in mods:
+                    mods.append(r.modality)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            im_table = sc.images
+            old = self._existing(
+                f"SELECT {im_table.key}, {im_table.link}, ObjectFile FROM {im_table.name} "
+                f"WHERE {im_table.key} IN ({{}})", list(images))
+            for sop, series_uid, objfile in old:
+                if series_uid is not None and series_uid != images[sop][-4]:
+                    self.affected_series.add(series_uid)
+                if objfile and objfile != images[sop][-2]:
+                    self.duplicates.append(images[sop][-2])
+            # a series or study that moved to another parent may leave that parent empty
+            se_t, st_t = sc.series, sc.studies
+            for uid, parent in self._existing(
+                    f"SELECT {se_t.key}, {se_t.link} FROM {se_t.name} WHERE {se_t.key} IN ({{}})",
+                    list(series)):
+                if parent is not None and parent != series[uid][-2]:
+                    self.affected_studies.add(parent)
+            for uid, parent in self._existing(
+                    f"SELECT {st_t.key}, {st_t.link} FROM {st_t.name} WHERE {st_t.key} IN ({{}})",
+                    list(studies)):
+                if parent is not None and parent != studies[uid][-2]:
+                    self.affected_patients.add(parent)
+            if self.study_modality is not None:
+                i = self.study_modality
+                known = dict(self._existing(
+                    f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
+                    f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
+                for uid, row in studies.items():
+                    if row[i] is None:
+                        mods = [m for m in (known.get(uid) or "").split("\\") if m]
+                        for m in modalities.get(uid, ()):
+                            if m not in mods:
+                                mods.append(m)
+                        row[i] = "\\".join(mods) if mods else None
+            ex = self.conn.executemany
+            ex(self.sql[sc.patients.name], list(patients.values()))
+            ex(self.sql[sc.studies.name], [tuple(r) for r in studies.values()])
+            ex(self.sql[sc.series.name], list(series.values()))
+            ex(self.sql[im_table.name], list(images.values()))
+            ex(self.sql[EXTRAS_TABLE], list(extras.values()))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def delete_images(self, sops: list[str]) -> int:
+        """Drop image rows (and their extras) by SOP UID; remember their series for cascade()."""
+        if not sops:
+            return 0
+        im = self.schema.images
+        removed = 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for part in _chunks(sops):
+                marks = ",".join("?" * len(part))
+                for (s,) in self.conn.execute(
+                        f"SELECT DISTINCT {im.link} FROM {im.name} WHERE {im.key} IN ({marks})",
+                        part):
+                    if s is not None:
+                        self.affected_series.add(s)
+                removed += self.conn.execute(
+                    f"DELETE FROM {im.name} WHERE {im.key} IN ({marks})", part).rowcount
+                self.conn.execute(f"DELETE FROM {EXTRAS_TABLE} WHERE SOPInstanc IN ({marks})",
+                                  part)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return removed
+
+    def cascade(self) -> None:
+        """Conquest's cascade: drop affected series without images, then affected studies
+        without series, then affected patients without studies."""
+        if not (self.affected_series or self.affected_studies or self.affected_patients):
+            return
+        sc = self.schema
+        se, st, pa, im = sc.series, sc.studies, sc.patients, sc.images
+        series_uids = sorted(self.affected_series)
+        study_uids = set(self.affected_studies)
+        patient_ids = set(self.affected_patients)
+        self.affected_series, self.affected_studies, self.affected_patients = set(), set(), set()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for part in _chunks(series_uids):
+                marks = ",".join("?" * len(part))
+                study_uids.update(s for (s,) in self.conn.execute(
+                    f"SELECT DISTINCT {se.link} FROM {se.name} WHERE {se.key} IN ({marks})", part)
+                    if s is not None)
+                self.conn.execute(
+                    f"DELETE FROM {se.name} WHERE {se.key} IN ({marks}) AND NOT EXISTS "
+                    f"(SELECT 1 FROM {im.name} WHERE {im.name}.{im.link} = {se.name}.{se.key})",
+                    part)
+            for part in _chunks(sorted(study_uids)):
+                marks = ",".join("?" * len(part))
+                patient_ids.update(p for (p,) in self.conn.execute(
+                    f"SELECT DISTINCT {st.link} FROM {st.name} WHERE {st.key} IN ({marks})", part)
+                    if p is not None)
+                self.conn.execute(
+                    f"DELETE FROM {st.name} WHERE {st.key} IN ({marks}) AND NOT EXISTS "
+                    f"(SELECT 1 FROM {se.name} WHERE {se.name}.{se.link} = {st.name}.{st.key})",
+                    part)
+            for part in _chunks(sorted(patient_ids)):
+                marks = ",".join("?" * len(part))
+                self.conn.execute(
+                    f"DELETE FROM {pa.name} WHERE {pa.key} IN ({marks}) AND NOT EXISTS "
+                    f"(SELECT 1 FROM {st.name} WHERE {st.name}.{st.link} = {pa.name}.{pa.key})",
+                    part)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+
+# -- the indexer ---------------------------------------------------------------------------
+
+class Indexer:
+    """Fills one archive's index.  ``conn`` is a read-write connection with the schema in place."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, data_dir: str | Path, *,
+                 exclude: Iterable[str | Path] = (), batch_size: int = 500) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.data_dir = Path(data_dir)
+        self.spec = ReadSpec.from_schema(schema)
+        self.batch_size = batch_size
+        self.excluded = set()
+        for p in exclude:
+            p = str(Path(p).absolute())
+            self.excluded.update({p, p + "-wal", p + "-shm", p + "-journal"})
+
+    # -- what is indexed now -------------------------------------------------------------------
+    def _known(self, patients: list[str] | None) -> dict[str, tuple[str, Any, Any]]:
+        """ObjectFile -> (SOP UID, FileSize, FileMtime) of this data directory's rows."""
+        im = self.schema.images
+        sql = (f"SELECT i.ObjectFile, i.{im.key}, e.FileSize, e.FileMtime FROM {im.name} i "
+               f"LEFT JOIN {EXTRAS_TABLE} e ON e.SOPInstanc = i.{im.key} "
+               f"WHERE (i.DeviceName = ? OR i.DeviceName IS NULL)")
+        out: dict[str, tuple[str, Any, Any]] = {}
+        if patients is None:
+            rows = self.conn.execute(sql, (DEVICE_NAME,))
+        else:
+            rows = []
+            for sop in self._patient_sops(patients):
+                rows += self.conn.execute(sql + f" AND i.{im.key} = ?", (DEVICE_NAME, sop)).fetchall()
+        for objfile, sop, size, mtime in rows:
+            if objfile:
+                out[objfile.replace("\\", "/")] = (sop, size, mtime)
+        return out
+
+    def _patient_sops(self, patients: list[str]) -> list[str]:
+        sc = self.schema
+        se, st, im = sc.series, sc.studies, sc.images
+        marks = ",".join("?" * len(patients))
+        return [r[0] for r in self.conn.execute(
+            f"SELECT {im.name}.{im.key} FROM {im.name} JOIN {se.name} ON "
+            f"{im.name}.{im.link} = {se.name}.{se.key} JOIN {st.name} ON "
+            f"{se.name}.{se.link} = {st.name}.{st.key} WHERE {st.name}.{st.link} IN ({marks})",
+            patients)]
+
+    def _clear_all(self) -> None:
+        sc = self.schema
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for t in (sc.images, sc.series, sc.studies, sc.patients):
+                self.conn.execute(f"DELETE FROM {t.name}")
+            self.conn.execute(f"DELETE FROM {EXTRAS_TABLE}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self, *, mode: str = "all", patients: Iterable[str] | None = None, workers: int = 1,
+            progress: Progress | None = None) -> IndexResult:
+        if mode not in MODES:
+            raise ArchiveError(f"unknown rebuild mode {mode!r}; expected one of {', '.join(MODES)}")
+        if not self.data_dir.is_dir():
+            raise ArchiveError("data directory not found", file=str(self.data_dir))
+        from .store import safe_patient_dir  # store imports this module
+
+        started = time.perf_counter()
+        result = IndexResult()
+        plist = None if patients is None else list(dict.fromkeys(str(p) for p in patients))
+        known = self._known(plist)
+        roots = ([self.data_dir] if plist is None
+                 else sorted({self.data_dir / safe_patient_dir(p) for p in plist}))
+        seen: dict[str, os.stat_result] = {}
+        for root in roots:
+            for rel, st in _walk(root, self.data_dir, self.excluded):
+                if st is None:
+                    result.skipped += 1
+                else:
+                    seen[rel] = st
+        if plist is not None:  # indexed files of these patients outside their folders
+            for rel in known:
+                if rel not in seen:
+                    try:
+                        seen[rel] = os.stat(self.data_dir / rel)
+                    except OSError:
+                        pass
+        writer = _Writer(self.conn, self.schema, int(time.time()))
+        todo: list[str] = []
+        if mode == "all":
+            if plist is None:
+                self._clear_all()
+            else:
+                writer.delete_images([sop for sop, _, _ in known.values()])
+            todo = sorted(seen)
+        elif mode == "missing":
+            todo = sorted(rel for rel in seen if rel not in known)
+            result.unchanged = len(seen) - len(todo)
+        else:
+            changed_sops = []
+            for rel, st in seen.items():
+                old = known.get(rel)
+                if old is None:
+                    todo.append(rel)
+                elif old[1] != st.st_size or old[2] != st.st_mtime_ns:
+                    todo.append(rel)
+                    changed_sops.append(old[0])
+                else:
+                    result.unchanged += 1
+            todo.sort()
+            vanished = [sop for rel, (sop, _, _) in known.items() if rel not in seen]
+            writer.delete_images(changed_sops)
+            result.removed = writer.delete_images(vanished)
+        total = len(todo)
+        done = 0
+        if progress:
+            progress(0, total)
+        for item in _read_all(self.data_dir, todo, self.spec, workers):
+            done += 1
+            if isinstance(item, BadFile):
+                result.bad.append(item)
+            else:
+                writer.add(item)
+                result.indexed += 1
+                if len(writer.pending) >= self.batch_size:
+                    writer.flush()
+            if progress and (done % 100 == 0 or done == total):
+                progress(done, total)
+        writer.flush()
+        writer.cascade()
+        result.duplicates = writer.duplicates
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def index_files(self, rels: Iterable[str]) -> IndexResult:
+        """Index the given files (paths relative to the data directory) and nothing else."""
+        started = time.perf_counter()
+        result = IndexResult()
+        writer = _Writer(self.conn, self.schema, int(time.time()))
+        for rel in rels:
+            item = _read_one(str(self.data_dir), rel, self.spec)
+            if isinstance(item, BadFile):
+                result.bad.append(item)
+            else:
+                writer.add(item)
+                result.indexed += 1
+        writer.flush()
+        writer.cascade()
+        result.duplicates = writer.duplicates
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def add_records(self, records: Iterable[HeaderRecord]) -> int:
+        """Write already-read records (one transaction); returns how many."""
+        writer = _Writer(self.conn, self.schema, int(time.time()))
+        n = 0
+        for r in records:
+            writer.add(r)
+            n += 1
+        writer.flush()
+        writer.cascade()
+        return n
+
+
+def index_tree(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path, *,
+               mode: str = "all", patients: Iterable[str] | None = None, workers: int = 1,
+               progress: Progress | None = None, exclude: Iterable[str | Path] = ()) -> IndexResult:
+    """Convenience: ``Indexer(conn, schema, data_dir, exclude=exclude).run(...)``."""
+    return Indexer(conn, schema, data_dir, exclude=exclude).run(
+        mode=mode, patients=patients, workers=workers, progress=progress)

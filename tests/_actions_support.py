@@ -14,7 +14,8 @@ import pytest
 
 from conquest_run.actions import ActionContext
 from conquest_run.audit import AuditLog
-from conquest_run.db import connect, connect_readonly, ensure_schema
+from conquest_run.actions._local import connect_reader
+from conquest_run.db import connect, ensure_schema
 from conquest_run.plan import Plan, PlannedInstance, PlannedSeries, PlanStep
 from conquest_run.schema import Schema, load_schema
 
@@ -103,7 +104,7 @@ def make_archive(root: Path, extra: dict[str, Path] | None = None) -> MiniArchiv
 
 def planned_series(archive: MiniArchive, series_uids: list[str] | None = None,
                    modality: str | None = None) -> tuple[PlannedSeries, ...]:
-    conn = connect_readonly(archive.database)
+    conn = connect_reader(archive.database)
     sql = ("SELECT s.SeriesInst, s.SeriesPat, s.StudyInsta, s.Modality, s.SeriesDesc "
            "FROM DICOMSeries s")
     rows = conn.execute(sql).fetchall()
@@ -212,7 +213,7 @@ def run_action(archive: MiniArchive, step: PlanStep, *, dry_run: bool = False):
 
 
 def audit_rows(archive: MiniArchive, run_id: str) -> list[tuple]:
-    conn = connect_readonly(archive.database)
+    conn = connect_reader(archive.database)
     try:
         return conn.execute("SELECT SOPInstanc, Status, Reason, Detail FROM ConquestRunAudit "
                             "WHERE RunId = ? ORDER BY rowid", (run_id,)).fetchall()
@@ -221,7 +222,7 @@ def audit_rows(archive: MiniArchive, run_id: str) -> list[tuple]:
 
 
 def table_counts(archive: MiniArchive) -> dict[str, int]:
-    conn = connect_readonly(archive.database)
+    conn = connect_reader(archive.database)
     try:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("DICOMPatients", "DICOMStudies", "DICOMSeries", "DICOMImages",

@@ -81,7 +81,8 @@ def test_overwrite_never_refuses_a_different_file(archive, tmp_path):
     assert report.totals()["done"] == 4
     assert ("failed" in [r[1] for r in audit_rows(archive, run_id)])
     # the manifest lists only what is really at the destination
-    assert inst.sop_uid not in {e["sop_uid"] for e in _manifest_entries(tmp_path / "out/manifest.json")}
+    listed = {e["sop_uid"] for e in _manifest_entries(tmp_path / "out/manifest.json")}
+    assert inst.sop_uid not in listed and len(listed) == 4
 
     replace = make_step(archive, "copy", {"destination": "out", "layout": "flat",
                                           "overwrite": "if_different"})

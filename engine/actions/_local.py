@@ -11,10 +11,11 @@ from __future__ import annotations
 
 __all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside", "source_path",
            "progress", "sha256_file", "archive_facts", "ArchiveFacts", "CHUNK", "safe_component",
-           "safe_patient_dir", "plan_series", "api_run"]
+           "safe_patient_dir", "plan_series", "api_run", "connect_reader"]
 
 import hashlib
 import os
+import sqlite3
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +58,37 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# -- reading the database -----------------------------------------------------------------
+def connect_reader(database: Path) -> sqlite3.Connection:
+    """A connection that cannot write (``query_only``), and that leaves no trace.
+
+    ``db.connect_readonly`` (``mode=ro``) cannot remove the ``-wal``/``-shm`` files it makes
+    beside a WAL database when it closes, so a dry run would leave two new files.  This opens
+    the existing file without ``mode=ro`` but with ``PRAGMA query_only``; as the last connection
+    closes SQLite removes those files as usual.  Read-only files fall back to ``mode=ro``.
+    """
+    from urllib.parse import quote
+
+    from ..db import BUSY_TIMEOUT_MS, connect_readonly
+    from ..errors import ArchiveError
+
+    path = Path(database)
+    if not path.is_file():
+        raise ArchiveError("database not found", file=str(path))
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return connect_readonly(path)
+    uri = "file:" + quote(str(path.resolve())) + "?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only = 1")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
+    return conn
 
 
 # -- the archive ---------------------------------------------------------------------------
@@ -218,13 +250,12 @@ def plan_series(archive: Any, series_uids: "Sequence[str] | None",
     With ``level="instance"`` the UIDs are SOP Instance UIDs and each series carries only the
     named instances.
     """
-    from ..db import connect_readonly
     from ..plan import PlannedInstance, PlannedSeries
 
     facts = archive_facts(archive)
     se, st, im = facts.schema.series, facts.schema.studies, facts.schema.images
     q = _quote_ident
-    conn = connect_readonly(facts.database)
+    conn = connect_reader(facts.database)
     try:
         series_pat = facts.schema.patient_column(se.name) or st.link
         sql = (f"SELECT s.{q(se.key)}, coalesce(t.{q(st.link)}, s.{q(series_pat)}), "

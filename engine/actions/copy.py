@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..audit import now_iso
-from ..db import connect_readonly
 from ..errors import ActionError, ArchiveError, JobError
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
-from ._local import (StepRecorder, archive_facts, filesystem, inside, progress, safe_component,
-                     safe_patient_dir, sha256_file, source_path)
+from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside, progress,
+                     safe_component, safe_patient_dir, sha256_file, source_path)
 
 if TYPE_CHECKING:
     from ..plan import PlannedInstance, PlannedSeries, PlanStep
@@ -218,7 +217,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     conn = None
     if layout.needs_index:
         try:
-            conn = connect_readonly(facts.database)
+            conn = connect_reader(facts.database)
         except ArchiveError as exc:
             return rec.fail_step(str(exc))
     entries: list[dict[str, Any]] = []

@@ -24,11 +24,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..db import connect, connect_readonly
+from ..db import connect
 from ..errors import ActionError, ArchiveError
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
 from ..schema import EXTRAS_TABLE
-from ._local import StepRecorder, archive_facts, filesystem, inside, progress, source_path
+from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside, progress,
+                     source_path)
 
 if TYPE_CHECKING:
     from ..plan import PlanStep
@@ -144,7 +145,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     schema = facts.schema
     files = (step.options or {}).get("files", False) is True
     try:
-        conn = connect_readonly(facts.database) if ctx.dry_run else connect(facts.database)
+        conn = connect_reader(facts.database) if ctx.dry_run else connect(facts.database)
     except ArchiveError as exc:
         return rec.fail_step(str(exc))
     changes = _Changes(conn, ctx.dry_run)

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
-from ..db import connect_readonly
 from ..errors import ActionError, ArchiveError, ConquestRunError, JobError
 from ..report import DONE, FAILED, Outcome, StepReport
-from ._local import StepRecorder, archive_facts, filesystem, progress, safe_component, \
-    source_path
+from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, progress,
+                     safe_component, source_path)
 
 if TYPE_CHECKING:
     from ..plan import PlanStep
@@ -297,7 +296,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             return rec.fail_step(f"dump: cannot write {out}: {exc.strerror or exc}")
         return rec.finish(format=fmt, **summary)
     try:
-        conn = connect_readonly(facts.database)
+        conn = connect_reader(facts.database)
     except ArchiveError as exc:
         return rec.fail_step(str(exc))
     try:

@@ -131,26 +131,34 @@ class Archive:
             return ds_store.store(data)
 
     # -- reading -----------------------------------------------------------------------------
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = (),
-              column: int | str | None = None) -> list:
-        """Run one read-only SQL statement with parameters; rows as tuples, or one column's
-        values (by index or name) when ``column`` is given."""
+    def query_with_names(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+                         ) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of one read-only SQL statement with parameters."""
         self.ensure_indexed()
         with closing(self.connect_readonly()) as conn:
             try:
                 cur = conn.execute(sql, params)
                 rows = cur.fetchall()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, sqlite3.Warning) as exc:
                 raise ArchiveError(f"query failed: {exc}") from None
-            if column is None:
-                return rows
-            if isinstance(column, str):
-                names = [d[0].lower() for d in cur.description or ()]
-                if column.lower() not in names:
-                    raise ArchiveError(f"the query has no column {column!r} "
-                                       f"(it has {', '.join(names) or 'none'})")
-                column = names.index(column.lower())
-            return [r[column] for r in rows]
+            return [d[0] for d in cur.description or ()], rows
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = (),
+              column: int | str | None = None) -> list:
+        """Run one read-only SQL statement with parameters; rows as tuples, or one column's
+        values (by index or name) when ``column`` is given."""
+        names, rows = self.query_with_names(sql, params)
+        if column is None:
+            return rows
+        if isinstance(column, str):
+            lowered = [n.lower() for n in names]
+            if column.lower() not in lowered:
+                raise ArchiveError(f"the query has no column {column!r} "
+                                   f"(it has {', '.join(names) or 'none'})")
+            column = lowered.index(column.lower())
+        elif not -len(names) <= column < len(names):
+            raise ArchiveError(f"the query has no column {column} (it has {len(names)})")
+        return [r[column] for r in rows]
 
     def series_summary(self) -> list[SeriesInfo]:
         """One entry per series: patient, study, series UID, modality, description, date,

@@ -1,0 +1,116 @@
+"""The archive subcommands: ``rebuild``, ``store``, ``summary``, ``query``.
+
+    conquest-run rebuild [--patient ID ...] [--only-missing | --refresh] [--workers N]
+    conquest-run store PATH... [--move]
+    conquest-run summary
+    conquest-run query "SELECT ..." [--param VALUE ...] [--no-header]
+
+Each takes the archive flags ``--data``, ``--database``, ``--dicom-sql``.  A progress bar shows
+only on a terminal; the result is one line on stdout; bad files are listed on stderr.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "run"]
+
+import argparse
+import sys
+
+from .archive import Archive
+from .cli import add_archive_flags
+from .indexer import BadFile
+
+_SHOW_BAD = 20
+
+
+def register(name: str, parser: argparse.ArgumentParser) -> None:
+    add_archive_flags(parser)
+    if name == "rebuild":
+        parser.description = "Index the data directory into the database."
+        parser.add_argument("--patient", action="append", metavar="ID",
+                            help="only this PatientID (repeatable)")
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--only-missing", action="store_true",
+                          help="index only files not indexed yet")
+        mode.add_argument("--refresh", action="store_true",
+                          help="re-index changed files, drop rows of vanished files")
+        parser.add_argument("--workers", type=int, default=1, metavar="N",
+                            help="parse in N worker processes (default 1)")
+    elif name == "store":
+        parser.description = "Copy files or folders into data/<PatientID>/ and index them."
+        parser.add_argument("paths", nargs="+", metavar="PATH")
+        parser.add_argument("--move", action="store_true", help="move instead of copy")
+    elif name == "summary":
+        parser.description = "One line per series: patient, modality, instances, size."
+    elif name == "query":
+        parser.description = "Run one read-only SQL statement against the index."
+        parser.add_argument("sql", metavar="SQL")
+        parser.add_argument("--param", action="append", default=[], metavar="VALUE",
+                            help="a value for the next '?' (repeatable)")
+        parser.add_argument("--no-header", action="store_true", help="no column names line")
+
+
+def _archive(args: argparse.Namespace) -> Archive:
+    return Archive(args.data, args.database, args.dicom_sql)
+
+
+def _report_bad(bad: list[BadFile]) -> None:
+    for b in bad[:_SHOW_BAD]:
+        print(f"{b.path}: {b.reason}", file=sys.stderr)
+    if len(bad) > _SHOW_BAD:
+        print(f"... and {len(bad) - _SHOW_BAD} more bad files", file=sys.stderr)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return str(value).replace("\t", " ").replace("\n", "\\n")
+
+
+def _print_table(title: str, header: list[str], rows: list[tuple], show_header: bool = True) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title=title, show_header=show_header)
+        for h in header:
+            table.add_column(h, overflow="fold")
+        for r in rows:
+            table.add_row(*(_text(v) for v in r))
+        Console().print(table)
+        return
+    if show_header:
+        print("\t".join(header))
+    for r in rows:
+        print("\t".join(_text(v) for v in r))
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    archive = _archive(args)
+    if name == "rebuild":
+        mode = "missing" if args.only_missing else "refresh" if args.refresh else "all"
+        if args.workers < 1:
+            print("conquest-run rebuild: --workers must be at least 1", file=sys.stderr)
+            return 2
+        result = archive.rebuild(patients=args.patient, mode=mode, workers=args.workers,
+                                 progress=sys.stderr.isatty())
+        _report_bad(result.bad)
+        print(result.summary())
+        return 0
+    if name == "store":
+        result = archive.store(args.paths, move=args.move)
+        _report_bad(result.bad)
+        print(result.summary())
+        return 1 if result.bad else 0
+    if name == "summary":
+        rows = archive.series_summary()
+        header = ["PatientID", "Study", "Series", "Modality", "Description", "Date",
+                  "Instances", "Bytes"]
+        _print_table(f"{len(rows)} series in {archive.database}", header,
+                     [(s.patient_id, s.study_uid, s.series_uid, s.modality, s.description,
+                       s.date, s.instances, s.bytes) for s in rows])
+        return 0
+    if name == "query":
+        header, rows = archive.query_with_names(args.sql, args.param)
+        _print_table(f"{len(rows)} rows", header, rows, not args.no_header)
+        return 0
+    raise AssertionError(name)

@@ -13,7 +13,7 @@ recorded (``flush_every`` bounds what a crash can lose to a few outcomes; ``flus
 
 from __future__ import annotations
 
-__all__ = ["AuditLog", "RUNS_TABLE", "AUDIT_TABLE"]
+__all__ = ["AuditLog", "RUNS_TABLE", "AUDIT_TABLE", "read_runs", "read_outcomes"]
 
 import json
 import sqlite3
@@ -104,3 +104,61 @@ class AuditLog:
         keys = ("run_id", "job_path", "job_name", "job_sha256", "started", "ended", "ok",
                 "done", "skipped", "failed")
         return [dict(zip(keys, r)) for r in cur]
+
+
+# -- reading without writing (``conquest-run history``) -----------------------------------------
+_RUN_KEYS = ("run_id", "job_path", "job_name", "job_sha256", "started", "ended", "ok",
+             "summary", "done", "skipped", "failed")
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    names = {r[0].lower() for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return RUNS_TABLE.lower() in names and AUDIT_TABLE.lower() in names
+
+
+def read_runs(conn: sqlite3.Connection, limit: int | None = 20,
+              run_id_prefix: str | None = None) -> list[dict]:
+    """Past runs, newest first, with outcome totals; no DDL, so a read-only connection does.
+
+    ``run_id_prefix`` keeps the runs whose id starts with it.  No audit tables: no runs.
+    """
+    if not _has_tables(conn):
+        return []
+    where, params = "", []
+    if run_id_prefix:
+        where = "WHERE substr(r.RunId, 1, ?) = ?"
+        params = [len(run_id_prefix), run_id_prefix]
+    sql = (f"SELECT r.RunId, r.JobPath, r.JobName, r.JobSha256, r.Started, r.Ended, r.Ok, "
+           f"r.Summary, sum(a.Status = 'done'), sum(a.Status = 'skipped'), sum(a.Status = 'failed') "
+           f"FROM {RUNS_TABLE} r LEFT JOIN {AUDIT_TABLE} a ON a.RunId = r.RunId {where} "
+           f"GROUP BY r.RunId ORDER BY r.Started DESC, r.rowid DESC")
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    out = []
+    for row in conn.execute(sql, params):
+        d = dict(zip(_RUN_KEYS, row))
+        for k in ("done", "skipped", "failed"):
+            d[k] = d[k] or 0
+        d["ok"] = None if d["ok"] is None else bool(d["ok"])
+        d["summary"] = json.loads(d["summary"]) if d["summary"] else {}
+        out.append(d)
+    return out
+
+
+def read_outcomes(conn: sqlite3.Connection, run_id: str) -> list[dict]:
+    """Every outcome of one run, in the order recorded."""
+    if not _has_tables(conn):
+        return []
+    keys = ("step", "step_name", "action", "target", "sop_uid", "series_uid", "status",
+            "reason", "detail", "time")
+    rows = conn.execute(
+        f"SELECT Step, StepName, Action, Target, SOPInstanc, SeriesInst, Status, Reason, Detail, "
+        f"Time FROM {AUDIT_TABLE} WHERE RunId = ? ORDER BY rowid", (run_id,))
+    out = []
+    for row in rows:
+        d = dict(zip(keys, row))
+        d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
+        out.append(d)
+    return out

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from conquest_run.actions import ActionContext
+from conquest_run.archive import Archive
 from conquest_run.audit import AuditLog
 from conquest_run.actions._local import connect_reader
-from conquest_run.db import connect, ensure_schema
+from conquest_run.db import connect
 from conquest_run.plan import Plan, PlannedInstance, PlannedSeries, PlanStep
-from conquest_run.schema import Schema, load_schema
 
 FILES = ("rtplan.dcm", "rtdose.dcm", "rtstruct.dcm", "CT_small.dcm", "MR_small.dcm")
-
-
-@dataclass
-class MiniArchive:
-    """What the actions need from an ``Archive``: the data folder, database and schema."""
-
-    data_dir: Path
-    database: Path
-    schema: Schema
 
 
 def pydicom_file(name: str) -> Path:
@@ -39,70 +28,31 @@ def pydicom_file(name: str) -> Path:
     return Path(path)
 
 
-def _s(ds, keyword):
-    v = ds.get(keyword)
-    return None if v is None or v == "" else str(v)
-
-
-def index_file(conn, data_dir: Path, path: Path) -> None:
-    """Put one file's rows into the Conquest tables (the columns the actions read)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    rel = path.relative_to(data_dir).as_posix()
-    pid = _s(ds, "PatientID") or ""
-    conn.execute("INSERT OR IGNORE INTO DICOMPatients (PatientID, PatientNam, PatientSex) "
-                 "VALUES (?, ?, ?)", (pid, _s(ds, "PatientName"), _s(ds, "PatientSex")))
-    conn.execute("INSERT OR IGNORE INTO DICOMStudies (StudyInsta, StudyDate, StudyDescr, "
-                 "PatientID, PatientNam) VALUES (?, ?, ?, ?, ?)",
-                 (_s(ds, "StudyInstanceUID"), _s(ds, "StudyDate"), _s(ds, "StudyDescription"),
-                  pid, _s(ds, "PatientName")))
-    conn.execute("INSERT OR IGNORE INTO DICOMSeries (SeriesInst, SeriesNumb, SeriesDesc, "
-                 "Modality, SeriesPat, StudyInsta) VALUES (?, ?, ?, ?, ?, ?)",
-                 (_s(ds, "SeriesInstanceUID"), _s(ds, "SeriesNumber"),
-                  _s(ds, "SeriesDescription"), _s(ds, "Modality"), pid,
-                  _s(ds, "StudyInstanceUID")))
-    conn.execute("INSERT INTO DICOMImages (SOPInstanc, SOPClassUI, ImageNumbe, ImagePat, "
-                 "SeriesInst, ObjectFile, DeviceName) VALUES (?, ?, ?, ?, ?, ?, 'MAG0')",
-                 (_s(ds, "SOPInstanceUID"), _s(ds, "SOPClassUID"), _s(ds, "InstanceNumber"),
-                  pid, _s(ds, "SeriesInstanceUID"), rel))
-    data = path.read_bytes()
-    conn.execute("INSERT INTO RTExtras (SOPInstanc, Modality, hash, FileSize) VALUES (?,?,?,?)",
-                 (_s(ds, "SOPInstanceUID"), _s(ds, "Modality"),
-                  hashlib.sha256(data).hexdigest(), len(data)))
-
-
-def make_archive(root: Path, extra: dict[str, Path] | None = None) -> MiniArchive:
-    """pydicom's RT/CT/MR files under root/data/<PatientID>/, indexed into root/conquest.db.
+def make_archive(root: Path, extra: dict[str, Path] | None = None):
+    """pydicom's RT/CT/MR files under root/data/<PatientID>/, indexed by the archive core into
+    root/conquest.db; returns the ``Archive``.
 
     ``extra`` adds more files: {relative path under data/: source file}.
     """
-    from conquest_run.actions._local import safe_patient_dir
+    from conquest_run.store import safe_patient_dir
 
     data = root / "data"
-    schema = load_schema()
-    root.mkdir(parents=True, exist_ok=True)
-    conn = connect(root / "conquest.db")
-    ensure_schema(conn, schema)
-    placed = []
     for name in FILES:
         src = pydicom_file(name)
         ds = pydicom.dcmread(src, stop_before_pixels=True, force=True)
         folder = data / safe_patient_dir(str(ds.get("PatientID", "") or ""))
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, folder / name)
-        placed.append(folder / name)
     for rel, src in (extra or {}).items():
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, data / rel)
-        placed.append(data / rel)
-    conn.execute("BEGIN")
-    for p in placed:
-        index_file(conn, data, p)
-    conn.execute("COMMIT")
-    conn.close()
-    return MiniArchive(data, root / "conquest.db", schema)
+    archive = Archive(data, root / "conquest.db")
+    result = archive.rebuild()
+    assert not result.bad, result.bad
+    return archive
 
 
-def planned_series(archive: MiniArchive, series_uids: list[str] | None = None,
+def planned_series(archive: Archive, series_uids: list[str] | None = None,
                    modality: str | None = None) -> tuple[PlannedSeries, ...]:
     conn = connect_reader(archive.database)
     sql = ("SELECT s.SeriesInst, s.SeriesPat, s.StudyInsta, s.Modality, s.SeriesDesc "
@@ -127,7 +77,7 @@ def planned_series(archive: MiniArchive, series_uids: list[str] | None = None,
     return tuple(out)
 
 
-def make_step(archive: MiniArchive, action: str, options: dict, *, series=None,
+def make_step(archive: Archive, action: str, options: dict, *, series=None,
               level: str = "series", query: str | None = None, target: str = "") -> PlanStep:
     if series is None:
         series = planned_series(archive)
@@ -135,12 +85,12 @@ def make_step(archive: MiniArchive, action: str, options: dict, *, series=None,
                     level, tuple(series), query, None)
 
 
-def make_plan(archive: MiniArchive, steps: tuple[PlanStep, ...], name: str = "test-job") -> Plan:
+def make_plan(archive: Archive, steps: tuple[PlanStep, ...], name: str = "test-job") -> Plan:
     return Plan("jobs/test.yml", "ab" * 32, name, str(archive.data_dir), str(archive.database),
                 None, steps, "2026-01-01T00:00:00+00:00")
 
 
-def make_ctx(archive: MiniArchive, step: PlanStep, *, dry_run: bool = False,
+def make_ctx(archive: Archive, step: PlanStep, *, dry_run: bool = False,
              audit: bool = True) -> tuple[ActionContext, object]:
     """A context; with ``audit`` a real AuditLog on the archive database (closed by caller)."""
     plan = make_plan(archive, (step,))
@@ -198,7 +148,7 @@ def ct_study(tmp: Path) -> dict[str, Path]:
     return files
 
 
-def run_action(archive: MiniArchive, step: PlanStep, *, dry_run: bool = False):
+def run_action(archive: Archive, step: PlanStep, *, dry_run: bool = False):
     """Run the step's action with a real audit log (not in a dry run); returns (report, run_id)."""
     from conquest_run.actions import get_action
     ctx, conn = make_ctx(archive, step, dry_run=dry_run)
@@ -212,7 +162,7 @@ def run_action(archive: MiniArchive, step: PlanStep, *, dry_run: bool = False):
     return report, ctx.run_id
 
 
-def audit_rows(archive: MiniArchive, run_id: str) -> list[tuple]:
+def audit_rows(archive: Archive, run_id: str) -> list[tuple]:
     conn = connect_reader(archive.database)
     try:
         return conn.execute("SELECT SOPInstanc, Status, Reason, Detail FROM ConquestRunAudit "
@@ -221,7 +171,7 @@ def audit_rows(archive: MiniArchive, run_id: str) -> list[tuple]:
         conn.close()
 
 
-def table_counts(archive: MiniArchive) -> dict[str, int]:
+def table_counts(archive: Archive) -> dict[str, int]:
     conn = connect_reader(archive.database)
     try:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]

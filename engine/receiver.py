@@ -194,8 +194,9 @@ class Receiver:
             return
         server.shutdown()                  # no new associations; running ones go on
         deadline = time.monotonic() + self.settings.stop_timeout
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while time.monotonic() < deadline and any(
+                a.is_established for a in server.active_associations):
+            time.sleep(0.05)           # a connection that never associated is not waited for
         for assoc in server.active_associations:
             assoc.abort()
         self._stopping.set()

@@ -1,0 +1,139 @@
+"""The receiver (conquest-run serve / receiver.listen) against dcmtk storescu on 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from conquest_run.db import connect_readonly
+from conquest_run.errors import NetworkError
+from conquest_run.net import PeerSettings, echo
+from conquest_run.receiver import listen
+from conquest_run.synthetic import write_patient
+
+from _net_support import dataset_bytes, free_port, stop, storescu, wait_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def outgoing(tmp_path) -> dict[str, Path]:
+    """Files to send (two patients, one with a PatientID that tries to escape): SOP -> file."""
+    src = tmp_path / "outgoing"
+    write_patient(src, seed=3, patient_id="RX001", ct_slices=4)
+    write_patient(src, seed=3, patient_id="../evil", ct_slices=2, rt=False)
+    out = {}
+    for path in src.rglob("*.dcm"):
+        out[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = path
+    return out
+
+
+def _rows(database: Path) -> dict[str, str]:
+    conn = connect_readonly(database)
+    try:
+        return dict(conn.execute("SELECT SOPInstanc, ObjectFile FROM DICOMImages"))
+    finally:
+        conn.close()
+
+
+def test_storescu_into_the_archive_stores_and_indexes(tmp_path, outgoing):
+    data, db = tmp_path / "data", tmp_path / "conquest.db"
+    with listen(data, free_port(), database=db) as rx:
+        done = storescu(rx.port, next(iter(outgoing.values())).parents[1])
+        assert done.returncode == 0, done.stderr
+    assert rx.received == len(outgoing) and rx.failed == 0
+    rows = _rows(db)
+    assert set(rows) == set(outgoing)
+    for sop, object_file in rows.items():
+        stored = data / object_file
+        assert stored.resolve().is_relative_to(data.resolve())
+        assert dataset_bytes(stored) == dataset_bytes(outgoing[sop])     # stored as received
+    folders = {Path(f).parts[0] for f in rows.values()}
+    assert folders == {"RX001", "___evil"}                              # escaped PatientID
+    assert not [p for p in data.rglob("*") if p.name.startswith(".")]   # no temp files left
+
+
+def test_a_job_can_read_while_the_receiver_writes(tmp_path, outgoing):
+    data, db = tmp_path / "data", tmp_path / "conquest.db"
+    counts, errors = [], []
+    with listen(data, free_port(), database=db) as rx:
+        stop_reading = threading.Event()
+
+        def reader():
+            while not stop_reading.is_set():
+                try:
+                    conn = connect_readonly(db)
+                    counts.append(conn.execute("SELECT count(*) FROM DICOMImages").fetchone()[0])
+                    conn.close()
+                except Exception as exc:          # "database is locked" would land here
+                    errors.append(exc)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            storescu(rx.port, next(iter(outgoing.values())).parents[1])
+        finally:
+            stop_reading.set()
+            t.join(10)
+    assert errors == [] and counts
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_no_index_stores_files_only(tmp_path, outgoing):
+    data = tmp_path / "data"
+    with listen(data, free_port(), database=tmp_path / "conquest.db", index=False) as rx:
+        storescu(rx.port, next(iter(outgoing.values())).parents[1])
+    assert not (tmp_path / "conquest.db").exists()
+    assert len(list(data.rglob("*.dcm"))) == len(outgoing)
+
+
+def test_allow_rejects_other_calling_aes(tmp_path):
+    with listen(tmp_path / "data", free_port(), allow=["GOOD"], index=False) as rx:
+        assert echo(PeerSettings("127.0.0.1", rx.port, calling_ae="GOOD", timeout=5)) >= 0
+        with pytest.raises(NetworkError, match="association rejected"):
+            echo(PeerSettings("127.0.0.1", rx.port, calling_ae="BAD", timeout=5))
+
+
+def test_listen_on_a_busy_port_is_a_clear_error(tmp_path):
+    with listen(tmp_path / "data", free_port(), index=False) as rx:
+        with pytest.raises(NetworkError, match=f"cannot listen on 127.0.0.1:{rx.port}"):
+            listen(tmp_path / "data2", rx.port, index=False)
+
+
+def test_serve_runs_until_sigterm_and_exits_0(tmp_path, outgoing):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conquest_run", "serve", "--port", str(port), "--aet", "RX",
+         "--data", str(tmp_path / "data"), "--database", str(tmp_path / "conquest.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, proc, timeout=20)
+        done = storescu(port, next(iter(outgoing.values())).parents[1], called_ae="RX")
+        assert done.returncode == 0, done.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and f"listening on 127.0.0.1:{port}" in err
+    assert f"received {len(outgoing)}" in err
+    assert set(_rows(tmp_path / "conquest.db")) == set(outgoing)
+
+
+def test_echo_cli(tmp_path, capsys):
+    from conquest_run.cli import main
+
+    with listen(tmp_path / "data", free_port(), aet="RX", index=False) as rx:
+        assert main(["echo", "127.0.0.1", str(rx.port), "--called-ae", "RX"]) == 0
+    assert f"C-ECHO RX@127.0.0.1:{rx.port}: ok" in capsys.readouterr().out
+    assert main(["echo", "127.0.0.1", str(rx.port), "--timeout", "3"]) == 1
+    assert "no DICOM peer listening" in capsys.readouterr().err

@@ -255,8 +255,11 @@ class _Humanizer:
                                 f"a job with steps: has its select and action inside each step; "
                                 f"move {' and '.join(extra)} into a step", key=True)]
             return [self.at((), "the job needs action: (with select:) or steps:")]
-        if v is None and "then" in spath and path and path[-1] == "send":
-            given = [k for k in ("host", "port", "called_ae") if k in (inst or {})]
+        if v is None and "then" in spath and "send" in path:
+            while path and path[-1] != "send":
+                path = path[:-1]
+            obj = _get(data, path)
+            given = [k for k in ("host", "port", "called_ae") if isinstance(obj, dict) and k in obj]
             return [self.at(path + (k,), f"send with node: takes {k} from the node; "
                             f"leave {k} out", key=True) for k in given] or \
                 [self.at(path, "send with node: takes host, port and called_ae from the node")]
@@ -319,6 +322,15 @@ class _Humanizer:
                                 f"not {_kind(inst)}")]
             return [self.at(path, f"{where} is not valid here")]
         return [self.at(path, f"{where}: {error.message}")]
+
+
+def _get(data: Any, path: PathKey) -> Any:
+    for p in path:
+        try:
+            data = data[p]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 _EXAMPLES = {"copy": "{destination: exports/x}", "dump": "{file: out.csv}",
@@ -454,14 +466,21 @@ def _reference_errors(job: Job) -> list[JobError]:
     return errs
 
 
+def _show(value: str) -> str:
+    """A value quoted for a message: as written, or as a Python literal if it has controls."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return repr(value)
+    return f"'{value}'"
+
+
 def _peer_errors(job: Job, base: PathKey, opts: dict[str, Any]) -> list[JobError]:
     errs = []
     label = "send" if "action" in base else _dotted(base)
     if isinstance(opts.get("host"), str) and (p := _host_problem(opts["host"])):
-        errs.append(job.error(f"{label}.host {opts['host']!r} {p}", base + ("host",)))
+        errs.append(job.error(f"{label}.host {_show(opts['host'])} {p}", base + ("host",)))
     for key in ("called_ae", "calling_ae"):
         if isinstance(opts.get(key), str) and (p := _ae_problem(opts[key])):
-            errs.append(job.error(f"{label}.{key} {opts[key]!r} {p} (an AE title has 1 to "
+            errs.append(job.error(f"{label}.{key} {_show(opts[key])} {p} (an AE title has 1 to "
                                   f"{AE_TITLE_MAX} characters, no backslash or control "
                                   "characters)", base + (key,)))
     return errs
@@ -530,9 +549,11 @@ def check_job_sql(job: Job, schema) -> None:
             table = step.options["table"]
             known = {t.lower(): t for t in schema.sqlglot_schema()}
             if table.lower() not in known:
+                close = difflib.get_close_matches(table.lower(), list(known), n=1, cutoff=0.6)
+                hint = (f"did you mean {known[close[0]]}?" if close else
+                        f"known: {', '.join(sorted(known.values()))}")
                 errors.append(job.error(
-                    f"dump.table {table!r} is not a table or view of {schema.source} "
-                    f"(known: {', '.join(sorted(known.values()))})",
+                    f"dump.table {table!r} is not a table or view of {schema.source} ({hint})",
                     step.path + ("action", "dump", "table")))
     if errors:
         raise JobErrors(errors)

@@ -132,7 +132,7 @@ def _yaml_error(exc: yaml.MarkedYAMLError, path: str) -> JobError:
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or exc.context or "invalid YAML"
     message = f"YAML syntax error: {problem}"
-    if "\t" in problem:
+    if "'\\t'" in problem:
         message += " (indent with spaces, not tabs)"
     if exc.context and exc.problem and problem.startswith("but "):
         message = f"YAML syntax error: {exc.context} {problem}"

@@ -165,6 +165,10 @@ class _Checker:
             desc = err.get("description") or str(exc)
             desc = re.sub(r"<Token token_type: TokenType\.\w+, text: (.*?), line.*?>", r"'\1'",
                           desc)
+            missing = re.match(r"Required keyword: '(\w+)' missing for <class '[\w.]+\.(\w+)'>",
+                               desc)
+            if missing:
+                desc = f"{missing.group(2).upper()} is incomplete (its {missing.group(1)} is missing)"
             hl = err.get("highlight") or ""
             offset = (self.line_col_offset(err["line"], err["col"], len(hl))
                       if err.get("line") else 0)

@@ -1,0 +1,279 @@
+"""``conquest-run JOB.yml...``: validate, plan, dry-run, run, save and apply plans.
+
+    conquest-run JOB.yml...               plan, then run each job
+    conquest-run --dry-run JOB.yml...     plan and walk the actions without touching anything
+    conquest-run --validate JOB.yml...    YAML, schema, references and SQL only (no database)
+    conquest-run --plan-out P.json JOB    save the plan (nothing is run); then
+    conquest-run --apply P.json           run exactly that plan, refused if the archive changed
+
+Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  Errors go to stderr as
+``PATH:LINE:COL: message``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "run"]
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .cli import add_archive_flags
+from .errors import ConquestRunError
+
+
+def register(name: str | None, parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Run declarative job files on a Conquest-style archive: select "
+                          "series, then copy, dump, delete, rebuild or send them.")
+    parser.add_argument("jobs", nargs="*", metavar="JOB.yml", help="job files to run in order")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print the plan and what each step would do; change nothing")
+    mode.add_argument("--validate", action="store_true",
+                      help="check the job files (YAML, schema, references, SQL) without a "
+                           "database, then stop")
+    mode.add_argument("--apply", metavar="PLAN.json",
+                      help="run a plan saved with --plan-out; refused if the archive changed")
+    parser.add_argument("--plan-out", metavar="PLAN.json",
+                        help="save the plan of one job to this file and stop (run it later "
+                             "with --apply)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the plan (and the report) as JSON on stdout")
+    parser.add_argument("--force", action="store_true",
+                        help="send: resend what the journal says a peer already confirmed")
+    parser.add_argument("--echo", action="store_true",
+                        help="with --dry-run: C-ECHO the send peers (the only network traffic)")
+    add_archive_flags(parser, defaults=False)
+
+
+# -- output -----------------------------------------------------------------------------------
+def _console(stderr: bool = False):
+    from rich.console import Console
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def _shown(path: str) -> str:
+    """A path as short as it is clear: relative to the current directory when below it."""
+    import os
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+    console.print(f"[bold]Plan[/bold] for {escape(plan.job_path)} "
+                  f"([cyan]{escape(plan.job_name)}[/cyan])"
+                  + ("  [yellow](dry run: nothing will be changed)[/yellow]" if dry_run else ""))
+    console.print(f"  archive: data {escape(_shown(plan.data_dir))}, "
+                  f"database {escape(_shown(plan.database))}")
+    for note in notes:
+        console.print(f"  [yellow]{escape(note)}[/yellow]")
+    for step in plan.steps:
+        console.print()
+        sign, colour = ("-", "red") if step.destructive else ("+", "green")
+        what = " [bold red](destroys)[/bold red]" if step.destructive else ""
+        label = "" if step.name == step.action else f"{escape(step.name)}: "
+        console.print(f"[{colour}]{sign}[/{colour}] [bold]step {step.index}[/bold] "
+                      f"{label}[bold]{step.action}[/bold]{what} -> "
+                      f"{escape(step.target)}"
+                      + (f"  [dim]({step.level} level)[/dim]" if step.series or step.query else ""))
+        if step.series:
+            table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+            for col, justify in (("patient", "left"), ("modality", "left"),
+                                 ("series UID", "left"), ("description", "left"),
+                                 ("instances", "right"), ("size", "right")):
+                table.add_column(col, justify=justify, overflow="fold")
+            for s in step.series:
+                table.add_row(escape(s.patient_id or ""), escape(s.modality or ""),
+                              escape(s.series_uid), escape(s.description or ""),
+                              str(len(s.instances)), _size(s.bytes))
+            console.print(table)
+        totals = (f"{len(step.series)} series, {_plural(step.instance_count, 'instance')}, "
+                  f"{_size(step.bytes)}")
+        if step.destructive:
+            files = step.options.get("files") is True
+            console.print(f"  [red]{totals} will be removed from the database"
+                          f"{' and their files deleted' if files else ' (files kept)'}[/red]")
+        elif step.series or step.action not in ("rebuild", "dump"):
+            console.print(f"  {totals}")
+    console.print()
+    adds = sum(s.instance_count for s in plan.steps if not s.destructive)
+    destroys = sum(s.instance_count for s in plan.steps if s.destructive)
+    console.print(f"[bold]Plan:[/bold] {_plural(len(plan.steps), 'step')}; "
+                  f"{_plural(adds, 'instance')} to process, "
+                  f"[red]{destroys} to remove[/red].")
+
+
+def print_report(report, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+    table = Table(title=("Dry run" if report.dry_run else "Report") + f" {report.run_id[:12]}",
+                  title_justify="left", box=None, header_style="bold")
+    for col in ("step", "action", "target", "done", "skipped", "failed", "note"):
+        table.add_column(col, justify="right" if col in ("done", "skipped", "failed") else "left",
+                         overflow="fold")
+    for s in report.steps:
+        t = s.totals()
+        note = s.error or ""
+        for key in ("manifest", "file", "peer"):
+            if not note and s.summary.get(key):
+                note = f"{key}: {s.summary[key]}"
+        colour = "red" if not s.ok else "green"
+        table.add_row(f"{s.index} {escape(s.name)}", s.action, escape(s.target),
+                      str(t["done"]), str(t["skipped"]),
+                      f"[{colour}]{t['failed']}[/{colour}]", escape(note))
+    console.print(table)
+    for s in report.steps:
+        failed = [o for o in s.outcomes if o.status == "failed"][:5]
+        for o in failed:
+            console.print(f"  [red]failed[/red] step {s.index} {escape(o.sop_uid or '')}: "
+                          f"{escape(o.reason)}")
+    status = "[green]all done[/green]" if report.ok else "[red]some work failed[/red]"
+    console.print(f"{'Dry run' if report.dry_run else 'Run'} {report.run_id}: {status}")
+
+
+# -- the command ------------------------------------------------------------------------------
+def _overrides(args) -> dict[str, Any]:
+    return {"data": args.data, "database": args.database, "dicom_sql": args.dicom_sql}
+
+
+def _validate(args, err) -> int:
+    from .jobs import validate_job
+    from .schema import load_schema
+    schema = load_schema(args.dicom_sql) if args.dicom_sql else None
+    status = 0
+    out = _console()
+    for path in args.jobs:
+        try:
+            job = validate_job(path, schema)
+        except ConquestRunError as exc:
+            print(str(exc), file=sys.stderr)
+            status = max(status, exc.exit_code)
+            continue
+        if not args.json:
+            out.print(f"{path}: valid ({_plural(len(job.steps), 'step')})", markup=False)
+    if args.json:
+        print(json.dumps({"valid": status == 0}))
+    return status
+
+
+def run(name: str | None, args: argparse.Namespace) -> int:
+    from .jobs import check_job_sql, load_job
+    from .planner import build_plan, load_plan, save_plan, verify_plan
+    from .runner import archive_for_job, indexed, run_plan
+
+    err = _console(stderr=True)
+    out = _console()
+    if args.apply and args.jobs:
+        err.print("conquest-run: error: --apply runs a saved plan; give no job files with it",
+                  markup=False)
+        return 2
+    if not args.apply and not args.jobs:
+        err.print("conquest-run: error: give one or more job files (or --apply PLAN.json); "
+                  "see --help", markup=False)
+        return 2
+    if args.plan_out and len(args.jobs) != 1:
+        err.print("conquest-run: error: --plan-out saves the plan of exactly one job",
+                  markup=False)
+        return 2
+    if args.echo and not args.dry_run:
+        err.print("conquest-run: error: --echo goes with --dry-run (a real send echoes when "
+                  "its job says verify: true)", markup=False)
+        return 2
+    if args.validate:
+        return _validate(args, err)
+
+    progress = sys.stderr.isatty() and not args.json
+
+    def notice(text: str) -> None:
+        print(f"note: {text}", file=sys.stderr)
+
+    results: list[dict[str, Any]] = []
+    status = 0
+    if args.apply:
+        from .archive import Archive
+        plan = load_plan(args.apply)
+        archive = Archive(args.data or plan.data_dir, args.database or plan.database,
+                          args.dicom_sql or plan.dicom_sql)
+        try:
+            verify_plan(plan, archive)
+        except ConquestRunError as exc:
+            print(f"{args.apply}: {exc.message}", file=sys.stderr)
+            return exc.exit_code
+        if not args.json:
+            print_plan(plan, out, dry_run=args.dry_run)
+        report = run_plan(plan, archive, dry_run=args.dry_run, force=args.force,
+                          echo=args.echo, progress=progress)
+        if args.json:
+            print(json.dumps({"plan": plan.to_dict(), "report": report.to_dict()}, indent=2,
+                             default=str))
+        else:
+            print_report(report, out)
+        return report.exit_code
+
+    # every job is checked (YAML, schema, references) before any runs
+    jobs = []
+    invalid = False
+    for path in args.jobs:
+        try:
+            jobs.append(load_job(path))
+        except ConquestRunError as exc:
+            print(str(exc), file=sys.stderr)
+            invalid = True
+    if invalid:
+        return 2
+    for job in jobs:
+        archive = archive_for_job(job, **_overrides(args))
+        check_job_sql(job, archive.schema)
+        notes: list[str] = []
+        with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
+            if arc is not archive:
+                notes.append("planned on a temporary index of the data directory")
+            plan = build_plan(job, arc, named=archive)
+            if args.plan_out:
+                save_plan(plan, args.plan_out)
+                if args.json:
+                    results.append({"plan": plan.to_dict()})
+                else:
+                    print_plan(plan, out, dry_run=True, notes=notes)
+                    out.print(f"Plan saved to {args.plan_out}; run it with "
+                              f"conquest-run --apply {args.plan_out}", markup=False)
+                continue
+            if not args.json:
+                print_plan(plan, out, dry_run=args.dry_run, notes=notes)
+            report = run_plan(plan, arc, dry_run=args.dry_run, force=args.force, echo=args.echo,
+                              progress=progress)
+        status = max(status, report.exit_code)
+        if args.json:
+            results.append({"plan": plan.to_dict(), "report": report.to_dict()})
+        else:
+            print_report(report, out)
+        if report.exit_code != 0 and not args.dry_run:
+            rest = jobs[jobs.index(job) + 1:]
+            if rest:
+                notice(f"not running {', '.join(j.path for j in rest)}: {job.path} failed")
+            break
+    if args.json:
+        doc = results[0] if len(results) == 1 else results
+        print(json.dumps(doc, indent=2, default=str))
+    return status

@@ -1,0 +1,342 @@
+"""A job's selections -> the exact ``Plan`` (see ``plan.py``), read-only.
+
+Per step, the selection (``query`` and/or ``patient``/``study``/``series``/``modality``, ANDed;
+values always SQL parameters) is resolved to the series and instances it names: SOP UID, SOP
+class, ObjectFile and size on disk, in a stable order (patient, study, series UID; instances by
+SOP UID).  The database is only read, through a connection that leaves no file behind, and the
+job's own SQL runs under ``sqlcheck``'s authorizer.
+
+``verify_plan`` is what ``--apply`` uses: a saved plan is refused (``PlanChangedError``) when a
+planned series gained or lost instances since.
+"""
+
+from __future__ import annotations
+
+__all__ = ["build_plan", "plan_selection", "plan_step", "verify_plan", "save_plan", "load_plan",
+           "step_target", "resolve_options"]
+
+import json
+import os
+import tempfile
+from contextlib import closing
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
+from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
+from .sqlcheck import CheckedQuery, check_query, run_query
+
+_MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
+_CHUNK = 500
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _column(schema, table: str, tag: int, default: str) -> str:
+    for c in schema.tables[table].columns:
+        if c.tag == tag:
+            return c.name
+    return default
+
+
+def _reader(archive):
+    """A read-only connection that leaves no -wal/-shm files behind (for dry runs)."""
+    try:
+        from .actions._local import connect_reader
+    except ImportError:  # pragma: no cover - the local actions are part of the package
+        return archive.connect_readonly()
+    return connect_reader(Path(archive.database))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- options and targets ------------------------------------------------------------------------
+def resolve_options(action: str, options: dict[str, Any],
+                    nodes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The options an action receives: a send's ``node: NAME`` filled in from ``nodes:``."""
+    options = dict(options or {})
+    if action == "send" and options.get("node") is not None:
+        node = (nodes or {}).get(options["node"])
+        if node is None:
+            raise JobError(f"send.node {options['node']!r} is not declared under nodes:")
+        for key in ("host", "port", "called_ae", "calling_ae"):
+            if key in node and key not in options:
+                options[key] = node[key]
+    return options
+
+
+def step_target(action: str, options: dict[str, Any], archive) -> str:
+    """The human-readable target of a step (the send target is the journal key)."""
+    if action == "copy":
+        return str(options.get("destination", ""))
+    if action == "dump":
+        target = str(options.get("file", ""))
+        return f"{target} (table {options['table']})" if options.get("table") else target
+    if action == "delete":
+        where = str(archive.database)
+        return f"{where} and the files in {archive.data_dir}" if options.get("files") is True \
+            else f"{where} (files kept)"
+    if action == "rebuild":
+        return f"{archive.database} from {archive.data_dir}"
+    if action == "send":
+        return f"{options.get('called_ae', '')}@{options.get('host', '')}:{options.get('port', '')}"
+    return action
+
+
+# -- resolving a selection ------------------------------------------------------------------------
+class _Resolver:
+    """Series and instances of one archive, read through one connection."""
+
+    def __init__(self, archive, conn) -> None:
+        self.archive = archive
+        self.conn = conn
+        schema = archive.schema
+        self.se, self.st, self.im = schema.series, schema.studies, schema.images
+        self.series_pat = schema.patient_column(self.se.name)
+        self.modality = _column(schema, self.se.name, _MODALITY, "Modality")
+        self.desc = _column(schema, self.se.name, _SERIES_DESC, "SeriesDesc")
+        self.sop_class = _column(schema, self.im.name, _SOP_CLASS, "SOPClassUI")
+        self.data_dir = Path(archive.data_dir)
+
+    def patient_expr(self) -> str:
+        study_pat = f"t.{_q(self.st.link)}"
+        if self.series_pat:
+            return f"coalesce({study_pat}, s.{_q(self.series_pat)})"
+        return study_pat
+
+    def series_rows(self, *, patient: Iterable[str] = (), study: Iterable[str] = (),
+                    series: Iterable[str] = (), modality: Iterable[str] = ()) -> list[tuple]:
+        se, st = self.se, self.st
+        where, params = [], []
+        for expr, values in ((self.patient_expr(), patient), (f"s.{_q(se.link)}", study),
+                             (f"s.{_q(se.key)}", series), (f"s.{_q(self.modality)}", modality)):
+            values = list(values)
+            if values:
+                where.append(f"{expr} IN ({', '.join('?' * len(values))})")
+                params += values
+        sql = (f"SELECT s.{_q(se.key)}, {self.patient_expr()}, s.{_q(se.link)}, "
+               f"s.{_q(self.modality)}, s.{_q(self.desc)} FROM {_q(se.name)} s "
+               f"LEFT JOIN {_q(st.name)} t ON t.{_q(st.key)} = s.{_q(se.link)}")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self.conn.execute(sql, params).fetchall()
+
+    def size_of(self, object_file: str | None) -> int | None:
+        if not object_file:
+            return None
+        try:
+            path = self.archive.path_of(object_file)
+        except ConquestRunError:
+            return None     # outside the data directory: the actions refuse such a path
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return None
+
+    def instances(self, series_uid: str, sops: set[str] | None = None) -> tuple[PlannedInstance, ...]:
+        im = self.im
+        rows = self.conn.execute(
+            f"SELECT {_q(im.key)}, {_q(self.sop_class)}, ObjectFile FROM {_q(im.name)} "
+            f"WHERE {_q(im.link)} = ? ORDER BY {_q(im.key)}", (series_uid,)).fetchall()
+        out = []
+        for sop, cls, rel in rows:
+            if sops is not None and sop not in sops:
+                continue
+            rel = (rel or "").replace("\\", "/")
+            out.append(PlannedInstance(sop, cls, rel, self.size_of(rel)))
+        return tuple(out)
+
+    def current_sops(self, series_uid: str) -> set[str]:
+        im = self.im
+        return {r[0] for r in self.conn.execute(
+            f"SELECT {_q(im.key)} FROM {_q(im.name)} WHERE {_q(im.link)} = ?", (series_uid,))}
+
+    def series_of_sops(self, sops: set[str]) -> set[str]:
+        im = self.im
+        out: set[str] = set()
+        uids = sorted(sops)
+        for i in range(0, len(uids), _CHUNK):
+            chunk = uids[i:i + _CHUNK]
+            out.update(r[0] for r in self.conn.execute(
+                f"SELECT DISTINCT {_q(im.link)} FROM {_q(im.name)} WHERE {_q(im.key)} IN "
+                f"({', '.join('?' * len(chunk))})", chunk))
+        return out
+
+    def resolve(self, *, checked: CheckedQuery | None, uids: set[str] | None,
+                patient: Iterable[str] = (), study: Iterable[str] = (),
+                series: Iterable[str] = (), modality: Iterable[str] = ()
+                ) -> tuple[PlannedSeries, ...]:
+        level = checked.level if checked is not None else "series"
+        sops = uids if (checked is not None and level == "instance") else None
+        wanted = uids if (checked is not None and level == "series") else None
+        if sops is not None:
+            wanted = self.series_of_sops(sops)
+        rows = self.series_rows(patient=patient, study=study, series=series, modality=modality)
+        out = []
+        for uid, pid, study_uid, mod, desc in rows:
+            if wanted is not None and uid not in wanted:
+                continue
+            insts = self.instances(uid, sops)
+            if sops is not None and not insts:
+                continue
+            out.append(PlannedSeries(uid, pid, study_uid, mod, desc, insts))
+        out.sort(key=lambda s: (s.patient_id or "", s.study_uid or "", s.series_uid))
+        return tuple(out)
+
+
+def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int | None,
+                col: int | None) -> set[str]:
+    with closing(_reader(archive)) as conn:
+        names, rows = run_query(conn, checked, file=file, line=line, col=col)
+    lower = [n.lower() for n in names]
+    try:
+        index = lower.index(checked.column.lower())
+    except ValueError:
+        raise JobError(f"the query returned no {checked.column} column (it returned "
+                       f"{', '.join(names) or 'nothing'})", file=file, line=line,
+                       column=col) from None
+    return {str(r[index]) for r in rows if r[index] is not None}
+
+
+def _needs_series(action: str, options: dict[str, Any]) -> bool:
+    return not (action == "rebuild" or (action == "dump" and options.get("table")))
+
+
+def plan_step(archive, conn, *, index: int, name: str, action: str, options: dict[str, Any],
+              select: dict[str, Any] | None, checked: CheckedQuery | None = None,
+              line: int | None = None, file: str | None = None,
+              query_line: int | None = None, query_col: int | None = None) -> PlanStep:
+    """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection."""
+    from .jobs import Selection
+    sel = Selection.from_dict(select) if select else Selection()
+    if sel.query is not None and checked is None:
+        checked = check_query(sel.query, archive.schema, file=file, line=query_line or 1,
+                              col=query_col or 1)
+    resolver = _Resolver(archive, conn)
+    if sel.empty and not _needs_series(action, options):
+        series: tuple[PlannedSeries, ...] = ()
+    else:
+        uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col)
+                if checked is not None else None)
+        series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
+                                  study=sel.study, series=sel.series, modality=sel.modality)
+    level = checked.level if checked is not None else "series"
+    return PlanStep(index, name, action, dict(options), step_target(action, options, archive),
+                    action == "delete", level, series, sel.query, line)
+
+
+def _absolute(path: Any) -> str:
+    return str(Path(path).absolute())
+
+
+def build_plan(job, archive, *, schema=None, named=None) -> Plan:
+    """The plan of a validated ``Job`` over ``archive`` (read-only; SQL checked again).
+
+    ``named``: the archive the plan names (targets, paths) when ``archive`` is a stand-in, e.g.
+    the temporary index of a dry run on an archive without a database yet.
+    """
+    from .jobs import check_step_query
+    schema = schema if schema is not None else archive.schema
+    named = named if named is not None else archive
+    if not Path(archive.database).is_file():
+        raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",
+                           file=str(archive.database))
+    steps = []
+    with closing(_reader(archive)) as conn:
+        for step in job.steps:
+            checked = check_step_query(job, step, schema)
+            options = resolve_options(step.action, step.options, job.nodes)
+            qpos = job.locate(step.path + ("select", "query"))
+            planned = plan_step(
+                archive, conn, index=step.index, name=step.name, action=step.action,
+                options=options, select=step.select.to_dict() if step.select else None,
+                checked=checked, line=step.line, file=job.path, query_line=qpos.line,
+                query_col=qpos.column)
+            if named is not archive:
+                planned = replace(planned, target=step_target(step.action, options, named))
+            steps.append(planned)
+    return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),
+                _absolute(named.database),
+                None if getattr(named, "dicom_sql", None) is None else _absolute(named.dicom_sql),
+                tuple(steps), _now())
+
+
+def plan_selection(archive, select: dict[str, Any] | None, action: str,
+                   options: dict[str, Any] | None = None, *, name: str | None = None,
+                   job_name: str = "python-api") -> Plan:
+    """A one-step plan for the Python API (``Archive`` methods): same rules as a job step."""
+    options = dict(options or {})
+    with closing(_reader(archive)) as conn:
+        step = plan_step(archive, conn, index=1, name=name or action, action=action,
+                         options=options, select=select)
+    return Plan(job_name, "", job_name, _absolute(archive.data_dir), _absolute(archive.database),
+                None if getattr(archive, "dicom_sql", None) is None else _absolute(archive.dicom_sql),
+                (step,), _now())
+
+
+# -- saved plans ------------------------------------------------------------------------------------
+def save_plan(plan: Plan, path: str | Path) -> None:
+    """Write the plan as JSON atomically (temp file + rename)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConquestRunError(f"the folder for the plan does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(plan.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_plan(path: str | Path) -> Plan:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConquestRunError(f"cannot read the plan: {exc.strerror or exc}",
+                               file=str(path)) from None
+    try:
+        data = json.loads(text)
+        return Plan.from_dict(data)
+    except json.JSONDecodeError as exc:
+        raise ConquestRunError(f"not a plan file (JSON error: {exc.msg})", file=str(path),
+                               line=exc.lineno, column=exc.colno) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConquestRunError(f"not a conquest-run plan file ({type(exc).__name__}: {exc})",
+                               file=str(path)) from None
+
+
+def verify_plan(plan: Plan, archive) -> None:
+    """Refuse a saved plan when a planned series gained or lost instances since."""
+    if not Path(archive.database).is_file():
+        raise ArchiveError("database not found", file=str(archive.database))
+    changes: list[str] = []
+    with closing(_reader(archive)) as conn:
+        resolver = _Resolver(archive, conn)
+        for step in plan.steps:
+            for s in step.series:
+                planned = {i.sop_uid for i in s.instances}
+                now = resolver.current_sops(s.series_uid)
+                lost = planned - now
+                gained = (now - planned) if step.level == "series" else set()
+                if lost or gained:
+                    what = []
+                    if gained:
+                        what.append(f"gained {len(gained)}")
+                    if lost:
+                        what.append(f"lost {len(lost)}")
+                    changes.append(f"step {step.index} ({step.name}): series {s.series_uid} "
+                                   f"(patient {s.patient_id}) {' and '.join(what)} "
+                                   f"instance{'s' if len(gained | lost) != 1 else ''}")
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise PlanChangedError(f"the archive changed since the plan was made ({plan.created}): "
+                               f"{shown}. Nothing was done; plan again.")

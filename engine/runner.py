@@ -1,0 +1,142 @@
+"""Carry out a plan: each step's action in order, audited, stopping at the first failed step.
+
+A real run opens the audit log (``audit.AuditLog`` on a read-write connection), records the run's
+start and end, and hands it to the actions, which record their own per-instance outcomes as they
+go (so a send's journal is current even if the run is killed).  A dry run opens nothing
+read-write and creates no file: the actions walk the same code with ``ctx.dry_run`` set.
+
+``archive_for_job`` and ``indexed`` prepare the archive a job runs on: the job's ``archive:``
+with the command line's overrides, indexed first when the database does not exist yet (into a
+temporary database for a dry run, so that nothing is written).
+"""
+
+from __future__ import annotations
+
+__all__ = ["run_plan", "archive_for_job", "indexed", "NOT_RUN"]
+
+import tempfile
+import uuid
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .audit import AuditLog, now_iso
+from .errors import ArchiveError, ConquestRunError
+from .plan import Plan, PlanStep
+from .report import RunReport, StepReport
+
+NOT_RUN = "not run: an earlier step failed"
+
+
+def archive_for_job(job, *, data: str | None = None, database: str | None = None,
+                    dicom_sql: str | None = None):
+    """The ``Archive`` of a job: command line flags override the job's ``archive:``.
+
+    Relative paths are from the current directory (not the job file's folder).
+    """
+    from .archive import Archive
+    spec = job.archive if job is not None else None
+    data = data if data is not None else (spec.data if spec and spec.data else "data")
+    database = database if database is not None else (
+        spec.database if spec and spec.database else "conquest.db")
+    dicom_sql = dicom_sql if dicom_sql is not None else (spec.dicom_sql if spec else None)
+    if dicom_sql is not None and not Path(dicom_sql).is_file():
+        raise ArchiveError("dicom.sql not found", file=str(dicom_sql))
+    return Archive(data, database, dicom_sql)
+
+
+@contextmanager
+def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s: None,
+            progress: bool = False) -> Iterator[Any]:
+    """The archive to plan on: indexed first when its database does not exist.
+
+    A real run indexes into the archive's own database (with a notice).  A dry run indexes into
+    a temporary database that is deleted afterwards, so nothing is written next to the archive.
+    """
+    from .archive import Archive
+    if Path(archive.database).is_file():
+        yield archive
+        return
+    if not Path(archive.data_dir).is_dir():
+        raise ArchiveError("neither the database nor the data directory exists",
+                           file=str(archive.database))
+    if not dry_run:
+        notice(f"{archive.database} does not exist: indexing {archive.data_dir} first")
+        archive.rebuild(progress=progress)
+        yield archive
+        return
+    notice(f"{archive.database} does not exist: indexing {archive.data_dir} into a temporary "
+           "database for this dry run (nothing is written)")
+    with tempfile.TemporaryDirectory(prefix="conquest-run-dry-") as tmp:
+        temp = Archive(archive.data_dir, Path(tmp) / "conquest.db", archive.dicom_sql)
+        temp.rebuild(progress=progress)
+        yield temp
+
+
+def _not_run(step: PlanStep, dry_run: bool, why: str = NOT_RUN) -> StepReport:
+    return StepReport(step.index, step.name, step.action, step.target, dry_run, error=why,
+                      summary={"not_run": True})
+
+
+def _run_step(step: PlanStep, ctx) -> StepReport:
+    from .actions import get_action
+    try:
+        action = get_action(step.action)
+    except KeyError:
+        return _not_run(step, ctx.dry_run, f"unknown action {step.action!r}")
+    except ImportError as exc:
+        return _not_run(step, ctx.dry_run,
+                        f"the {step.action} action is not available in this installation "
+                        f"({exc})")
+    started = now_iso()
+    try:
+        report = action(step, ctx)
+    except ConquestRunError as exc:
+        report = StepReport(step.index, step.name, step.action, step.target, ctx.dry_run,
+                            started=started, ended=now_iso(), error=str(exc))
+    except Exception as exc:  # a bug in an action must not lose the audit of the others
+        report = StepReport(step.index, step.name, step.action, step.target, ctx.dry_run,
+                            started=started, ended=now_iso(),
+                            error=f"internal error in the {step.action} action: "
+                                  f"{type(exc).__name__}: {exc}")
+    if report is None:
+        report = StepReport(step.index, step.name, step.action, step.target, ctx.dry_run,
+                            started=started, ended=now_iso(),
+                            error=f"the {step.action} action returned no report")
+    return report
+
+
+def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: bool = False,
+             progress: bool = False, run_id: str | None = None) -> RunReport:
+    """Execute (or, with ``dry_run``, walk) every step of ``plan``; the run's report."""
+    from .actions import ActionContext
+    run_id = run_id or uuid.uuid4().hex
+    report = RunReport(run_id, plan.job_path, plan.job_sha256, dry_run, started=now_iso())
+    conn = None
+    audit = None
+    if not dry_run:
+        conn = archive.connect()
+        audit = AuditLog(conn)
+        audit.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
+    try:
+        ctx = ActionContext(archive=archive, plan=plan, dry_run=dry_run, force=force, echo=echo,
+                            audit=audit, run_id=run_id, progress=progress)
+        failed = False
+        for step in plan.steps:
+            if failed:
+                report.steps.append(_not_run(step, dry_run))
+                continue
+            step_report = _run_step(step, ctx)
+            report.steps.append(step_report)
+            failed = not step_report.ok
+    finally:
+        report.ended = now_iso()
+        if audit is not None and conn is not None:
+            with closing(conn):
+                audit.end_run(run_id, report.ok, _summary(report))
+    return report
+
+
+def _summary(report: RunReport) -> dict[str, Any]:
+    return {"steps": [{"index": s.index, "name": s.name, "action": s.action, "target": s.target,
+                       "totals": s.totals(), "error": s.error} for s in report.steps]}

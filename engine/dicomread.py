@@ -32,6 +32,7 @@ import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from .errors import DicomFileError
 from .rtextras import rt_extras
@@ -52,6 +53,7 @@ _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 _MODALITY = 0x00080060
 _CHARSET = 0x00080005
 _SOP_CLASS = 0x00080016
+_ROWS, _BITS_ALLOCATED = 0x00280010, 0x00280100
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,16 @@ def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, littl
     return text[:length]
 
 
+def _is_image_class(elements: dict) -> bool:
+    raw = elements.get(_SOP_CLASS)
+    if raw is None or not isinstance(raw.value, (bytes, bytearray)):
+        return False
+    try:
+        return "Image Storage" in UID(raw.value.rstrip(b" \0").decode("ascii")).name
+    except Exception:
+        return False
+
+
 def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
                     implicit: bool) -> None:
     """Raise if the header's last element or the pixel data is cut short."""
@@ -169,31 +181,40 @@ def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
         raise DicomFileError(f"truncated: element {last.tag} has {len(last.value)} of "
                              f"{last.length} bytes")
     if stopped_at >= len(data):
+        if (_ROWS in elements and _BITS_ALLOCATED in elements) or _is_image_class(elements):
+            raise DicomFileError("truncated: an image without pixel data")
         return
-    head = data[stopped_at:stopped_at + 12]
-    if len(head) < 8:
-        raise DicomFileError("truncated: the file ends inside an element header")
     order = "<" if little else ">"
-    group, element = struct.unpack(order + "HH", head[:4])
-    if (group << 16 | element) not in _PIXEL_TAGS:
-        return
-    if implicit:
-        length, start = struct.unpack(order + "I", head[4:8])[0], 8
-    else:
-        vr = head[4:6].decode("latin-1")
-        if vr in _LONG_VRS:
-            if len(head) < 12:
-                raise DicomFileError("truncated: the file ends inside the pixel data header")
-            length, start = struct.unpack(order + "I", head[8:12])[0], 12
+    pos = stopped_at
+    for _ in range(16):          # the pixel data and the few elements that may follow it
+        if pos >= len(data):
+            return
+        head = data[pos:pos + 12]
+        if len(head) < 8:
+            raise DicomFileError("truncated: the file ends inside an element header")
+        group, element = struct.unpack(order + "HH", head[:4])
+        if implicit:
+            length, start = struct.unpack(order + "I", head[4:8])[0], 8
         else:
-            length, start = struct.unpack(order + "H", head[6:8])[0], 8
-    if length == _UNDEFINED:
-        delimiter = b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd"
-        if data.rfind(delimiter, stopped_at) < 0:
-            raise DicomFileError("truncated: the encapsulated pixel data has no end")
-    elif stopped_at + start + length > len(data):
-        raise DicomFileError(f"truncated: pixel data has {len(data) - stopped_at - start} of "
-                             f"{length} bytes")
+            vr = head[4:6].decode("latin-1")
+            if vr in _LONG_VRS:
+                if len(head) < 12:
+                    raise DicomFileError("truncated: the file ends inside an element header")
+                length, start = struct.unpack(order + "I", head[8:12])[0], 12
+            else:
+                length, start = struct.unpack(order + "H", head[6:8])[0], 8
+        if length == _UNDEFINED:
+            if (group << 16 | element) in _PIXEL_TAGS:
+                delimiter = b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd"
+                if data.rfind(delimiter, pos) < 0:
+                    raise DicomFileError("truncated: the encapsulated pixel data has no end")
+            return
+        if pos + start + length > len(data):
+            what = "pixel data" if (group << 16 | element) in _PIXEL_TAGS else \
+                f"element ({group:04X},{element:04X})"
+            raise DicomFileError(f"truncated: {what} has {len(data) - pos - start} of "
+                                 f"{length} bytes")
+        pos += start + length
 
 
 def _looks_like_dataset(data: bytes) -> bool:

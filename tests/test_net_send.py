@@ -86,7 +86,7 @@ def test_peer_not_listening_is_a_step_error_and_changes_nothing(archive):
 
 def test_echo_failure_names_the_peer(archive):
     port = free_port()
-    plan, step = send_step(archive, _options(port))          # verify defaults to true
+    plan, step = send_step(archive, _options(port, verify=True))
     report = run_send(archive, plan, step)
     assert report.error == f"C-ECHO to STORESCP@127.0.0.1:{port}: no DICOM peer listening " \
                            f"at 127.0.0.1:{port}"

@@ -3,7 +3,7 @@
 Options (from the job; the planner resolves ``node: NAME`` into host/port/called_ae):
 ``host``, ``port``, ``called_ae``, ``calling_ae`` (default CONQUEST_RUN), ``associations``
 (1..8, default 1), ``retries`` (default 2), ``retry_delay`` (seconds, default 1, doubling),
-``timeout`` (seconds, default 30), ``verify`` (C-ECHO first, default true).
+``timeout`` (seconds, default 30), ``verify`` (C-ECHO first, default false).
 
 The audit log is the journal: instances a peer already confirmed for this target
 (``CALLED_AE@host:port``) are skipped ("already sent") unless ``--force``; each outcome is
@@ -75,7 +75,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             ctx.audit.record(ctx.run_id, step.index, step.name, ACTION, target, outcome)
 
     try:
-        if (ctx.echo if ctx.dry_run else step.options.get("verify", True)):
+        if (ctx.echo if ctx.dry_run else step.options.get("verify", False)):
             report.summary["echo_seconds"] = round(echo(settings), 4)
         confirmed = set() if ctx.force else _confirmed(ctx, target)
         items = _items(step, ctx, confirmed, record)
@@ -100,12 +100,12 @@ def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
     """What the journal says the peer already has (read-only in a dry run)."""
     if ctx.audit is not None:
         return ctx.audit.confirmed(ACTION, target)
-    from ..db import connect_readonly
+    from ._local import connect_reader     # query_only, and leaves no -wal/-shm behind
 
     database = Path(ctx.plan.database)
     if not database.is_file():
         return set()
-    conn = connect_readonly(database)
+    conn = connect_reader(database)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                             (AUDIT_TABLE,)).fetchone():

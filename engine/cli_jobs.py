@@ -231,20 +231,22 @@ def run(name: str | None, args: argparse.Namespace) -> int:
             print_report(report, out)
         return report.exit_code
 
-    # every job is checked (YAML, schema, references) before any runs
-    jobs = []
-    invalid = False
+    # every job is checked (YAML, schema, references, SQL) before any runs
+    prepared = []
+    invalid = 0
     for path in args.jobs:
         try:
-            jobs.append(load_job(path))
+            job = load_job(path)
+            archive = archive_for_job(job, **_overrides(args))
+            check_job_sql(job, archive.schema)
+            prepared.append((job, archive))
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)
-            invalid = True
+            invalid = max(invalid, exc.exit_code)
     if invalid:
-        return 2
-    for job in jobs:
-        archive = archive_for_job(job, **_overrides(args))
-        check_job_sql(job, archive.schema)
+        return invalid
+    jobs = [job for job, _ in prepared]
+    for job, archive in prepared:
         notes: list[str] = []
         with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
             if arc is not archive:

@@ -53,12 +53,16 @@ def _one_run(conn, prefix: str) -> dict[str, Any]:
     return runs[0]
 
 
+def _console():
+    from rich.console import Console
+    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
 def _status(ok: bool | None) -> str:
     return {True: "[green]ok[/]", False: "[red]failed[/]", None: "[yellow]unfinished[/]"}[ok]
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     with closing(_open(args.database)) as conn:
@@ -73,7 +77,7 @@ def run(name: str, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({**info, "outcomes": outcomes}, indent=2, sort_keys=True))
             return 0
-        console = Console()
+        console = _console()
         console.print(f"run [bold]{info['run_id']}[/]  {info['job_name'] or ''} "
                       f"({info['job_path']})  {info['started']} -> {info['ended'] or '?'}  "
                       f"{_status(info['ok'])}")
@@ -97,5 +101,5 @@ def run(name: str, args: argparse.Namespace) -> int:
     for r in runs:
         table.add_row(r["run_id"][:12], r["started"] or "", r["job_name"] or r["job_path"] or "",
                       _status(r["ok"]), str(r["done"]), str(r["skipped"]), str(r["failed"]))
-    Console().print(table)
+    _console().print(table)
     return 0

@@ -164,3 +164,10 @@ def test_python_api_delete_series_and_rows_already_gone(archive):
     assert again.ok and again.summary["rows"] == {"RTExtras": 0, "DICOMImages": 0,
                                                   "DICOMSeries": 0, "DICOMStudies": 0,
                                                   "DICOMPatients": 0}
+
+
+def test_python_api_with_no_uids_deletes_nothing(archive):
+    before = table_counts(archive)
+    report = delete_series(archive, [], files=True)
+    assert report.totals() == {"done": 0, "skipped": 0, "failed": 0}
+    assert table_counts(archive) == before

@@ -315,7 +315,13 @@ def api_run(archive: Any, action: str, options: dict[str, Any],
     from . import ActionContext, get_action
 
     facts = archive_facts(archive)
-    series = plan_series(archive, uids, level)
+    if level == "series" and (uids is None or len(uids) > 0):
+        # the planner's own rules and order, as for a job's ``select: {series: [...]}``
+        from ..planner import plan_selection
+        select = None if uids is None else {"series": [str(u) for u in uids]}
+        series = plan_selection(archive, select, action, options, job_name=name).steps[0].series
+    else:  # nothing named, or instances (which a job names through a query)
+        series = plan_series(archive, uids or (), level)
     step = PlanStep(1, action, action, dict(options), target or action, action == "delete",
                     level, series, query, None)
     plan = Plan("<python>", "", name, str(facts.data_dir), str(facts.database), None,

@@ -73,6 +73,9 @@ def test_table_and_view_dumps(archive, tmp_path):
     view = make_step(archive, "dump", {"file": "rt.csv", "table": "v_seriesRT"})
     report, _ = run_action(archive, view)
     assert report.ok and report.summary["rows"] == 3
+    into_data = make_step(archive, "dump", {"file": "data/x.csv", "table": "DICOMImages"})
+    report, _ = run_action(archive, into_data)
+    assert "inside the archive's data directory" in report.error
     missing = make_step(archive, "dump", {"file": "x.csv", "table": 'DICOMImages"; drop'})
     report, _ = run_action(archive, missing)
     assert "no table or view" in report.error and not (tmp_path / "x.csv").exists()

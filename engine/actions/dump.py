@@ -31,8 +31,9 @@ from urllib.parse import quote
 
 from ..errors import ActionError, ArchiveError, ConquestRunError, JobError
 from ..report import DONE, FAILED, Outcome, StepReport
-from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, progress,
-                     safe_component, source_path)
+from ..sqlcheck import authorizer
+from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
+                     progress, safe_component, source_path)
 
 if TYPE_CHECKING:
     from ..plan import PlanStep
@@ -44,24 +45,13 @@ FETCH = 2000      # rows fetched from the cursor at a time
 SERIES_CHUNK = 500  # series UIDs per IN (...) query
 BULK_THRESHOLD = 1024
 
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                    getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
-
-
-def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
-                trigger: str | None) -> int:
-    if action not in _ALLOWED_ACTIONS:
-        return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
 def readonly_rows(conn: sqlite3.Connection, sql: str,
                   params: Sequence[Any] = ()) -> tuple[list[str], Iterator[tuple]]:
-    """Column names and a streaming row iterator of ``sql`` behind the read-only authorizer."""
-    conn.set_authorizer(_authorizer)
+    """Column names and a streaming row iterator of ``sql`` behind the job-query authorizer
+    (``sqlcheck.authorizer``: SELECT, READ and allow-listed functions only) on a connection
+    that cannot write.  Use a fresh connection: the authorizer acts when statements are
+    prepared."""
+    conn.set_authorizer(authorizer)
     try:
         cur = conn.execute(sql, tuple(params))
     except sqlite3.DatabaseError as exc:
@@ -116,7 +106,7 @@ def _series_rows(conn: sqlite3.Connection, step: "PlanStep",
             f"s.{_quote_ident(se.link)} "
             f"LEFT JOIN {_quote_ident(pa.name)} p ON p.{_quote_ident(pa.key)} = "
             f"t.{_quote_ident(st.link)} WHERE s.{_quote_ident(se.key)} IN ")
-    conn.set_authorizer(_authorizer)
+    conn.set_authorizer(authorizer)
 
     def rows() -> Iterator[tuple]:
         uids = [s.series_uid for s in step.series]
@@ -287,6 +277,9 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         out, fmt, table, per_instance, params = _options(step)
     except JobError as exc:
         return rec.fail_step(exc.message)
+    if inside(facts.data_dir, Path(os.path.abspath(out))):
+        return rec.fail_step(f"dump: {out} is inside the archive's data directory; write it "
+                             "somewhere else")
     fs = filesystem(ctx.dry_run)
     if fmt != "csv":
         try:

@@ -22,6 +22,7 @@ __all__ = ["ReadSpec", "HeaderRecord", "read_header", "KEY_LEVELS"]
 import hashlib
 import io
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
 from .errors import DicomFileError
@@ -54,6 +56,9 @@ _MODALITY = 0x00080060
 _CHARSET = 0x00080005
 _SOP_CLASS = 0x00080016
 _ROWS, _BITS_ALLOCATED = 0x00280010, 0x00280100
+_TRANSFER_SYNTAX = 0x00020010
+_IMPLICIT_LE, _EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
+_UID_TEXT = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -65,14 +70,20 @@ class ReadSpec:
     """
 
     levels: tuple[tuple[str, tuple[tuple[int, str, int], ...]], ...]
+    fields: tuple[tuple[int, str, int], ...] = ()   # each distinct (tag, type, length) once
+    layout: tuple[tuple[int, ...], ...] = ()        # per level: indexes into ``fields``
 
     @classmethod
     def from_schema(cls, schema: Schema) -> "ReadSpec":
         levels = []
+        fields: dict[tuple[int, str, int], int] = {}
+        layout = []
         for section in KEY_LEVELS:
             lv = schema.levels[section]
-            levels.append((lv.table, tuple((e.tag, e.dicom_type, e.length) for e in lv.columns)))
-        return cls(tuple(levels))
+            cols = tuple((e.tag, e.dicom_type, e.length) for e in lv.columns)
+            levels.append((lv.table, cols))
+            layout.append(tuple(fields.setdefault(c, len(fields)) for c in cols))
+        return cls(tuple(levels), tuple(fields), tuple(layout))
 
 
 @dataclass
@@ -102,6 +113,10 @@ class HeaderRecord:
         return self.rows[3][0]
 
 
+def _latin1(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
 def _decoder(elements: dict):
     """bytes -> str for text values, following (0008,0005) Specific Character Set."""
     raw = elements.get(_CHARSET)
@@ -112,7 +127,7 @@ def _decoder(elements: dict):
                     for c in value.rstrip(b" \0").split(b"\\")]
     charsets = [c for c in charsets if c] or ["ISO_IR 6"]
     if charsets in (["ISO_IR 6"], ["ISO_IR 100"], ["ISO 2022 IR 6"], ["ISO 2022 IR 100"]):
-        return lambda b: b.decode("latin-1")
+        return _latin1
     if charsets == ["ISO_IR 192"]:
         return lambda b: b.decode("utf-8", "replace")
     try:
@@ -133,6 +148,8 @@ def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, littl
     if raw is None:
         return None
     value = raw.value
+    if type(value) is bytes and dicom_type not in _BINARY:   # the common case, kept short
+        return decode(value).rstrip(" \0")[:length] if value else None
     if not isinstance(value, (bytes, bytearray)):
         # an element pydicom already converted (only happens for the character set): use text
         if value is None or value == "":
@@ -226,9 +243,42 @@ def _looks_like_dataset(data: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be == 0x0008
 
 
+def _not_meta(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 2
+
+
+def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
+    return tag in _PIXEL_TAGS
+
+
+def _fast_parse(data: bytes) -> tuple[Any, int, str] | None:
+    """Part-10 file: the meta group and then the data set up to the pixel data, with
+    pydicom's ``read_dataset`` (skips dcmread's file-object wrapping and meta validation).
+    None when the file needs dcmread's general handling (deflate, odd meta)."""
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    meta = read_dataset(fp, False, True, stop_when=_not_meta)
+    raw = meta.get_item(_TRANSFER_SYNTAX)
+    if raw is None or not isinstance(raw.value, bytes):
+        return None
+    syntax = raw.value.rstrip(b" \0").decode("latin-1")
+    if not _UID_TEXT.fullmatch(syntax) or syntax in _DEFLATED:
+        return None
+    implicit = syntax == _IMPLICIT_LE
+    little = syntax != _EXPLICIT_BE
+    ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
+    return ds, fp.tell(), syntax
+
+
 def _parse(data: bytes) -> tuple[Any, int]:
     fp = io.BytesIO(data)
     if data[128:132] == b"DICM":
+        try:
+            fast = _fast_parse(data)
+        except Exception:
+            fast = None
+        if fast is not None:
+            return fast[0], fast[1]
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     elif _looks_like_dataset(data):
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
@@ -271,13 +321,14 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
         implicit, little = ds.original_encoding
         if implicit is None:
             implicit, little = True, True
-        tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        meta = getattr(ds, "file_meta", None)
+        tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
         if str(tsyntax or "") not in _DEFLATED:
             _check_complete(elements, data, stopped_at, little, implicit)
         decode = _decoder(elements)
-        rows = tuple(
-            tuple(_value(elements, tag, dtype, length, decode, little) for tag, dtype, length in cols)
-            for _, cols in spec.levels)
+        values = [_value(elements, tag, dtype, length, decode, little)
+                  for tag, dtype, length in spec.fields]
+        rows = tuple(tuple([values[i] for i in index]) for index in spec.layout)
         if not rows[3][0]:
             raise DicomFileError("no SOP Instance UID: not an indexable DICOM object")
         if not rows[2][0] or not rows[1][0]:

@@ -143,10 +143,16 @@ def _chunks(items: list, size: int = _SQL_VARS) -> Iterator[list]:
 class _Writer:
     """Upserts HeaderRecords level by level; one transaction per ``flush``."""
 
-    def __init__(self, conn: sqlite3.Connection, schema: Schema, access_time: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, access_time: int, *,
+                 fresh: bool = False) -> None:
         self.conn = conn
         self.schema = schema
         self.access_time = access_time
+        # fresh: the tables were emptied at the start of this run, so only rows written by
+        # this writer exist and they are tracked in memory (no look-ups before each batch)
+        self.fresh = fresh
+        self.written_images: dict[str, str] = {}        # fresh: SOP UID -> ObjectFile
+        self.study_modalities: dict[str, str | None] = {}  # fresh: study UID -> StudyModal
         self.pending: list[HeaderRecord] = []
         self.affected_series: set[str] = set()
         self.affected_studies: set[str] = set()
@@ -209,31 +215,22 @@ class _Writer:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             im_table = sc.images
-            old = self._existing(
-                f"SELECT {im_table.key}, {im_table.link}, ObjectFile FROM {im_table.name} "
-                f"WHERE {im_table.key} IN ({{}})", list(images))
-            for sop, series_uid, objfile in old:
-                if series_uid is not None and series_uid != images[sop][-4]:
-                    self.affected_series.add(series_uid)
-                if objfile and objfile != images[sop][-2]:
-                    self.duplicates.append(images[sop][-2])
-            # a series or study that moved to another parent may leave that parent empty
-            se_t, st_t = sc.series, sc.studies
-            for uid, parent in self._existing(
-                    f"SELECT {se_t.key}, {se_t.link} FROM {se_t.name} WHERE {se_t.key} IN ({{}})",
-                    list(series)):
-                if parent is not None and parent != series[uid][-2]:
-                    self.affected_studies.add(parent)
-            for uid, parent in self._existing(
-                    f"SELECT {st_t.key}, {st_t.link} FROM {st_t.name} WHERE {st_t.key} IN ({{}})",
-                    list(studies)):
-                if parent is not None and parent != studies[uid][-2]:
-                    self.affected_patients.add(parent)
+            if self.fresh:
+                for sop, row in images.items():
+                    before = self.written_images.get(sop)
+                    if before is not None and before != row[-2]:
+                        self.duplicates.append(row[-2])
+                    self.written_images[sop] = row[-2]
+            else:
+                self._note_replaced(images, series, studies)
             if self.study_modality is not None:
                 i = self.study_modality
-                known = dict(self._existing(
-                    f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
-                    f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
+                if self.fresh:
+                    known = self.study_modalities
+                else:
+                    known = dict(self._existing(
+                        f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
+                        f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
                 for uid, row in studies.items():
                     if row[i] is None:
                         mods = [m for m in (known.get(uid) or "").split("\\") if m]
@@ -241,6 +238,8 @@ class _Writer:
                             if m not in mods:
                                 mods.append(m)
                         row[i] = "\\".join(mods) if mods else None
+                    if self.fresh:
+                        known[uid] = row[i]
             ex = self.conn.executemany
             ex(self.sql[sc.patients.name], list(patients.values()))
             ex(self.sql[sc.studies.name], [tuple(r) for r in studies.values()])
@@ -251,6 +250,29 @@ class _Writer:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def _note_replaced(self, images: dict, series: dict, studies: dict) -> None:
+        """Before an upsert: remember parents the rows leave (for cascade) and duplicates."""
+        sc = self.schema
+        im, se, st = sc.images, sc.series, sc.studies
+        for sop, series_uid, objfile in self._existing(
+                f"SELECT {im.key}, {im.link}, ObjectFile FROM {im.name} "
+                f"WHERE {im.key} IN ({{}})", list(images)):
+            if series_uid is not None and series_uid != images[sop][-4]:
+                self.affected_series.add(series_uid)
+            if objfile and objfile != images[sop][-2]:
+                self.duplicates.append(images[sop][-2])
+        # a series or study that moved to another parent may leave that parent empty
+        for uid, parent in self._existing(
+                f"SELECT {se.key}, {se.link} FROM {se.name} WHERE {se.key} IN ({{}})",
+                list(series)):
+            if parent is not None and parent != series[uid][-2]:
+                self.affected_studies.add(parent)
+        for uid, parent in self._existing(
+                f"SELECT {st.key}, {st.link} FROM {st.name} WHERE {st.key} IN ({{}})",
+                list(studies)):
+            if parent is not None and parent != studies[uid][-2]:
+                self.affected_patients.add(parent)
 
     def delete_images(self, sops: list[str]) -> int:
         """Drop image rows (and their extras) by SOP UID; remember their series for cascade()."""
@@ -407,7 +429,8 @@ class Indexer:
                         seen[rel] = os.stat(self.data_dir / rel)
                     except OSError:
                         pass
-        writer = _Writer(self.conn, self.schema, int(time.time()))
+        writer = _Writer(self.conn, self.schema, int(time.time()),
+                         fresh=(mode == "all" and plist is None))
         todo: list[str] = []
         if mode == "all":
             if plist is None:

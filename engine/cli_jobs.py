@@ -39,7 +39,8 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
                         help="save the plan of one job to this file and stop (run it later "
                              "with --apply)")
     parser.add_argument("--json", action="store_true",
-                        help="print the plan (and the report) as JSON on stdout")
+                        help="print the plan and the report (with --validate: the errors) as "
+                             "JSON on stdout; a list when several jobs run")
     parser.add_argument("--force", action="store_true",
                         help="send: resend what the journal says a peer already confirmed")
     parser.add_argument("--echo", action="store_true",
@@ -158,22 +159,28 @@ def _overrides(args) -> dict[str, Any]:
 
 
 def _validate(args, err) -> int:
-    from .jobs import validate_job
+    from .jobs import JobErrors, validate_job
     from .schema import load_schema
     schema = load_schema(args.dicom_sql) if args.dicom_sql else None
     status = 0
     out = _console()
+    results = []
     for path in args.jobs:
         try:
             job = validate_job(path, schema)
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)
             status = max(status, exc.exit_code)
+            errors = exc.errors if isinstance(exc, JobErrors) else [exc]
+            results.append({"path": path, "valid": False, "errors": [
+                {"file": e.file, "line": e.line, "column": e.column, "message": e.message}
+                for e in errors]})
             continue
+        results.append({"path": path, "valid": True, "steps": len(job.steps), "errors": []})
         if not args.json:
             out.print(f"{path}: valid ({_plural(len(job.steps), 'step')})", markup=False)
     if args.json:
-        print(json.dumps({"valid": status == 0}))
+        print(json.dumps({"valid": status == 0, "jobs": results}, indent=2))
     return status
 
 

@@ -585,6 +585,9 @@ def validate_job(path: str | Path, schema=None, *, display: str | None = None,
     if schema is None:
         from .schema import load_schema
         sql_path = dicom_sql if dicom_sql is not None else job.archive.dicom_sql
+        if dicom_sql is None and sql_path is not None and not Path(sql_path).is_file():
+            raise job.error(f"archive.dicom_sql: {sql_path} not found (relative paths are from "
+                            "the current directory)", ("archive", "dicom_sql"))
         if sql_path is None and Path("dicom.sql").is_file():
             sql_path = "dicom.sql"
         schema = load_schema(sql_path)

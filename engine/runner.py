@@ -41,6 +41,9 @@ def archive_for_job(job, *, data: str | None = None, database: str | None = None
         spec.database if spec and spec.database else "conquest.db")
     dicom_sql = dicom_sql if dicom_sql is not None else (spec.dicom_sql if spec else None)
     if dicom_sql is not None and not Path(dicom_sql).is_file():
+        if job is not None and spec is not None and dicom_sql == spec.dicom_sql:
+            raise job.error(f"archive.dicom_sql: {dicom_sql} not found (relative paths are "
+                            "from the current directory)", ("archive", "dicom_sql"))
         raise ArchiveError("dicom.sql not found", file=str(dicom_sql))
     return Archive(data, database, dicom_sql)
 

@@ -5,7 +5,7 @@
 Builds an archive database with ``--rows`` synthetic DICOMImages rows (plus their series,
 studies and patients) by direct INSERTs into the Conquest tables, then runs the dump action to
 CSV in a child process per case and reports the child's peak resident memory (ru_maxrss), the
-time and the CSV size.  A baseline child that only imports the package gives the floor.
+time and the CSV size.  A baseline child that only imports the package and the dump module gives the floor.
 Target: under 300 MB peak for a million rows.
 """
 
@@ -80,6 +80,7 @@ def build(db_path: Path, rows: int) -> float:
 
 def child(db: str, out: str, case: str) -> None:
     """Run in a fresh process: one dump, then report its own peak memory."""
+    import conquest_run.actions.dump  # noqa: F401  (the baseline loads it too)
     from conquest_run.actions import ActionContext, get_action
     from conquest_run.archive import Archive
     from conquest_run.plan import Plan, PlanStep

@@ -78,14 +78,15 @@ def bare_loop(paths: list[str]) -> None:
 
 
 def run_pyconquest(python: str, data: Path, db: Path, timeout: float) -> dict:
-    code = subprocess.run([python, "-c", "import pyconquest"], capture_output=True, text=True)
+    code = subprocess.run([python, "-c", "import pyconquest"], capture_output=True, text=True,
+                          cwd=str(db.parent))   # pyconquest writes its log file into the cwd
     if code.returncode != 0:
         return {"error": "pyconquest is not importable with " + python + ": "
                 + (code.stderr.strip().splitlines() or ["?"])[-1]}
     try:
         proc = subprocess.run(
             [python, "-c", PYCONQUEST_SCRIPT, str(data), str(default_dicom_sql_path()), str(db)],
-            capture_output=True, text=True, timeout=timeout)
+            capture_output=True, text=True, timeout=timeout, cwd=str(db.parent))
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:

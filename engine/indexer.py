@@ -361,32 +361,28 @@ class Indexer:
 
     # -- what is indexed now -------------------------------------------------------------------
     def _known(self, patients: list[str] | None) -> dict[str, tuple[str, Any, Any]]:
-        """ObjectFile -> (SOP UID, FileSize, FileMtime) of this data directory's rows."""
-        im = self.schema.images
+        """ObjectFile -> (SOP UID, FileSize, FileMtime) of this data directory's rows (of the
+        given patients' studies only, when patients are given)."""
+        sc = self.schema
+        im, se, st = sc.images, sc.series, sc.studies
         sql = (f"SELECT i.ObjectFile, i.{im.key}, e.FileSize, e.FileMtime FROM {im.name} i "
-               f"LEFT JOIN {EXTRAS_TABLE} e ON e.SOPInstanc = i.{im.key} "
-               f"WHERE (i.DeviceName = ? OR i.DeviceName IS NULL)")
-        out: dict[str, tuple[str, Any, Any]] = {}
+               f"LEFT JOIN {EXTRAS_TABLE} e ON e.SOPInstanc = i.{im.key} ")
+        where = "WHERE (i.DeviceName = ? OR i.DeviceName IS NULL)"
+        rows: list[tuple] = []
         if patients is None:
-            rows = self.conn.execute(sql, (DEVICE_NAME,))
+            rows = self.conn.execute(sql + where, (DEVICE_NAME,)).fetchall()
         else:
-            rows = []
-            for sop in self._patient_sops(patients):
-                rows += self.conn.execute(sql + f" AND i.{im.key} = ?", (DEVICE_NAME, sop)).fetchall()
+            sql += (f"JOIN {se.name} s ON i.{im.link} = s.{se.key} "
+                    f"JOIN {st.name} t ON s.{se.link} = t.{st.key} ")
+            for part in _chunks(patients):
+                rows += self.conn.execute(
+                    sql + where + f" AND t.{st.link} IN ({','.join('?' * len(part))})",
+                    [DEVICE_NAME, *part]).fetchall()
+        out: dict[str, tuple[str, Any, Any]] = {}
         for objfile, sop, size, mtime in rows:
             if objfile:
                 out[objfile.replace("\\", "/")] = (sop, size, mtime)
         return out
-
-    def _patient_sops(self, patients: list[str]) -> list[str]:
-        sc = self.schema
-        se, st, im = sc.series, sc.studies, sc.images
-        marks = ",".join("?" * len(patients))
-        return [r[0] for r in self.conn.execute(
-            f"SELECT {im.name}.{im.key} FROM {im.name} JOIN {se.name} ON "
-            f"{im.name}.{im.link} = {se.name}.{se.key} JOIN {st.name} ON "
-            f"{se.name}.{se.link} = {st.name}.{st.key} WHERE {st.name}.{st.link} IN ({marks})",
-            patients)]
 
     def _clear_all(self) -> None:
         sc = self.schema

@@ -92,6 +92,7 @@ def test_pydicom_test_files_values(name):
     assert record.extras["hash"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_rt_extras_of_pydicom_files():
     spec = ReadSpec.from_schema(load_schema(None))
     plan_ds = pydicom.dcmread(pydicom_file("rtplan.dcm"))
@@ -146,6 +147,7 @@ def test_ion_and_brachy_plans_count_beams_and_channels(tmp_path):
     assert rt_extras(Dataset(), "CT") == {}
 
 
+@pytest.mark.filterwarnings("ignore:The value length")
 def test_value_rules_on_a_crafted_file(tmp_path):
     """zero length -> NULL, only spaces -> '', trailing cut, leading kept, multi-values, long."""
     from conquest_run import synthetic

@@ -196,9 +196,11 @@ def header_text(ds, rel: str) -> str:
 
 def _instance_dump(fmt: str, src: Path, rel: str) -> str:
     ds = _read_header(src)
-    if fmt == "json":
-        return json.dumps(_json_header(ds, rel), ensure_ascii=False, sort_keys=True)
-    return header_text(ds, rel)
+    with warnings.catch_warnings():  # values are read lazily: odd ones warn here
+        warnings.simplefilter("ignore")
+        if fmt == "json":
+            return json.dumps(_json_header(ds, rel), ensure_ascii=False, sort_keys=True)
+        return header_text(ds, rel)
 
 
 def _dump_instances(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, fs, out: Path,

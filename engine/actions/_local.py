@@ -5,6 +5,8 @@
 * ``StepRecorder``: collects a step's outcomes and records each into the audit log as it happens.
 * ``inside`` / ``source_path``: paths from the index or the job never leave their root.
 * ``progress``: a rich progress bar on a terminal, nothing otherwise.
+* ``connect_reader``: a read-only (``query_only``) connection that leaves no ``-wal``/``-shm``.
+* ``api_run``: the Python API's one-step plans (``copy_series``, ``delete_series``, ``dump_csv``).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--validate", action="store_true",
                       help="check the job files (YAML, schema, references, SQL) without a "
                            "database, then stop")
-    mode.add_argument("--apply", metavar="PLAN.json",
+    parser.add_argument("--apply", metavar="PLAN.json",
                       help="run a plan saved with --plan-out; refused if the archive changed")
     parser.add_argument("--plan-out", metavar="PLAN.json",
                         help="save the plan of one job to this file and stop (run it later "
@@ -208,6 +208,10 @@ def run(name: str | None, args: argparse.Namespace) -> int:
                   "its job says verify: true)", markup=False)
         return 2
     if args.validate:
+        if args.apply or args.plan_out:
+            err.print("conquest-run: error: --validate checks job files; it does not go with "
+                      "--apply or --plan-out", markup=False)
+            return 2
         return _validate(args, err)
 
     progress = sys.stderr.isatty() and not args.json

@@ -30,6 +30,7 @@ from .sqlcheck import CheckedQuery, check_query, run_query
 
 _MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
 _CHUNK = 500
+_BULK = 200          # more series than this: read the images table in one pass
 
 
 def _q(name: str) -> str:
@@ -102,7 +103,7 @@ class _Resolver:
         self.modality = _column(schema, self.se.name, _MODALITY, "Modality")
         self.desc = _column(schema, self.se.name, _SERIES_DESC, "SeriesDesc")
         self.sop_class = _column(schema, self.im.name, _SOP_CLASS, "SOPClassUI")
-        self.data_dir = Path(archive.data_dir)
+        self.data_root = os.fspath(archive.data_dir)
 
     def patient_expr(self) -> str:
         study_pat = f"t.{_q(self.st.link)}"
@@ -128,22 +129,40 @@ class _Resolver:
         return self.conn.execute(sql, params).fetchall()
 
     def size_of(self, object_file: str | None) -> int | None:
+        """Bytes on disk; None for a missing file or a path that leaves the data directory.
+
+        The check here is lexical (absolute paths and '..' refused), which is enough for a size;
+        the actions resolve every path fully before they read or remove it.
+        """
         if not object_file:
             return None
+        rel = os.path.normpath(object_file)
+        if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep) or \
+                (len(rel) > 1 and rel[1] == ":"):
+            return None
         try:
-            path = self.archive.path_of(object_file)
-        except ConquestRunError:
-            return None     # outside the data directory: the actions refuse such a path
-        try:
-            return os.stat(path).st_size
+            return os.stat(os.path.join(self.data_root, rel)).st_size
         except OSError:
             return None
 
-    def instances(self, series_uid: str, sops: set[str] | None = None) -> tuple[PlannedInstance, ...]:
+    def all_instances(self, series: set[str]) -> dict[str, list[tuple]]:
+        """Instance rows of many series in one pass over the images table."""
         im = self.im
-        rows = self.conn.execute(
-            f"SELECT {_q(im.key)}, {_q(self.sop_class)}, ObjectFile FROM {_q(im.name)} "
-            f"WHERE {_q(im.link)} = ? ORDER BY {_q(im.key)}", (series_uid,)).fetchall()
+        out: dict[str, list[tuple]] = {}
+        for link, sop, cls, rel in self.conn.execute(
+                f"SELECT {_q(im.link)}, {_q(im.key)}, {_q(self.sop_class)}, ObjectFile "
+                f"FROM {_q(im.name)} ORDER BY {_q(im.key)}"):
+            if link in series:
+                out.setdefault(link, []).append((sop, cls, rel))
+        return out
+
+    def instances(self, series_uid: str, sops: set[str] | None = None,
+                  rows: list[tuple] | None = None) -> tuple[PlannedInstance, ...]:
+        im = self.im
+        if rows is None:
+            rows = self.conn.execute(
+                f"SELECT {_q(im.key)}, {_q(self.sop_class)}, ObjectFile FROM {_q(im.name)} "
+                f"WHERE {_q(im.link)} = ? ORDER BY {_q(im.key)}", (series_uid,)).fetchall()
         out = []
         for sop, cls, rel in rows:
             if sops is not None and sop not in sops:
@@ -177,12 +196,13 @@ class _Resolver:
         wanted = uids if (checked is not None and level == "series") else None
         if sops is not None:
             wanted = self.series_of_sops(sops)
-        rows = self.series_rows(patient=patient, study=study, series=series, modality=modality)
+        rows = [r for r in self.series_rows(patient=patient, study=study, series=series,
+                                            modality=modality)
+                if wanted is None or r[0] in wanted]
+        bulk = self.all_instances({r[0] for r in rows}) if len(rows) > _BULK else None
         out = []
         for uid, pid, study_uid, mod, desc in rows:
-            if wanted is not None and uid not in wanted:
-                continue
-            insts = self.instances(uid, sops)
+            insts = self.instances(uid, sops, None if bulk is None else bulk.get(uid, []))
             if sops is not None and not insts:
                 continue
             out.append(PlannedSeries(uid, pid, study_uid, mod, desc, insts))

@@ -157,3 +157,29 @@ def test_a_plan_file_that_is_not_a_plan_is_refused(tmp_path):
     bad.write_text('{"steps": []}')
     with pytest.raises(ConquestRunError, match="not a conquest-run plan file"):
         load_plan(bad)
+
+
+def test_bulk_instance_reading_gives_the_same_plan(sample, monkeypatch):
+    from conquest_run import planner
+    j = job("select: {query: select SOPInstanc from DICOMImages where ImageNumbe <> '2'}\n"
+            "action: {copy: {destination: out}}")
+    one_by_one = build_plan(j, sample)
+    monkeypatch.setattr(planner, "_BULK", 0)
+    bulk = build_plan(j, sample)
+    assert bulk.steps == one_by_one.steps and bulk.steps[0].series
+
+
+def test_an_object_file_outside_the_data_directory_gets_no_size(sample, tmp_path):
+    outside = Path(sample.data_dir).parent / "outside.dcm"
+    outside.write_bytes(b"x" * 10)
+    conn = sqlite3.connect(sample.database)
+    with conn:
+        uid = conn.execute("select SeriesInst from DICOMSeries where Modality = 'RTPLAN'").fetchone()[0]
+        conn.execute("update DICOMImages set ObjectFile = '../outside.dcm' where SeriesInst = ?",
+                     (uid,))
+    conn.close()
+    plan = build_plan(job(f"select: {{series: '{uid}'}}\naction: {{copy: {{destination: o}}}}"),
+                      sample)
+    [series] = plan.steps[0].series
+    assert [i.path for i in series.instances] == ["../outside.dcm"]
+    assert [i.size for i in series.instances] == [None]

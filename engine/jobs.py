@@ -226,7 +226,8 @@ class _Humanizer:
                     msg = f"unknown action {k!r} (one of {', '.join(_ACTIONS)})"
                 else:
                     msg = f"unknown key {k!r} in {where}"
-                close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
+                close = [c for c in difflib.get_close_matches(str(k), allowed, n=3, cutoff=0.6)
+                         if c[:1].lower() == str(k)[:1].lower()][:1]
                 if close:
                     msg += f" (did you mean {close[0]!r}?)"
                 elif not msg.startswith("unknown action"):
@@ -276,7 +277,8 @@ class _Humanizer:
                             + (" (the only job format so far)" if path == ("version",) else ""))]
         if v == "enum":
             opts = ", ".join(str(o) for o in error.validator_value)
-            return [self.at(path, f"{where} must be one of {opts}; not {inst!r}")]
+            shown = repr(inst) if isinstance(inst, str) and len(inst) <= 40 else _kind(inst)
+            return [self.at(path, f"{where} must be one of {opts}; not {shown}")]
         if v == "minProperties":
             if path and path[-1] == "action":
                 return [self.at(path, f"{where} needs one of {', '.join(_ACTIONS)}", key=True)]
@@ -285,7 +287,9 @@ class _Humanizer:
                                 key=True)]
             return [self.at(path, f"{where} must not be empty", key=True)]
         if v == "maxProperties" and path and path[-1] == "action":
-            names = list(inst)
+            names = [k for k in inst if k in _ACTIONS]
+            if len(names) < 2:      # the unknown keys are reported on their own
+                return []
             return [self.at(path + (names[1],), f"one action per step, not {', '.join(names)}; "
                             "use steps: to run several", key=True)]
         if v in ("minLength",):
@@ -293,6 +297,8 @@ class _Humanizer:
         if v == "maxLength":
             return [self.at(path, f"{where} is longer than {error.validator_value} characters "
                             f"({len(inst)})")]
+        if v == "minItems" and path == ("steps",):
+            return [self.at(path, "steps must list at least one step")]
         if v == "minItems":
             return [self.at(path, f"{where} must list at least {error.validator_value} "
                             f"{'item' if error.validator_value == 1 else 'items'}")]
@@ -315,6 +321,10 @@ class _Humanizer:
                 return [self.at(path, f"{where} must be patient, series, flat, or a template of "
                                 "index columns like \"{PatientID}/{SeriesInst}/{SOPInstanc}.dcm\"")]
             if path and path[-1] in SELECT_KEYS:
+                if isinstance(inst, str):
+                    return [self.at(path, f"{where} must not be empty")]
+                if isinstance(inst, list) and not inst:
+                    return [self.at(path, f"{where} must list at least one value")]
                 deeper = [c for c in (error.context or []) if len(c.absolute_path) > len(path)]
                 if deeper:
                     return self.convert(deeper[0], data)
@@ -459,9 +469,10 @@ def _reference_errors(job: Job) -> list[JobError]:
         elif step.action == "send":
             node = opts.get("node")
             if node is not None and node not in job.nodes:
-                known = ", ".join(job.nodes) or "none are declared under nodes:"
+                known = (f"known: {', '.join(job.nodes)}" if job.nodes
+                         else "the job has no nodes:")
                 errs.append(job.error(f"send.node {node!r} is not declared under nodes: "
-                                      f"(known: {known})", base + ("node",)))
+                                      f"({known})", base + ("node",)))
             errs += _peer_errors(job, base, opts)
     return errs
 

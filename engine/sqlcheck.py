@@ -437,7 +437,7 @@ def run_query(conn: sqlite3.Connection, checked: CheckedQuery, *,
         cur = conn.execute(checked.sql)
         names = [d[0] for d in cur.description or ()]
         rows = cur.fetchall()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.Error, sqlite3.Warning) as exc:
         raise SqlCheckError(f"the query failed: {exc}", file=file, line=line,
                             column=col) from None
     finally:

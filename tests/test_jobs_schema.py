@@ -78,3 +78,43 @@ def test_anchors_and_merge_keys_share_peer_settings():
                     "  b: {<<: *peer, called_ae: B}\n"
                     "select: {modality: CT}\naction: {send: {node: b}}\n", "j.yml")
     assert job.nodes["b"] == {"host": "10.0.0.1", "port": 104, "called_ae": "B"}
+
+
+def test_mutated_jobs_get_located_human_messages_only():
+    """Random damage to valid jobs: every answer is a located JobError in plain words."""
+    import copy
+    import random
+
+    import yaml
+
+    from conquest_run.errors import JobError
+    bases = [yaml.safe_load((REPO / "jobs" / n).read_text()) for n in
+             ("export_rtplans.yml", "dump_rt_summary.yml", "delete_patient.yml",
+              "rebuild_missing.yml")]
+    values = [None, 1, -5, 1.5, True, "", "x", [], [1], {}, {"a": 1}, 70000, ["a", None],
+              "a\\b"]
+
+    def paths(d, p=()):
+        yield p
+        items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else ()
+        for k, v in items:
+            yield from paths(v, p + (k,))
+
+    rng = random.Random(11)
+    for _ in range(300):
+        d = copy.deepcopy(rng.choice(bases))
+        for _ in range(rng.randint(1, 3)):
+            p = rng.choice(list(paths(d))[1:])
+            parent = d
+            for k in p[:-1]:
+                parent = parent[k]
+            if isinstance(parent, dict) and rng.random() < 0.2:
+                del parent[p[-1]]
+            else:
+                parent[p[-1]] = copy.deepcopy(rng.choice(values))
+        try:
+            parse_job(yaml.safe_dump(d), "f.yml")
+        except JobError as exc:
+            for line in str(exc).splitlines():
+                assert line.startswith("f.yml:"), line
+                assert "is not valid under" not in line and "schema" not in line, line

@@ -131,3 +131,35 @@ def test_every_allowed_function_the_authorizer_admits_is_real_sqlite(schema):
     assert authorizer(sqlite3.SQLITE_FUNCTION, None, "load_extension", None, None) == sqlite3.SQLITE_DENY
     assert authorizer(sqlite3.SQLITE_FUNCTION, None, "upper", None, None) == sqlite3.SQLITE_OK
     assert authorizer(sqlite3.SQLITE_INSERT, "DICOMSeries", None, "main", None) == sqlite3.SQLITE_DENY
+
+
+def test_random_token_soup_is_refused_or_accepted_never_crashes(tmp_path, schema):
+    """Whatever the text, the checker answers with a located SqlCheckError or a query that
+    then runs (or fails) cleanly under the authorizer."""
+    import random
+    tokens = ("select SeriesInst SOPInstanc from DICOMSeries DICOMImages v_seriesRT where and or "
+              "not ( ) , ; * = 'x' \"y\" 1 2.5 join on as a b group by order having limit union "
+              "all with recursive in exists case when then else end null is like between count( "
+              "max( lower( load_extension( -- /* */ ` [ ] ? . || distinct values insert pragma "
+              "over partition collate nocase cast( int ) text").split()
+    path = _database(tmp_path, schema)
+    rng = random.Random(5)
+    accepted = 0
+    for _ in range(600):
+        sql = " ".join(rng.choice(tokens) for _ in range(rng.randint(1, 12)))
+        if rng.random() < 0.5:
+            sql = "select SeriesInst from DICOMSeries where " + sql
+        try:
+            checked = check_query(sql, schema, file="f.yml", line=2, col=3)
+        except SqlCheckError as exc:
+            assert exc.file == "f.yml" and exc.line >= 2 and exc.column >= 1
+            continue
+        accepted += 1
+        conn = db.connect_readonly(path)
+        try:
+            run_query(conn, checked)
+        except SqlCheckError:
+            pass
+        finally:
+            conn.close()
+    assert accepted > 0

@@ -9,8 +9,9 @@ all its errors at once (``JobErrors``), sorted by position.
 
 from __future__ import annotations
 
-__all__ = ["Job", "Step", "Selection", "ArchiveSpec", "JobErrors", "load_job", "validate_job",
-           "check_job_sql", "job_schema", "job_from_source", "SELECT_KEYS", "AE_TITLE_MAX"]
+__all__ = ["Job", "Step", "Selection", "ArchiveSpec", "JobErrors", "load_job", "parse_job",
+           "validate_job", "check_job_sql", "check_step_query", "job_schema", "job_from_source",
+           "SELECT_KEYS", "AE_TITLE_MAX"]
 
 import datetime as _dt
 import difflib
@@ -307,15 +308,14 @@ class _Humanizer:
                       "exclusiveMinimum": "more than", "exclusiveMaximum": "less than"}
             return [self.at(path, f"{where} must be {bounds[v]} {error.validator_value}, "
                             f"not {inst!r}")]
+        if v == "pattern" and "propertyNames" in spath and isinstance(inst, str):
+            return [self.at(path + (inst,), f"node name {inst!r} may hold only letters, digits, "
+                            "'_', '.' and '-'", key=True)]
         if v == "pattern":
-            if "nodeName" in str(error.schema) or (path and path[-1] == "node"):
+            if path and path[-1] == "node":
                 return [self.at(path, f"{where}: node names may hold only letters, digits, "
                                 "'_', '.' and '-'")]
             return [self.at(path, f"{where} does not match {error.validator_value}")]
-        if v == "propertyNames":
-            return [self.at(path + (inst,) if isinstance(inst, str) else path,
-                            f"node name {inst!r} may hold only letters, digits, '_', '.' and '-'",
-                            key=True)]
         if v in ("anyOf", "oneOf"):
             if path and path[-1] == "layout":
                 return [self.at(path, f"{where} must be patient, series, flat, or a template of "
@@ -440,19 +440,19 @@ def _reference_errors(job: Job) -> list[JobError]:
             names.setdefault(step.name, step)
         if step.action == "copy":
             if p := _path_problem(opts["destination"]):
-                errs.append(job.error(f"copy.destination {p}", base + ("destination",)))
+                errs.append(job.error(f"{_dotted(base + ('destination',))} {p}", base + ("destination",)))
             layout = opts.get("layout")
             if layout is not None and layout not in ("patient", "series", "flat"):
                 if p := _template_problem(layout):
-                    errs.append(job.error(f"copy.layout {p}", base + ("layout",)))
+                    errs.append(job.error(f"{_dotted(base + ('layout',))} {p}", base + ("layout",)))
         elif step.action == "dump":
             if p := _path_problem(opts["file"]):
-                errs.append(job.error(f"dump.file {p}", base + ("file",)))
+                errs.append(job.error(f"{_dotted(base + ('file',))} {p}", base + ("file",)))
             if opts.get("per_instance") and opts.get("format", "csv") == "csv":
-                errs.append(job.error("dump.per_instance needs format: json or text "
+                errs.append(job.error(f"{_dotted(base + ('per_instance',))} needs format: json or text "
                                       "(a CSV is one file)", base + ("per_instance",), key=True))
             if opts.get("table") is not None and step.select is not None:
-                errs.append(job.error("dump.table dumps a whole table: leave select: out, or "
+                errs.append(job.error(f"{_dotted(base + ('table',))} dumps a whole table: leave select: out, or "
                                       "drop table: to dump the selection",
                                       base + ("table",), key=True))
         elif step.action == "delete":
@@ -460,18 +460,18 @@ def _reference_errors(job: Job) -> list[JobError]:
                 info = src.scalars.get(base + ("files",))
                 if info is not None and (info.style is not None or info.text not in _TRUE_TEXTS):
                     errs.append(job.error(
-                        f"delete.files: {info.text} is read as true; deleting files must be "
+                        f"{_dotted(base + ('files',))}: {info.text} is read as true; deleting files must be "
                         "written explicitly as files: true", base + ("files",)))
         elif step.action == "rebuild":
             if opts.get("only_missing") and opts.get("refresh"):
-                errs.append(job.error("rebuild: choose only_missing or refresh, not both",
+                errs.append(job.error(f"{_dotted(base)}: choose only_missing or refresh, not both",
                                       base + ("refresh",), key=True))
         elif step.action == "send":
             node = opts.get("node")
             if node is not None and node not in job.nodes:
                 known = (f"known: {', '.join(job.nodes)}" if job.nodes
                          else "the job has no nodes:")
-                errs.append(job.error(f"send.node {node!r} is not declared under nodes: "
+                errs.append(job.error(f"{_dotted(base + ('node',))} {node!r} is not declared under nodes: "
                                       f"({known})", base + ("node",)))
             errs += _peer_errors(job, base, opts)
     return errs
@@ -486,7 +486,7 @@ def _show(value: str) -> str:
 
 def _peer_errors(job: Job, base: PathKey, opts: dict[str, Any]) -> list[JobError]:
     errs = []
-    label = "send" if "action" in base else _dotted(base)
+    label = _dotted(base)
     if isinstance(opts.get("host"), str) and (p := _host_problem(opts["host"])):
         errs.append(job.error(f"{label}.host {_show(opts['host'])} {p}", base + ("host",)))
     for key in ("called_ae", "calling_ae"):
@@ -564,7 +564,7 @@ def check_job_sql(job: Job, schema) -> None:
                 hint = (f"did you mean {known[close[0]]}?" if close else
                         f"known: {', '.join(sorted(known.values()))}")
                 errors.append(job.error(
-                    f"dump.table {table!r} is not a table or view of {schema.source} ({hint})",
+                    f"{_dotted(step.path + ('action', 'dump', 'table'))} {table!r} is not a table or view of {schema.source} ({hint})",
                     step.path + ("action", "dump", "table")))
     if errors:
         raise JobErrors(errors)

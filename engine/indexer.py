@@ -108,8 +108,9 @@ def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
 
 def _walk(root: Path, base: Path, excluded: set[str]) -> Iterator[tuple[str, os.stat_result | None]]:
     """(relative path with '/', stat) of every regular file under root; hidden names yield
-    (rel, None) so they can be counted as skipped."""
-    stack = [root]
+    (rel, None) so they can be counted as skipped; the database's own files are left out."""
+    prefix = len(str(base.absolute())) + 1
+    stack = [str(root.absolute())]
     while stack:
         folder = stack.pop()
         try:
@@ -117,15 +118,18 @@ def _walk(root: Path, base: Path, excluded: set[str]) -> Iterator[tuple[str, os.
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise ArchiveError(f"cannot list folder: {exc.strerror}", file=str(folder)) from None
+            raise ArchiveError(f"cannot list folder: {exc.strerror}", file=folder) from None
         for entry in entries:
-            rel = os.path.relpath(entry.path, base).replace(os.sep, "/")
-            if entry.name.startswith(".") or entry.path in excluded:
+            path = entry.path
+            rel = path[prefix:] if os.sep == "/" else path[prefix:].replace(os.sep, "/")
+            if path in excluded:
+                continue
+            if entry.name.startswith("."):
                 if not entry.is_dir(follow_symlinks=False):
                     yield rel, None
                 continue
             if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
+                stack.append(path)
             elif entry.is_file(follow_symlinks=False):
                 try:
                     yield rel, entry.stat(follow_symlinks=False)

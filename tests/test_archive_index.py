@@ -237,3 +237,15 @@ def test_query_is_read_only_and_parameterised(tmp_path, linked_rt):
     assert archive.query("SELECT count(*) FROM DICOMPatients WHERE PatientID = ?",
                          (evil,), column=0) == [0]
     assert counts(archive)[3] == len(info.files)
+
+
+def test_relative_paths_and_database_inside_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    synthetic.write_patient(tmp_path / "data", seed=4, patient_id="P", ct_slices=2, rt=False)
+    archive = Archive("data", "data/index.db")
+    r = archive.rebuild()
+    assert (r.indexed, r.skipped, r.bad) == (2, 0, [])
+    assert archive.rebuild(mode="refresh").unchanged == 2
+    assert set(archive.query("SELECT ObjectFile FROM DICOMImages", column=0)) == {
+        p.relative_to(tmp_path / "data").as_posix()
+        for p in (tmp_path / "data" / "P").iterdir()}

@@ -17,12 +17,13 @@ __all__ = ["build_plan", "plan_selection", "plan_step", "verify_plan", "save_pla
 
 import json
 import os
+import sqlite3
 import tempfile
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
@@ -51,6 +52,17 @@ def _reader(archive):
     except ImportError:  # pragma: no cover - the local actions are part of the package
         return archive.connect_readonly()
     return connect_reader(Path(archive.database))
+
+
+@contextmanager
+def _reading(archive) -> Iterator[sqlite3.Connection]:
+    """A reader on the archive's index; SQLite failures become a plain ArchiveError."""
+    try:
+        with closing(_reader(archive)) as conn:
+            yield conn
+    except sqlite3.Error as exc:
+        raise ArchiveError(f"cannot read the index: {exc} (is it a Conquest database made "
+                           "from this dicom.sql?)", file=str(archive.database)) from None
 
 
 def _now() -> str:
@@ -268,7 +280,7 @@ def build_plan(job, archive, *, schema=None, named=None) -> Plan:
         raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",
                            file=str(archive.database))
     steps = []
-    with closing(_reader(archive)) as conn:
+    with _reading(archive) as conn:
         for step in job.steps:
             checked = check_step_query(job, step, schema)
             options = resolve_options(step.action, step.options, job.nodes)
@@ -292,7 +304,7 @@ def plan_selection(archive, select: dict[str, Any] | None, action: str,
                    job_name: str = "python-api") -> Plan:
     """A one-step plan for the Python API (``Archive`` methods): same rules as a job step."""
     options = dict(options or {})
-    with closing(_reader(archive)) as conn:
+    with _reading(archive) as conn:
         step = plan_step(archive, conn, index=1, name=name or action, action=action,
                          options=options, select=select)
     return Plan(job_name, "", job_name, _absolute(archive.data_dir), _absolute(archive.database),
@@ -339,7 +351,7 @@ def verify_plan(plan: Plan, archive) -> None:
     if not Path(archive.database).is_file():
         raise ArchiveError("database not found", file=str(archive.database))
     changes: list[str] = []
-    with closing(_reader(archive)) as conn:
+    with _reading(archive) as conn:
         resolver = _Resolver(archive, conn)
         for step in plan.steps:
             for s in step.series:

@@ -178,3 +178,12 @@ def test_a_missing_action_module_is_a_step_error_not_a_traceback(root, monkeypat
     assert not report.ok
     assert "the copy action is not available" in report.steps[0].error
     assert report.steps[1].summary == {"not_run": True}
+
+
+def test_a_database_without_conquest_tables_is_a_plain_error(root):
+    (root / "empty.db").write_bytes(b"")
+    proc = cli("--dry-run", "--database", "empty.db", "jobs/delete_patient.yml", cwd=root)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("empty.db: cannot read the index: no such table")
+    assert "Traceback" not in proc.stderr
+    assert (root / "empty.db").read_bytes() == b""

@@ -198,6 +198,7 @@ class _Builder:
         out: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
         seen: dict[Any, Position] = {}
+        explicit: dict[Any, Position] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 for source in self._merge_sources(value_node, path):
@@ -214,8 +215,13 @@ class _Builder:
             seen[key] = kpos
             self.keys[path + (key,)] = kpos
             out[key] = self.build(value_node, path + (key,))
+            explicit[key] = _pos(value_node.start_mark)
         for k, v in merged.items():
             out.setdefault(k, v)
+        # keys written here win over merged ones, for their positions too
+        for key, kpos in seen.items():
+            self.keys[path + (key,)] = kpos
+            self.values[path + (key,)] = explicit[key]
         return out
 
     def _merge_sources(self, node: Node, path: PathKey) -> list[dict]:

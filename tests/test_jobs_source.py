@@ -102,3 +102,11 @@ def test_load_source_hashes_the_bytes_and_reports_missing_files(tmp_path):
     (tmp_path / "bin.yml").write_bytes(b"a: \xff\xfe\n")
     with pytest.raises(JobError, match="not UTF-8"):
         load_source(tmp_path / "bin.yml")
+
+
+def test_keys_written_beside_a_merge_keep_their_own_positions():
+    text = "base: &b {port: 104, host: h}\nnode:\n  port: 11112\n  <<: *b\n"
+    src = parse_source(text, "t.yml")
+    assert src.data["node"] == {"port": 11112, "host": "h"}
+    assert (src.key_at(("node", "port")).line, src.value_at(("node", "port")).column) == (3, 9)
+    assert src.key_at(("node", "host")).line == 1      # merged: where the anchor wrote it

@@ -187,3 +187,16 @@ def test_a_database_without_conquest_tables_is_a_plain_error(root):
     assert proc.stderr.startswith("empty.db: cannot read the index: no such table")
     assert "Traceback" not in proc.stderr
     assert (root / "empty.db").read_bytes() == b""
+
+
+def test_dry_run_on_a_rollback_journal_database_keeps_its_header(root):
+    """A database a Conquest server made (not WAL) must not be switched to WAL by a dry run."""
+    index(root / "examples" / "sample" / "data", root / DB)
+    conn = sqlite3.connect(root / DB)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    before = tree_state(root)
+    proc = cli("--dry-run", *[f"jobs/{j}" for j in MY_JOBS], cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert tree_state(root) == before
+    assert (root / DB).read_bytes()[18:20] == b"\x01\x01"   # header: legacy (not WAL) mode

@@ -259,7 +259,14 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality)
     level = checked.level if checked is not None else "series"
-    return PlanStep(index, name, action, dict(options), step_target(action, options, archive),
+    options = dict(options)
+    if action == "rebuild" and not sel.empty:
+        # The patients a rebuild with a selection re-indexes: those it names (indexed or not
+        # yet) and those of the series it found.  An empty list means nothing to do, never
+        # "the whole archive".
+        options["patients"] = sorted({str(p) for p in sel.patient}
+                                     | {s.patient_id for s in series if s.patient_id})
+    return PlanStep(index, name, action, options, step_target(action, options, archive),
                     action == "delete", level, series, sel.query, line)
 
 

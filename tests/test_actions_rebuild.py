@@ -84,3 +84,31 @@ def test_dry_run_changes_nothing(archive, tmp_path):
                                               series=()), dry_run=True)
     assert tree_state(tmp_path) == before
     assert report.ok and report.summary["files_in_scope"] == 7
+
+
+def test_planned_selection_of_an_unindexed_patient_indexes_only_that_patient(archive):
+    """A select naming a patient not yet in the index re-indexes that folder, not everything."""
+    from conquest_run.planner import plan_selection
+
+    variant("MR_small.dcm", archive.data_dir / "NEWPAT/new.dcm", PatientID="NEWPAT",
+            StudyInstanceUID="1.2.826.0.1.9.7", SeriesInstanceUID="1.2.826.0.1.9.7.3",
+            SOPInstanceUID="1.2.826.0.1.9.7.3.1")
+    before = table_counts(archive)
+    step = plan_selection(archive, {"patient": "NEWPAT"}, "rebuild", {"only_missing": True}).steps[0]
+    assert step.series == () and step.options["patients"] == ["NEWPAT"]
+    report, _ = run_action(archive, step)
+    assert report.ok and report.summary["patients"] == ["NEWPAT"]
+    assert table_counts(archive)["DICOMImages"] == before["DICOMImages"] + 1
+
+
+def test_planned_selection_matching_nothing_indexes_nothing(archive):
+    from conquest_run.planner import plan_selection
+
+    variant("MR_small.dcm", archive.data_dir / "OTHER/new.dcm", PatientID="OTHER",
+            StudyInstanceUID="1.2.826.0.1.9.8", SeriesInstanceUID="1.2.826.0.1.9.8.3",
+            SOPInstanceUID="1.2.826.0.1.9.8.3.1")
+    before = table_counts(archive)
+    step = plan_selection(archive, {"modality": "NOSUCH"}, "rebuild", {}).steps[0]
+    assert step.options["patients"] == []
+    report, _ = run_action(archive, step)
+    assert report.ok and table_counts(archive) == before

@@ -38,10 +38,11 @@ from pydicom.uid import UID
 
 from .errors import DicomFileError
 from .rtextras import rt_extras
-from .schema import Schema
+from .schema import EXTRAS_COLUMNS, Schema
 
 KEY_LEVELS = ("Patient", "Study", "Series", "Image")
 
+EXTRAS_NAMES = tuple(name for name, _ in EXTRAS_COLUMNS)
 _UNDEFINED = 0xFFFFFFFF
 _BINARY = {
     "DT_UINT16": ("H", 2), "DT_UINT32": ("I", 4), "DT_FL": ("f", 4), "DT_FD": ("d", 8),
@@ -94,7 +95,7 @@ class HeaderRecord:
     rows: tuple[tuple[Any, ...], ...]     # DICOM column values for Patient, Study, Series, Image
     modality: str | None
     sop_class: str | None
-    extras: dict[str, Any] = field(default_factory=dict)  # RTExtras columns (RT + file facts)
+    extras: dict[str, Any] = field(default_factory=dict)  # every RTExtras column (RT + file)
 
     @property
     def patient_id(self) -> str | None:
@@ -336,7 +337,8 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
             raise DicomFileError(f"no {missing} Instance UID")
         modality = _value(elements, _MODALITY, "DT_STR", 64, decode, little)
         sop_class = _value(elements, _SOP_CLASS, "DT_UI", 64, decode, little)
-        extras = rt_extras(ds, modality)
+        extras = dict.fromkeys(EXTRAS_NAMES)        # every RTExtras column, None when n/a
+        extras.update(rt_extras(ds, modality))
     extras["SOPInstanc"] = rows[3][0]
     extras["Modality"] = modality
     extras["hash"] = hashlib.sha256(data).hexdigest()

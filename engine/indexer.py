@@ -20,6 +20,7 @@ __all__ = ["IndexResult", "BadFile", "Indexer", "index_tree", "DEVICE_NAME"]
 
 import functools
 import multiprocessing
+import operator
 import os
 import sqlite3
 import threading
@@ -175,11 +176,18 @@ class _Writer:
                 f"ON CONFLICT({table.key}) DO UPDATE SET {updates}")
         ecols = [n for n, _ in EXTRAS_COLUMNS]
         self.extras_cols = ecols
+        self._extras_getter = operator.itemgetter(*ecols)
         self.sql[EXTRAS_TABLE] = (f"INSERT OR REPLACE INTO {EXTRAS_TABLE} ({', '.join(ecols)}) "
                                   f"VALUES ({', '.join('?' * len(ecols))})")
         study_tags = [c.tag for c in schema.studies.columns if c.tag is not None]
         self.study_modality = (study_tags.index(_STUDY_MODALITY_TAG)
                                if _STUDY_MODALITY_TAG in study_tags else None)
+
+    def extras_row(self, extras: dict[str, Any]) -> tuple:
+        try:
+            return self._extras_getter(extras)          # read_header fills every column
+        except KeyError:
+            return tuple(extras.get(c) for c in self.extras_cols)
 
     def add(self, record: HeaderRecord) -> None:
         self.pending.append(record)
@@ -196,6 +204,7 @@ class _Writer:
         records, self.pending = self.pending, []
         at = self.access_time
         sc = self.schema
+        extras_row = self.extras_row
         patients: dict[str, tuple] = {}
         studies: dict[str, list] = {}
         series: dict[str, tuple] = {}
@@ -211,7 +220,7 @@ class _Writer:
             if im[0] in images and images[im[0]][-2] != r.object_file:
                 self.duplicates.append(r.object_file)
             images[im[0]] = im + (at, r.object_file, DEVICE_NAME)
-            extras[im[0]] = tuple(r.extras.get(c) for c in self.extras_cols)
+            extras[im[0]] = extras_row(r.extras)
             if r.modality:
                 mods = modalities.setdefault(st[0], [])
                 if r.modality not in mods:
@@ -352,7 +361,7 @@ class Indexer:
     """Fills one archive's index.  ``conn`` is a read-write connection with the schema in place."""
 
     def __init__(self, conn: sqlite3.Connection, schema: Schema, data_dir: str | Path, *,
-                 exclude: Iterable[str | Path] = (), batch_size: int = 500) -> None:
+                 exclude: Iterable[str | Path] = (), batch_size: int = 2000) -> None:
         self.conn = conn
         self.schema = schema
         self.data_dir = Path(data_dir)
@@ -411,6 +420,7 @@ class Indexer:
 
         started = time.perf_counter()
         result = IndexResult()
+        self.conn.execute("PRAGMA cache_size = -65536")   # 64 MB: index pages stay in memory
         plist = None if patients is None else list(dict.fromkeys(str(p) for p in patients))
         known = self._known(plist)
         roots = ([self.data_dir] if plist is None

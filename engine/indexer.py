@@ -18,7 +18,7 @@ from __future__ import annotations
 
 __all__ = ["IndexResult", "BadFile", "Indexer", "index_tree", "DEVICE_NAME"]
 
-import functools
+import collections
 import multiprocessing
 import operator
 import os
@@ -92,17 +92,51 @@ def _read_chunk(data_dir: str, spec: ReadSpec, chunk: list[str]) -> list[HeaderR
 
 def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
               workers: int) -> Iterator[HeaderRecord | BadFile]:
-    if workers <= 1 or len(rels) < 2 * _CHUNK:
+    """Read every file, in order.  With ``workers`` > 1 the calling process is one of the
+    readers: ``workers - 1`` helper processes take chunks from a window kept ahead of them,
+    and whenever the oldest chunk is not back yet the caller reads the next chunk itself
+    (so it parses whenever it is not writing, and the helpers never wait for it)."""
+    folder = str(data_dir)
+    if workers <= 1 or len(rels) < 4 * _CHUNK:
         for rel in rels:
-            yield _read_one(str(data_dir), rel, spec)
+            yield _read_one(folder, rel, spec)
         return
     method = "fork" if (threading.active_count() == 1
                         and "fork" in multiprocessing.get_all_start_methods()) else "spawn"
     ctx = multiprocessing.get_context(method)
-    chunks = [rels[i:i + _CHUNK] for i in range(0, len(rels), _CHUNK)]
-    with ctx.Pool(workers) as pool:
-        for results in pool.imap(functools.partial(_read_chunk, str(data_dir), spec), chunks):
-            yield from results
+    chunks = iter([rels[i:i + _CHUNK] for i in range(0, len(rels), _CHUNK)])
+    helpers = workers - 1
+    ahead = 16 * helpers                      # chunks queued for the helpers
+    window: collections.deque = collections.deque()   # AsyncResult or a finished list
+    queued = 0
+    with ctx.Pool(helpers) as pool:
+        while True:
+            while queued < ahead:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                window.append(pool.apply_async(_read_chunk, (folder, spec, chunk)))
+                queued += 1
+            if not window:
+                break
+            head = window[0]
+            if isinstance(head, list):
+                window.popleft()
+                yield from head
+            elif head.ready() or not _take_local(window, chunks, folder, spec):
+                window.popleft()
+                queued -= 1
+                yield from head.get()
+
+
+def _take_local(window: collections.deque, chunks: Iterator[list[str]], folder: str,
+                spec: ReadSpec) -> bool:
+    """Read the next chunk in this process (appended to the window); False when none is left."""
+    chunk = next(chunks, None)
+    if chunk is None:
+        return False
+    window.append(_read_chunk(folder, spec, chunk))
+    return True
 
 
 # -- walking -------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ __all__ = [
     "group_associations",
     "echo",
     "set_tcp_nodelay",
+    "settle_after_request",
     "pynetdicom_config",
+    "QUIET",
     "MAX_CONTEXTS",
     "MAX_ASSOCIATIONS",
 ]
@@ -51,6 +53,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE)
+QUIET = "none"              # pynetdicom LOG_HANDLER_LEVEL: no per-message log handlers
 
 OnOutcome = Callable[[Outcome], None]
 
@@ -109,12 +112,31 @@ def set_tcp_nodelay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def settle_after_request(assoc: Any, limit: float = 0.05) -> None:
+    """Wait (at most ``limit`` s) until the association's reactor thread has resumed after a
+    ``send_c_store``, before the next request may pause it again.
+
+    Works around a race in pynetdicom 3: ``send_c_store`` re-enables the reactor when it
+    returns, but the reactor thread only runs once it gets the GIL; a next ``send_c_store``
+    issued before that finds the reactor still marked paused, sends, and the resumed reactor
+    then takes the peer's C-STORE-RSP off the queue: the sender waits the whole DIMSE timeout
+    and the association is aborted (seen here as 30 s stalls every few hundred files on
+    loopback).  Reads ``assoc._is_paused`` (internal); does nothing if it ever goes away.
+    """
+    deadline = time.monotonic() + limit
+    while getattr(assoc, "_is_paused", False) and assoc.is_established \
+            and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
 @contextmanager
-def pynetdicom_config(**flags: bool) -> Iterator[None]:
+def pynetdicom_config(**flags: Any) -> Iterator[None]:
     """Set pynetdicom ``_config`` flags for the duration of a block, then restore them.
 
     ``STORE_SEND_CHUNKED_DATASET=True`` makes ``send_c_store(path)`` stream the file's bytes
-    after its file meta instead of decoding the dataset.
+    after its file meta instead of decoding the dataset; ``LOG_HANDLER_LEVEL="none"`` keeps
+    pynetdicom from formatting a log text of every PDU and DIMSE message (most of its CPU time
+    per C-STORE), read when an association is created.
     """
     from pynetdicom import _config
 
@@ -269,7 +291,7 @@ class DicomTransport:
                 self.stop.set()
 
         count = max(1, min(self.settings.associations, MAX_ASSOCIATIONS, len(batches)))
-        with pynetdicom_config(STORE_SEND_CHUNKED_DATASET=True):
+        with pynetdicom_config(STORE_SEND_CHUNKED_DATASET=True, LOG_HANDLER_LEVEL=QUIET):
             threads = [threading.Thread(target=worker, name=f"send-{n}", daemon=True)
                        for n in range(count)]
             for t in threads:
@@ -386,6 +408,7 @@ class DicomTransport:
             if "Status" not in status:
                 raise _AssociationLost(n)
             emit(_status_outcome(item, int(status.Status)))
+            settle_after_request(assoc)
         return []
 
 
@@ -424,9 +447,10 @@ def echo(settings: PeerSettings) -> float:
     ae.add_requested_context(VERIFICATION_SOP_CLASS)
     opened = threading.Event()
     started = time.perf_counter()
-    assoc = ae.associate(settings.host, settings.port, ae_title=settings.called_ae,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
-                                       (evt.EVT_CONN_OPEN, lambda event: opened.set())])
+    with pynetdicom_config(LOG_HANDLER_LEVEL=QUIET):
+        assoc = ae.associate(settings.host, settings.port, ae_title=settings.called_ae,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                                           (evt.EVT_CONN_OPEN, lambda event: opened.set())])
     if not assoc.is_established:
         if assoc.is_rejected:
             raise NetworkError(f"C-ECHO to {settings.target}: association rejected by the peer")

@@ -21,6 +21,7 @@ import io
 import os
 import secrets
 import threading
+from contextlib import ExitStack
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ArchiveError, DicomFileError, NetworkError
-from .net import VERIFICATION_SOP_CLASS, set_tcp_nodelay
+from .net import QUIET, VERIFICATION_SOP_CLASS, pynetdicom_config, set_tcp_nodelay
 
 TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.1",      # Explicit VR Little Endian
@@ -156,6 +157,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._config = ExitStack()         # pynetdicom settings for the server's lifetime
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> "Receiver":
@@ -166,14 +168,18 @@ class Receiver:
         ae = AE(ae_title=s.aet)
         ae.supported_contexts = storage_contexts()
         ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = s.timeout
+        ae.maximum_pdu_size = 0            # unlimited: a sender may put a dataset in one PDU
         if s.allow:
             ae.require_calling_aet = list(s.allow)
         handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay),
                     (evt.EVT_C_STORE, self._on_c_store),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
+        # no per-message log handlers on the acceptor associations (most of their CPU time)
+        self._config.enter_context(pynetdicom_config(LOG_HANDLER_LEVEL=QUIET))
         try:
             self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
         except OSError as exc:
+            self._config.close()
             self.sink.close()
             raise NetworkError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") \
                 from None
@@ -202,6 +208,7 @@ class Receiver:
         self._stopping.set()
         if self._flusher is not None:
             self._flusher.join(self.settings.stop_timeout)
+        self._config.close()
         self.sink.close()
 
     def __enter__(self) -> "Receiver":

@@ -274,3 +274,41 @@ def test_options_are_checked():
                 {"port": 104}, {"host": "h", "port": "104"}, {"node": "pacs"}):
         with pytest.raises(ActionError):
             peer_settings(bad)
+
+
+def test_hundreds_of_instances_on_one_association_without_a_lost_response(tmp_path):
+    """Regression for pynetdicom's reactor race (a stolen C-STORE-RSP -> DIMSE timeout ->
+    aborted association): with no retries and a short timeout every instance must be sent."""
+    from conquest_run.archive import Archive
+    from conquest_run.synthetic import generate_files
+
+    generate_files(tmp_path / "data", 400, seed=5, size=8, per_patient=200)
+    archive = Archive(tmp_path / "data", tmp_path / "conquest.db")
+    archive.rebuild()
+    rx = tmp_path / "rx"
+    with storescp(rx) as (_, port):
+        plan, step = send_step(archive, _options(port, timeout=3))
+        report = run_send(archive, plan, step)
+    assert report.ok, [o.reason for o in report.outcomes if o.status != DONE][:3]
+    assert report.totals()[DONE] == step.instance_count >= 400
+    assert len(received_sops(rx)) == step.instance_count
+
+
+def test_the_pynetdicom_internals_we_rely_on_are_there(tmp_path):
+    """set_tcp_nodelay and settle_after_request quietly do nothing if pynetdicom moves these."""
+    from pynetdicom import AE
+
+    from conquest_run.net import settle_after_request
+
+    with storescp(tmp_path / "rx") as (_, port):
+        ae = AE(ae_title="T")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", port)
+        try:
+            assert isinstance(assoc.dul.socket.socket, socket.socket)
+            assert isinstance(assoc._is_paused, bool)
+            assert assoc.send_c_echo().Status == 0
+            settle_after_request(assoc)
+            assert assoc._is_paused is False        # the reactor runs again
+        finally:
+            assoc.release()

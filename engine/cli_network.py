@@ -31,8 +31,8 @@ def _port(text: str) -> int:
 
 def register(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "serve":
-        parser.description = ("Receive DICOM (C-STORE, C-ECHO) into the archive's data/<PatientID>/ "
-                              "folders and index it; runs until SIGINT/SIGTERM.")
+        parser.description = ("Receive DICOM (C-STORE, C-ECHO) into the archive's "
+                              "data/<PatientID>/ folders and index it; runs until SIGINT/SIGTERM.")
         parser.add_argument("--port", type=_port, required=True, help="TCP port to listen on")
         parser.add_argument("--host", default="127.0.0.1",
                             help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")

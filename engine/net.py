@@ -22,7 +22,7 @@ __all__ = [
     "read_send_item",
     "group_associations",
     "echo",
-    "set_tcp_nodelay",
+    "tune_connection",
     "settle_after_request",
     "pynetdicom_config",
     "QUIET",
@@ -53,6 +53,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE)
+DUL_IDLE_POLL = 0.0002      # seconds the DUL reactor sleeps when idle (pynetdicom: 0.001)
 QUIET = "none"              # pynetdicom LOG_HANDLER_LEVEL: no per-message log handlers
 
 OnOutcome = Callable[[Outcome], None]
@@ -99,17 +100,22 @@ class Transport(Protocol):
 # pynetdicom internals and global settings: the only two places that touch them
 # --------------------------------------------------------------------------------------------
 
-def set_tcp_nodelay(event: Any) -> None:
-    """``EVT_CONN_OPEN`` handler: switch Nagle's algorithm off on the association's socket.
+def tune_connection(event: Any) -> None:
+    """``EVT_CONN_OPEN`` handler: TCP_NODELAY on the association's socket, and a short idle
+    poll of its DUL reactor thread.
 
-    pynetdicom offers no option for it; the event is the supported hook, but the socket is only
-    reachable through its internals (``assoc.dul.socket.socket``).  Without it a loopback
-    C-STORE waits for a delayed ACK (~40 ms).  Does nothing when the layout ever changes.
+    pynetdicom offers no option for either; the event is the supported hook, but the socket
+    and the poll delay are only reachable through its internals (``assoc.dul.socket.socket``,
+    ``assoc.dul._run_loop_delay``).  Without TCP_NODELAY a loopback C-STORE waits for a delayed
+    ACK (~40 ms); the reactor's default 1 ms idle sleep costs up to a millisecond per message
+    (0.2 ms measured 10-30 % faster on small files here).  Does nothing for what is missing.
     """
-    wrapper = getattr(getattr(event.assoc, "dul", None), "socket", None)
-    sock = getattr(wrapper, "socket", None)
+    dul = getattr(event.assoc, "dul", None)
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(getattr(dul, "_run_loop_delay", None), float):
+        dul._run_loop_delay = DUL_IDLE_POLL
 
 
 def settle_after_request(assoc: Any, limit: float = 0.05) -> None:
@@ -367,7 +373,7 @@ class DicomTransport:
         opened = threading.Event()
         assoc = self._ae().associate(
             s.host, s.port, contexts=proposed, ae_title=s.called_ae,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection),
                           (evt.EVT_CONN_OPEN, lambda event: opened.set())])
         if assoc.is_established:
             return assoc, ""
@@ -449,7 +455,7 @@ def echo(settings: PeerSettings) -> float:
     started = time.perf_counter()
     with pynetdicom_config(LOG_HANDLER_LEVEL=QUIET):
         assoc = ae.associate(settings.host, settings.port, ae_title=settings.called_ae,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection),
                                            (evt.EVT_CONN_OPEN, lambda event: opened.set())])
     if not assoc.is_established:
         if assoc.is_rejected:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ArchiveError, DicomFileError, NetworkError
-from .net import QUIET, VERIFICATION_SOP_CLASS, pynetdicom_config, set_tcp_nodelay
+from .net import QUIET, VERIFICATION_SOP_CLASS, pynetdicom_config, tune_connection
 
 TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.1",      # Explicit VR Little Endian
@@ -171,7 +171,7 @@ class Receiver:
         ae.maximum_pdu_size = 0            # unlimited: a sender may put a dataset in one PDU
         if s.allow:
             ae.require_calling_aet = list(s.allow)
-        handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+        handlers = [(evt.EVT_CONN_OPEN, tune_connection),
                     (evt.EVT_C_STORE, self._on_c_store),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
         # no per-message log handlers on the acceptor associations (most of their CPU time)

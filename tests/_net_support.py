@@ -150,7 +150,8 @@ def make_archive(root: Path, patients: int = 2, ct_slices: int = 6):
     return archive
 
 
-def send_step(archive, options: dict, modality: str | None = None, index: int = 1) -> tuple[Plan, PlanStep]:
+def send_step(archive, options: dict, modality: str | None = None,
+              index: int = 1) -> tuple[Plan, PlanStep]:
     """A send PlanStep over the archive's series (optionally one modality), in plan order."""
     conn = sqlite3.connect(archive.database)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from conquest_run.audit import AuditLog
 from conquest_run.errors import NetworkError
 from conquest_run.net import (DicomTransport, PeerSettings, echo, group_associations,
-                              read_send_item, set_tcp_nodelay)
+                              read_send_item, tune_connection)
 from conquest_run.report import DONE, FAILED, SKIPPED
 
 from _net_support import (audit_rows, dataset_bytes, free_port, http_json, make_archive,
@@ -177,15 +176,17 @@ def test_send_to_orthanc_lists_the_instances(archive, tmp_path):
     assert sops == {i.sop_uid for s in step.series for i in s.instances}
 
 
-def test_tcp_nodelay_is_set_on_the_association_socket(tmp_path):
+def test_tune_connection_sets_tcp_nodelay_and_a_short_poll(tmp_path):
     from pynetdicom import AE, evt
 
     seen = []
 
     def check(event):
-        set_tcp_nodelay(event)
+        before = event.assoc.dul._run_loop_delay
+        tune_connection(event)
         sock = event.assoc.dul.socket.socket
-        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), before,
+                     event.assoc.dul._run_loop_delay))
 
     with storescp(tmp_path / "rx") as (_, port):
         ae = AE(ae_title="T")
@@ -193,7 +194,9 @@ def test_tcp_nodelay_is_set_on_the_association_socket(tmp_path):
         assoc = ae.associate("127.0.0.1", port, evt_handlers=[(evt.EVT_CONN_OPEN, check)])
         assert assoc.is_established
         assoc.release()
-    assert seen and seen[0] != 0
+    assert len(seen) == 1
+    nodelay, before, after = seen[0]
+    assert nodelay != 0 and after < before
 
 
 def test_echo_ok_and_rejected(tmp_path):
@@ -295,7 +298,7 @@ def test_hundreds_of_instances_on_one_association_without_a_lost_response(tmp_pa
 
 
 def test_the_pynetdicom_internals_we_rely_on_are_there(tmp_path):
-    """set_tcp_nodelay and settle_after_request quietly do nothing if pynetdicom moves these."""
+    """tune_connection and settle_after_request quietly do nothing if pynetdicom moves these."""
     from pynetdicom import AE
 
     from conquest_run.net import settle_after_request

@@ -92,10 +92,10 @@ def _read_chunk(data_dir: str, spec: ReadSpec, chunk: list[str]) -> list[HeaderR
 
 def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
               workers: int) -> Iterator[HeaderRecord | BadFile]:
-    """Read every file, in order.  With ``workers`` > 1 the calling process is one of the
-    readers: ``workers - 1`` helper processes take chunks from a window kept ahead of them,
-    and whenever the oldest chunk is not back yet the caller reads the next chunk itself
-    (so it parses whenever it is not writing, and the helpers never wait for it)."""
+    """Read every file, in order.  With ``workers`` > 1, that many helper processes take
+    chunks from a window kept ahead of them; whenever the oldest chunk is not back yet the
+    calling process (which writes the index) reads the next chunk itself, so no core idles
+    and the helpers never wait for the writer."""
     folder = str(data_dir)
     if workers <= 1 or len(rels) < 4 * _CHUNK:
         for rel in rels:
@@ -105,7 +105,7 @@ def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
                         and "fork" in multiprocessing.get_all_start_methods()) else "spawn"
     ctx = multiprocessing.get_context(method)
     chunks = iter([rels[i:i + _CHUNK] for i in range(0, len(rels), _CHUNK)])
-    helpers = workers - 1
+    helpers = workers
     ahead = 16 * helpers                      # chunks queued for the helpers
     window: collections.deque = collections.deque()   # AsyncResult or a finished list
     queued = 0

@@ -89,16 +89,23 @@ def test_sample_archive_indexes_completely(sample_archive, tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_rebuild_all_is_repeatable_and_workers_agree(tmp_path, workers):
     data = tmp_path / "data"
-    synthetic.generate_files(data, 160, seed=3)
+    n = 300                        # enough chunks for the worker processes to take part
+    synthetic.generate_files(data, n, seed=3)
+    (data / "BENCH00000" / "junk.txt").write_text("not DICOM")
     archive = Archive(data, tmp_path / "c.db")
     first = archive.rebuild(workers=workers)
-    assert first.indexed == 160 and not first.bad
-    rows = archive.query("SELECT SOPInstanc, SeriesInst, ObjectFile FROM DICOMImages ORDER BY 1")
+    assert first.indexed == n and [b.path for b in first.bad] == ["BENCH00000/junk.txt"]
+    sql = "SELECT * FROM DICOMImages ORDER BY 1"
+    rows = [r[:21] + r[22:] for r in archive.query(sql)]          # all but AccessTime
+    single = Archive(data, tmp_path / "single.db")
+    single.rebuild(workers=1)
+    assert [r[:21] + r[22:] for r in single.query(sql)] == rows
+    assert single.query("SELECT * FROM RTExtras ORDER BY 1") == archive.query(
+        "SELECT * FROM RTExtras ORDER BY 1")
     second = archive.rebuild(workers=workers)
-    assert second.indexed == 160
-    assert archive.query("SELECT SOPInstanc, SeriesInst, ObjectFile FROM DICOMImages "
-                         "ORDER BY 1") == rows
-    assert counts(archive)[3:] == (160, 160)
+    assert second.indexed == n
+    assert [r[:21] + r[22:] for r in archive.query(sql)] == rows
+    assert counts(archive)[3:] == (n, n)
 
 
 def test_missing_and_refresh_modes(linked_rt, tmp_path):

@@ -6,7 +6,8 @@ How a value is stored, as Conquest's dgate stores it:
 * text: trailing spaces (and NUL padding) stripped, leading spaces kept, so a value of only
   spaces becomes ``''``; multiple values stay joined with ``\\`` as they are in the file;
 * binary DT_UINT16 / DT_UINT32 / DT_FL / DT_FD values become decimal text;
-* a value longer than its column is cut to the column length (Conquest's fixed-size fields).
+* a value longer than its column is cut to the column length before the trailing spaces go
+  (as Conquest does, logging "Truncated ...").
 
 The values come from pydicom's *raw* data elements (bytes and length as in the file), which is
 both exact and fast.  Files without the ``DICM`` preamble are read with ``force`` when they start
@@ -150,7 +151,12 @@ def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, littl
         return None
     value = raw.value
     if type(value) is bytes and dicom_type not in _BINARY:   # the common case, kept short
-        return decode(value).rstrip(" \0")[:length] if value else None
+        if not value:
+            return None
+        # Conquest cuts the value to the column length first, then strips trailing spaces
+        if decode is _latin1:
+            return value[:length].decode("latin-1").rstrip(" \0")
+        return decode(value)[:length].rstrip(" \0")
     if not isinstance(value, (bytes, bytearray)):
         # an element pydicom already converted (only happens for the character set): use text
         if value is None or value == "":
@@ -174,8 +180,7 @@ def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, littl
                 numbers = struct.unpack(("<" if little else ">") + fmt * count, value)
                 text = "\\".join(str(n) if isinstance(n, int) else repr(n) for n in numbers)
                 return text[:length]
-    text = decode(bytes(value)).rstrip(" \0")
-    return text[:length]
+    return decode(bytes(value))[:length].rstrip(" \0")
 
 
 def _is_image_class(elements: dict) -> bool:

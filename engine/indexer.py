@@ -16,7 +16,8 @@ stop the run.  Parsing may run in worker processes; all writing happens in the c
 
 from __future__ import annotations
 
-__all__ = ["IndexResult", "BadFile", "Indexer", "index_tree", "DEVICE_NAME"]
+__all__ = ["IndexResult", "BadFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
+           "DEVICE_NAME"]
 
 import collections
 import multiprocessing
@@ -179,31 +180,89 @@ def _chunks(items: list, size: int = _SQL_VARS) -> Iterator[list]:
         yield items[i:i + size]
 
 
-class _Writer:
-    """Upserts HeaderRecords level by level; one transaction per ``flush``."""
+def merge_modality(current: str | None, modality: str | None) -> str | None:
+    """Conquest's StudyModality: the incoming series modality goes first unless it is already
+    one of the backslash-separated values (``RTPLAN`` then ``CT`` gives ``CT\\RTPLAN``)."""
+    if not modality:
+        return current
+    if not current:
+        return modality
+    if modality in current.split("\\"):
+        return current
+    return f"{modality}\\{current}"
 
-    def __init__(self, conn: sqlite3.Connection, schema: Schema, access_time: int, *,
-                 fresh: bool = False) -> None:
+
+def _same(old: str, new: str) -> bool:
+    return old.lower() == new.lower()
+
+
+class LinkChecker:
+    """Conquest refuses an object whose image (series, study) is already indexed under another
+    series (study, patient): "inconsistent link".  ``check(record)`` gives that reason or None,
+    from the index and from the records ``note``d before (e.g. a batch not yet written)."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema) -> None:
+        self.conn = conn
+        # (name, table, level index in HeaderRecord.rows)
+        self.levels = (("image", schema.images, 3), ("series", schema.series, 2),
+                       ("study", schema.studies, 1))
+        self.parents: dict[str, dict[str, Any]] = {name: {} for name, _, _ in self.levels}
+        self.looked_up: dict[str, set[str]] = {name: set() for name, _, _ in self.levels}
+
+    def prefetch(self, records: Iterable[HeaderRecord]) -> None:
+        """Look the records' keys up in the index at once (instead of one by one)."""
+        records = list(records)
+        for name, table, i in self.levels:
+            keys = [k for k in {r.rows[i][0] for r in records} if k not in self.looked_up[name]]
+            for part in _chunks(keys):
+                marks = ",".join("?" * len(part))
+                for key, link in self.conn.execute(
+                        f"SELECT {table.key}, {table.link} FROM {table.name} "
+                        f"WHERE {table.key} IN ({marks})", part):
+                    self.parents[name].setdefault(key, link)
+            self.looked_up[name].update(keys)
+
+    def check(self, record: HeaderRecord) -> str | None:
+        self.prefetch([record])
+        for name, table, i in self.levels:
+            key, link = record.rows[i][0], record.rows[i][-1]
+            old = self.parents[name].get(key)
+            if old and link is not None and not _same(old, link):
+                return (f"inconsistent link: {name} {key} is indexed under {table.link} "
+                        f"{old!r}, this file says {link!r}; not indexed")
+        return None
+
+    def note(self, record: HeaderRecord) -> None:
+        for name, _, i in self.levels:
+            self.looked_up[name].add(record.rows[i][0])
+            if record.rows[i][-1] is not None:
+                self.parents[name][record.rows[i][0]] = record.rows[i][-1]
+
+
+class _Writer:
+    """Upserts HeaderRecords level by level; one transaction per ``flush``.
+
+    As Conquest's dgate does it: a value that is absent (NULL) never overwrites one in the
+    index; the study's modality list grows with each series' modality; and a file whose series
+    (study, patient) is already indexed under another study (patient) is refused as an
+    inconsistent link instead of moving the existing rows.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, access_time: int) -> None:
         self.conn = conn
         self.schema = schema
         self.access_time = access_time
-        # fresh: the tables were emptied at the start of this run, so only rows written by
-        # this writer exist and they are tracked in memory (no look-ups before each batch)
-        self.fresh = fresh
-        self.written_images: dict[str, str] = {}        # fresh: SOP UID -> ObjectFile
-        self.study_modalities: dict[str, str | None] = {}  # fresh: study UID -> StudyModal
         self.pending: list[HeaderRecord] = []
         self.affected_series: set[str] = set()
-        self.affected_studies: set[str] = set()
-        self.affected_patients: set[str] = set()
         self.duplicates: list[str] = []
+        self.rejected: list[BadFile] = []
+        self.written = 0
         self.sql: dict[str, str] = {}
-        tables = [schema.patients, schema.studies, schema.series, schema.images]
-        for table in tables:
+        for table in (schema.patients, schema.studies, schema.series, schema.images):
             cols = [c.name for c in table.columns if c.tag is not None] + ["AccessTime"]
             if table is schema.images:
                 cols += ["ObjectFile", "DeviceName"]
-            updates = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
+            updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols[1:])
             self.sql[table.name] = (
                 f"INSERT INTO {table.name} ({', '.join(cols)}) "
                 f"VALUES ({', '.join('?' * len(cols))}) "
@@ -232,6 +291,20 @@ class _Writer:
             out += self.conn.execute(sql.format(",".join("?" * len(part))), part).fetchall()
         return out
 
+    def _accept(self, records: list[HeaderRecord]) -> list[HeaderRecord]:
+        """The records whose links agree with the index and with the records before them."""
+        checker = LinkChecker(self.conn, self.schema)
+        checker.prefetch(records)
+        accepted = []
+        for r in records:
+            reason = checker.check(r)
+            if reason is not None:
+                self.rejected.append(BadFile(r.object_file, reason))
+            else:
+                checker.note(r)
+                accepted.append(r)
+        return accepted
+
     def flush(self) -> None:
         if not self.pending:
             return
@@ -239,54 +312,42 @@ class _Writer:
         at = self.access_time
         sc = self.schema
         extras_row = self.extras_row
-        patients: dict[str, tuple] = {}
-        studies: dict[str, list] = {}
-        series: dict[str, tuple] = {}
-        images: dict[str, tuple] = {}
-        extras: dict[str, tuple] = {}
-        modalities: dict[str, list[str]] = {}
-        for r in records:
-            p, st, se, im = r.rows
-            if p[0] is not None:
-                patients[p[0]] = p + (at,)
-            studies[st[0]] = list(st) + [at]
-            series[se[0]] = se + (at,)
-            if im[0] in images and images[im[0]][-2] != r.object_file:
-                self.duplicates.append(r.object_file)
-            images[im[0]] = im + (at, r.object_file, DEVICE_NAME)
-            extras[im[0]] = extras_row(r.extras)
-            if r.modality:
-                mods = modalities.setdefault(st[0], [])
-                if r.modality not in mods:
-                    mods.append(r.modality)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            records = self._accept(records)
+            patients: dict[str, tuple] = {}
+            studies: dict[str, list] = {}
+            series: dict[str, tuple] = {}
+            images: dict[str, tuple] = {}
+            extras: dict[str, tuple] = {}
+            modalities: dict[str, list[str | None]] = {}
+            for r in records:
+                p, st, se, im = r.rows
+                if p[0] is not None:
+                    patients[p[0]] = p + (at,)
+                studies[st[0]] = list(st) + [at]
+                modalities.setdefault(st[0], []).append(r.modality)
+                series[se[0]] = se + (at,)
+                if im[0] in images and images[im[0]][-2] != r.object_file:
+                    self.duplicates.append(r.object_file)
+                images[im[0]] = im + (at, r.object_file, DEVICE_NAME)
+                extras[im[0]] = extras_row(r.extras)
             im_table = sc.images
-            if self.fresh:
-                for sop, row in images.items():
-                    before = self.written_images.get(sop)
-                    if before is not None and before != row[-2]:
-                        self.duplicates.append(row[-2])
-                    self.written_images[sop] = row[-2]
-            else:
-                self._note_replaced(images, series, studies)
+            for sop, objfile in self._existing(
+                    f"SELECT {im_table.key}, ObjectFile FROM {im_table.name} "
+                    f"WHERE {im_table.key} IN ({{}})", list(images)):
+                if objfile and objfile.replace("\\", "/") != images[sop][-2]:
+                    self.duplicates.append(images[sop][-2])
             if self.study_modality is not None:
                 i = self.study_modality
-                if self.fresh:
-                    known = self.study_modalities
-                else:
-                    known = dict(self._existing(
-                        f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
-                        f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
+                known = dict(self._existing(
+                    f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
+                    f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
                 for uid, row in studies.items():
-                    if row[i] is None:
-                        mods = [m for m in (known.get(uid) or "").split("\\") if m]
-                        for m in modalities.get(uid, ()):
-                            if m not in mods:
-                                mods.append(m)
-                        row[i] = "\\".join(mods) if mods else None
-                    if self.fresh:
-                        known[uid] = row[i]
+                    value = known.get(uid)
+                    for modality in modalities[uid]:
+                        value = merge_modality(value, modality)
+                    row[i] = value if value is not None else row[i]
             ex = self.conn.executemany
             ex(self.sql[sc.patients.name], list(patients.values()))
             ex(self.sql[sc.studies.name], [tuple(r) for r in studies.values()])
@@ -297,29 +358,7 @@ class _Writer:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-
-    def _note_replaced(self, images: dict, series: dict, studies: dict) -> None:
-        """Before an upsert: remember parents the rows leave (for cascade) and duplicates."""
-        sc = self.schema
-        im, se, st = sc.images, sc.series, sc.studies
-        for sop, series_uid, objfile in self._existing(
-                f"SELECT {im.key}, {im.link}, ObjectFile FROM {im.name} "
-                f"WHERE {im.key} IN ({{}})", list(images)):
-            if series_uid is not None and series_uid != images[sop][-4]:
-                self.affected_series.add(series_uid)
-            if objfile and objfile != images[sop][-2]:
-                self.duplicates.append(images[sop][-2])
-        # a series or study that moved to another parent may leave that parent empty
-        for uid, parent in self._existing(
-                f"SELECT {se.key}, {se.link} FROM {se.name} WHERE {se.key} IN ({{}})",
-                list(series)):
-            if parent is not None and parent != series[uid][-2]:
-                self.affected_studies.add(parent)
-        for uid, parent in self._existing(
-                f"SELECT {st.key}, {st.link} FROM {st.name} WHERE {st.key} IN ({{}})",
-                list(studies)):
-            if parent is not None and parent != studies[uid][-2]:
-                self.affected_patients.add(parent)
+        self.written += len(records)
 
     def delete_images(self, sops: list[str]) -> int:
         """Drop image rows (and their extras) by SOP UID; remember their series for cascade()."""
@@ -347,16 +386,16 @@ class _Writer:
         return removed
 
     def cascade(self) -> None:
-        """Conquest's cascade: drop affected series without images, then affected studies
-        without series, then affected patients without studies."""
-        if not (self.affected_series or self.affected_studies or self.affected_patients):
+        """Conquest's cascade: drop affected series without images, then their studies without
+        series, then those studies' patients without studies."""
+        if not self.affected_series:
             return
         sc = self.schema
         se, st, pa, im = sc.series, sc.studies, sc.patients, sc.images
         series_uids = sorted(self.affected_series)
-        study_uids = set(self.affected_studies)
-        patient_ids = set(self.affected_patients)
-        self.affected_series, self.affected_studies, self.affected_patients = set(), set(), set()
+        study_uids: set[str] = set()
+        patient_ids: set[str] = set()
+        self.affected_series = set()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for part in _chunks(series_uids):
@@ -473,14 +512,14 @@ class Indexer:
                         seen[rel] = os.stat(self.data_dir / rel)
                     except OSError:
                         pass
-        writer = _Writer(self.conn, self.schema, int(time.time()),
-                         fresh=(mode == "all" and plist is None))
+        writer = _Writer(self.conn, self.schema, int(time.time()))
         todo: list[str] = []
         if mode == "all":
             if plist is None:
                 self._clear_all()
             else:
                 writer.delete_images([sop for sop, _, _ in known.values()])
+                writer.cascade()
             todo = sorted(seen)
         elif mode == "missing":
             todo = sorted(rel for rel in seen if rel not in known)
@@ -500,6 +539,7 @@ class Indexer:
             vanished = [sop for rel, (sop, _, _) in known.items() if rel not in seen]
             writer.delete_images(changed_sops)
             result.removed = writer.delete_images(vanished)
+            writer.cascade()            # before re-reading, so changed files start clean
         total = len(todo)
         done = 0
         if progress:
@@ -510,13 +550,19 @@ class Indexer:
                 result.bad.append(item)
             else:
                 writer.add(item)
-                result.indexed += 1
                 if len(writer.pending) >= self.batch_size:
                     writer.flush()
             if progress and (done % 100 == 0 or done == total):
                 progress(done, total)
         writer.flush()
         writer.cascade()
+        return self._finish(result, writer, started)
+
+    @staticmethod
+    def _finish(result: IndexResult, writer: _Writer, started: float) -> IndexResult:
+        result.indexed = writer.written
+        result.bad.extend(writer.rejected)
+        result.bad.sort(key=lambda b: b.path)
         result.duplicates = writer.duplicates
         result.seconds = time.perf_counter() - started
         return result
@@ -532,23 +578,20 @@ class Indexer:
                 result.bad.append(item)
             else:
                 writer.add(item)
-                result.indexed += 1
         writer.flush()
         writer.cascade()
-        result.duplicates = writer.duplicates
-        result.seconds = time.perf_counter() - started
-        return result
+        return self._finish(result, writer, started)
 
-    def add_records(self, records: Iterable[HeaderRecord]) -> int:
-        """Write already-read records (one transaction); returns how many."""
+    def add_records(self, records: Iterable[HeaderRecord]) -> list[BadFile]:
+        """Write already-read records (one transaction); returns those refused (inconsistent
+        links), which are not written."""
         writer = _Writer(self.conn, self.schema, int(time.time()))
-        n = 0
         for r in records:
             writer.add(r)
-            n += 1
         writer.flush()
         writer.cascade()
-        return n
+        return writer.rejected
+
 
 
 def index_tree(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path, *,

@@ -29,7 +29,7 @@ from typing import Any
 
 from .dicomread import HeaderRecord, ReadSpec, read_header
 from .errors import ArchiveError, DicomFileError
-from .indexer import BadFile, Indexer
+from .indexer import BadFile, Indexer, LinkChecker
 from .schema import Schema
 
 _CONQUEST_UNSAFE = set('/\\;><|,. :?*"')
@@ -200,6 +200,7 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
     placer = _Placer(conn, schema, data_dir)
     spec = ReadSpec.from_schema(schema)
     indexer = Indexer(conn, schema, data_dir)
+    checker = LinkChecker(conn, schema)
     result = StoreResult()
     records: list[HeaderRecord] = []
     for shown, path in _files_under(paths):
@@ -212,6 +213,11 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         except DicomFileError as exc:
             result.bad.append(BadFile(shown, exc.message))
             continue
+        conflict = checker.check(record)
+        if conflict is not None:          # Conquest refuses it: the file is not copied
+            result.bad.append(BadFile(shown, conflict))
+            continue
+        checker.note(record)
         old = placer.previous(record.sop_uid)
         same = path.resolve() == target
         if not same:
@@ -221,9 +227,9 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         result.stored.append(StoredFile(shown, rel, record.sop_uid, record.patient_id,
                                         old is not None))
         if len(records) >= 500:
-            indexer.add_records(records)
+            result.bad += indexer.add_records(records)
             records = []
-    indexer.add_records(records)
+    result.bad += indexer.add_records(records)
     return result
 
 
@@ -257,6 +263,12 @@ class DatasetStore:
         """Write one dataset (a pydicom Dataset with file meta, or Part-10 bytes)."""
         raw = _dataset_bytes(data)
         record = read_header("<dataset>", "<dataset>", self.spec, data=raw)
+        checker = LinkChecker(self.placer.conn, self.placer.schema)
+        for pending_record in self.pending.values():
+            checker.note(pending_record)
+        conflict = checker.check(record)
+        if conflict is not None:          # Conquest refuses it: nothing is written
+            raise DicomFileError(conflict)
         target, rel = self.placer.destination(record)
         old = self.placer.previous(record.sop_uid)
         pending = self.pending.get(record.sop_uid)
@@ -273,7 +285,7 @@ class DatasetStore:
     def flush(self) -> None:
         if self.pending:
             records, self.pending = list(self.pending.values()), {}
-            self.indexer.add_records(records)
+            self.indexer.add_records(records)   # checked in store(): nothing is refused here
 
     def close(self) -> None:
         self.flush()

@@ -254,3 +254,40 @@ def test_relative_paths_and_database_inside_data(tmp_path, monkeypatch):
     assert set(archive.query("SELECT ObjectFile FROM DICOMImages", column=0)) == {
         p.relative_to(tmp_path / "data").as_posix()
         for p in (tmp_path / "data" / "P").iterdir()}
+
+
+def test_conquest_update_rules(tmp_path):
+    """Absent values never overwrite; the modality list grows newest first; inconsistent
+    links are refused and reported, never moved."""
+    from conquest_run.indexer import merge_modality
+    assert merge_modality(None, "CT") == "CT"
+    assert merge_modality("CT", "RTSTRUCT") == "RTSTRUCT\\CT"
+    assert merge_modality("RTSTRUCT\\CT", "CT") == "RTSTRUCT\\CT"
+    assert merge_modality("RTSTRUCT", "RT") == "RT\\RTSTRUCT"     # whole values, not substrings
+    assert merge_modality("CT", None) == "CT"
+
+    data = tmp_path / "data"
+    patient = synthetic.PatientSpec("P1", "NAME^ONE")
+    cts = synthetic.ct_series(patient, 1, "1.2.826.0.1.77", slices=2)
+    cts[1].StudyDescription = ""                     # zero length: must not erase slice 1's
+    cts[1].ModalitiesInStudy = ["MR"]               # Conquest ignores the file's own list
+    for ds in cts:
+        synthetic.write_dataset(ds, data / "P1" / f"{ds.SOPInstanceUID}.dcm")
+    stray = synthetic.ct_series(patient, 1, "1.2.826.0.1.77", slices=1)[0]
+    stray.SOPInstanceUID = "1.2.826.0.1.77.5"
+    stray.StudyInstanceUID = "1.2.826.0.1.78"       # same series UID, another study
+    synthetic.write_dataset(stray, data / "P1" / "zz-stray.dcm")
+    archive = Archive(data, tmp_path / "c.db")
+    r = archive.rebuild()
+    assert r.indexed == 2
+    assert [b.path for b in r.bad] == ["P1/zz-stray.dcm"]
+    assert "inconsistent link: series" in r.bad[0].reason
+    assert archive.query("SELECT StudyDescr, StudyModal FROM DICOMStudies") == [
+        ("Synthetic RT study", "CT")]
+    assert archive.query("SELECT count(*) FROM DICOMStudies", column=0) == [1]
+    # once the conflicting rows are gone (refresh after the CTs vanish) the file is accepted
+    for ds in cts:
+        (data / "P1" / f"{ds.SOPInstanceUID}.dcm").unlink()
+    r = archive.rebuild(mode="refresh")
+    assert (r.removed, r.bad) == (2, [])
+    assert archive.query("SELECT StudyInsta FROM DICOMSeries", column=0) == ["1.2.826.0.1.78"]

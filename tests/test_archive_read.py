@@ -156,7 +156,9 @@ def test_value_rules_on_a_crafted_file(tmp_path):
     ds.StudyDescription = "   "
     ds.AccessionNumber = ""
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.StationName = "X" * 30                 # column StationNam is varchar(16)
+    ds.StationName = "X" * 14 + "  YYYY"       # StationNam is varchar(16): cut, then stripped
+    ds.InstitutionName = "ABCD" + " " * 20 + "EFGH"   # Institutio is varchar(64): kept whole
+    ds.ProtocolName = "AB" + " " * 70          # cut to 64, then the spaces go
     del ds.PatientBirthDate
     path = synthetic.write_dataset(ds, tmp_path / "f.dcm")
     spec = ReadSpec.from_schema(load_schema(None))
@@ -172,7 +174,9 @@ def test_value_rules_on_a_crafted_file(tmp_path):
     assert value("DICOMStudies", "StudyDescr") == ""
     assert value("DICOMStudies", "AccessionN") is None
     assert value("DICOMImages", "ImageType") == "DERIVED\\SECONDARY"
-    assert value("DICOMSeries", "StationNam") == "X" * 16
+    assert value("DICOMSeries", "StationNam") == "X" * 14
+    assert value("DICOMSeries", "Institutio") == "ABCD" + " " * 20 + "EFGH"
+    assert value("DICOMSeries", "ProtocolNa") == "AB"
     assert value("DICOMImages", "QRows") == "16"
 
 

@@ -87,15 +87,18 @@ def test_store_same_instance_twice_replaces(tmp_path):
     again = archive.store(src)
     assert first.replaced == 0 and again.replaced == 1
     assert len(list(data.rglob("*.dcm"))) == 1
-    # the same instance under another patient: old file and old patient go
+    # the same instance under another patient: Conquest refuses the inconsistent link, and
+    # nothing changes (no file written, the old one kept)
     ds = pydicom.dcmread(src)
     ds.PatientID = "MOVED"
     moved = tmp_path / "moved.dcm"
     ds.save_as(moved)
     third = archive.store(moved)
-    assert third.replaced == 1
-    assert [p.relative_to(data).parts[0] for p in data.rglob("*.dcm")] == ["MOVED"]
-    assert archive.query("SELECT PatientID FROM DICOMPatients", column=0) == ["MOVED"]
+    assert third.stored == [] and len(third.bad) == 1
+    assert "inconsistent link: study" in third.bad[0].reason
+    assert "'1CT1'" in third.bad[0].reason and "'MOVED'" in third.bad[0].reason
+    assert [p.relative_to(data).parts[0] for p in data.rglob("*.dcm")] == ["1CT1"]
+    assert archive.query("SELECT PatientID FROM DICOMPatients", column=0) == ["1CT1"]
     assert archive.query("SELECT count(*) FROM DICOMImages", column=0) == [1]
 
 
@@ -148,6 +151,14 @@ def test_store_dataset_for_the_receiver(tmp_path):
         assert conn.execute("SELECT count(*) FROM DICOMImages").fetchone() == (2,)
         with pytest.raises(DicomFileError):
             store_dataset(b"garbage" * 10, conn=conn, schema=archive.schema, data_dir=data)
+        # a series already indexed under another study is refused, also within a batch
+        other = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+        other.SOPInstanceUID = "1.2.3.4.5.6"
+        other.StudyInstanceUID = "1.2.3.999"
+        with DatasetStore(conn, archive.schema, data, batch_size=10) as batch:
+            with pytest.raises(DicomFileError, match="inconsistent link: series"):
+                batch.store(other)
+        assert not (data / safe_patient_dir(other.PatientID) / "1.2.3.4.5.6.dcm").exists()
     finally:
         conn.close()
     assert no_temp_files(data) == []

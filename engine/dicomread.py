@@ -3,9 +3,10 @@
 How a value is stored, as Conquest's dgate stores it:
 
 * an absent element -> NULL; a zero-length element -> NULL;
-* text: trailing spaces (and NUL padding) stripped, leading spaces kept, so a value of only
-  spaces becomes ``''``; multiple values stay joined with ``\\`` as they are in the file;
-* binary DT_UINT16 / DT_UINT32 / DT_FL / DT_FD values become decimal text;
+* text: read up to a NUL byte (as a C string), trailing spaces stripped, leading spaces kept,
+  so a value of only spaces becomes ``''``; multiple values stay joined with ``\\`` as in the file;
+* binary DT_UINT16 / DT_UINT32 / DT_FL / DT_FD values become decimal text of their first value
+  (``%u``, ``%.16g``);
 * a value longer than its column is cut to the column length before the trailing spaces go
   (as Conquest does, logging "Truncated ...").
 
@@ -153,6 +154,8 @@ def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, littl
     if type(value) is bytes and dicom_type not in _BINARY:   # the common case, kept short
         if not value:
             return None
+        if b"\0" in value:                      # Conquest reads a value as a C string
+            value = value[:value.index(b"\0")]
         # Conquest cuts the value to the column length first, then strips trailing spaces
         if decode is _latin1:
             return value[:length].decode("latin-1").rstrip(" \0")
@@ -175,10 +178,10 @@ def _value(elements: dict, tag: int, dicom_type: str, length: int, decode, littl
                 vr = "UN"
         if vr not in _TEXT_VRS:
             fmt, size = binary
-            if len(value) % size == 0:
-                count = len(value) // size
-                numbers = struct.unpack(("<" if little else ">") + fmt * count, value)
-                text = "\\".join(str(n) if isinstance(n, int) else repr(n) for n in numbers)
+            if len(value) >= size:
+                # Conquest prints the first value only: %u for integers, %.16g for floats
+                (number,) = struct.unpack_from(("<" if little else ">") + fmt, value)
+                text = str(number) if isinstance(number, int) else format(number, ".16g")
                 return text[:length]
     return decode(bytes(value))[:length].rstrip(" \0")
 

@@ -18,6 +18,7 @@ from conquest_run.schema import load_schema
 
 from conftest import PYDICOM_FILES, pydicom_file
 
+REPO = Path(__file__).resolve().parents[1]
 TABLES = ("DICOMPatients", "DICOMStudies", "DICOMSeries", "DICOMImages")
 
 
@@ -178,6 +179,38 @@ def test_value_rules_on_a_crafted_file(tmp_path):
     assert value("DICOMSeries", "Institutio") == "ABCD" + " " * 20 + "EFGH"
     assert value("DICOMSeries", "ProtocolNa") == "AB"
     assert value("DICOMImages", "QRows") == "16"
+
+
+def test_binary_column_types(tmp_path):
+    """DT_UINT16/UINT32/FL/FD columns hold the first value as Conquest prints it."""
+    from conquest_run import synthetic
+    from conquest_run.dicomsql import parse_dicom_sql
+    from conquest_run.schema import Schema
+    text = (REPO / "dicom.sql").read_text(encoding="latin-1").replace(
+        '{ 0x0054, 0x0400, "ImageID", 16, SQL_C_CHAR, DT_STR },',
+        '{ 0x0054, 0x0400, "ImageID", 16, SQL_C_CHAR, DT_STR },\n'
+        '{ 0x0028, 0x0106, "SmallestPixel", 8, SQL_C_CHAR, DT_UINT16 },\n'
+        '{ 0x0018, 0x9087, "BValue", 24, SQL_C_CHAR, DT_FD },\n'
+        '{ 0x0018, 0x0088, "SpacingBetween", 24, SQL_C_CHAR, DT_STR },\n'
+        '{ 0x0028, 0x0009, "FrameIncrement", 24, SQL_C_CHAR, DT_UINT32 },\n'
+        '{ 0x0018, 0x1318, "dBdt", 24, SQL_C_CHAR, DT_FL },')
+    schema = Schema(parse_dicom_sql(text))
+    ds = synthetic.ct_series(synthetic.PatientSpec("B"), 1, "1.2.3", slices=1)[0]
+    ds.SmallestImagePixelValue = 7
+    ds.DiffusionBValue = 0.1
+    ds.SpacingBetweenSlices = "2.5"
+    ds.FrameIncrementPointer = [0x00181063, 0x00181065]   # AT: not a UINT32 in Conquest terms
+    ds.add_new(0x00181318, "DS", "0.1")                   # a text VR stays text
+    path = synthetic.write_dataset(ds, tmp_path / "b.dcm")
+    spec = ReadSpec.from_schema(schema)
+    rec = read_header(path, "b.dcm", spec)
+    names = [c.name for c in schema.images.columns if c.tag is not None]
+    row = dict(zip(names, rec.rows[3]))
+    assert row["SmallestPi"] == "7"
+    assert row["BValue"] == format(0.1, ".16g") == "0.1"
+    assert row["SpacingBet"] == "2.5"
+    assert row["FrameIncre"] == str(0x00181063 >> 16 | (0x00181063 & 0xFFFF) << 16)
+    assert row["dBdt"] == "0.1"
 
 
 @pytest.mark.parametrize("content, reason", [

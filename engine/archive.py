@@ -185,7 +185,31 @@ class Archive:
             return [SeriesInfo(*row) for row in conn.execute(sql)]
 
     # -- actions on selections (delete / copy / dump / send / listen) --------------------------
-    # Added by the actions and network modules; keep each a thin wrapper over its module.
+    # Thin wrappers over the action and network modules (imported when used); add new ones here.
+
+    def copy_series(self, series_uids: Sequence[str], destination: str | Path,
+                    **options: Any) -> Any:
+        """Copy the series' files to ``destination`` (see ``actions.copy.copy_series``)."""
+        from .actions.copy import copy_series
+        return copy_series(self, list(series_uids), destination, **options)
+
+    def dump_csv(self, out: str | Path, query: str | None = None, **options: Any) -> Any:
+        """Write a query's rows or a table to CSV (see ``actions.dump.dump_csv``)."""
+        from .actions.dump import dump_csv
+        return dump_csv(self, out, query, **options)
+
+    def delete_series(self, series_uids: Sequence[str], files: bool = False,
+                      **options: Any) -> Any:
+        """Delete series from the index, cascading; their files with ``files``
+        (see ``actions.delete.delete_series``)."""
+        from .actions.delete import delete_series
+        return delete_series(self, list(series_uids), files=files, **options)
+
+    def listen(self, port: int, **options: Any) -> Any:
+        """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
+        from .receiver import listen
+        return listen(self.data_dir, port, database=self.database, dicom_sql=self.dicom_sql,
+                      **options)
 
 
 def _with_progress_bar(run: Callable[[Callable[[int, int], None]], IndexResult]) -> IndexResult:

@@ -20,6 +20,7 @@ __all__ = [
     "DicomTransport",
     "DryTransport",
     "read_send_item",
+    "read_file_meta",
     "group_associations",
     "echo",
     "tune_connection",
@@ -32,6 +33,7 @@ __all__ = [
 
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -160,37 +162,89 @@ def pynetdicom_config(**flags: Any) -> Iterator[None]:
 # files -> items -> associations
 # --------------------------------------------------------------------------------------------
 
+_META_UIDS = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstanceUID",
+              0x0010: "TransferSyntaxUID"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+
+
+def read_file_meta(path: Path) -> dict[str, str] | None:
+    """The SOP class, SOP instance and transfer syntax UIDs of a Part-10 file's meta group.
+
+    ``None`` when the file has no ``DICM`` preamble (a bare dataset).  A small direct parse of
+    group 0002 (explicit VR little endian by definition), some 20x faster than building a
+    pydicom ``FileMetaDataset``; anything unexpected falls back to pydicom's reader.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            return None
+        out: dict[str, str] = {}
+        pos, end = 132, None
+        while True:
+            if pos + 8 > len(head):
+                more = fh.read(4096)
+                if not more:
+                    break
+                head += more
+                continue
+            group, elem = struct.unpack_from("<HH", head, pos)
+            if group != 2 or (end is not None and pos >= end):
+                break
+            vr = head[pos + 4:pos + 6]
+            if vr in _LONG_VRS:
+                length, start = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+            else:
+                length, start = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+            if length == 0xFFFFFFFF or not vr.isalpha():
+                return _pydicom_file_meta(path)
+            while start + length > len(head):
+                more = fh.read(max(4096, start + length - len(head)))
+                if not more:
+                    return _pydicom_file_meta(path)
+                head += more
+            value = head[start:start + length]
+            if elem == 0 and vr == b"UL" and length == 4:
+                end = start + 4 + struct.unpack("<I", value)[0]
+            elif elem in _META_UIDS:
+                out[_META_UIDS[elem]] = value.rstrip(b"\0 ").decode("ascii", "replace")
+            pos = start + length
+        return out
+
+
+def _pydicom_file_meta(path: Path) -> dict[str, str]:
+    from pydicom.filereader import read_file_meta_info
+
+    meta = read_file_meta_info(path)
+    return {k: str(meta.get(k, "") or "") for k in _META_UIDS.values() if k in meta}
+
+
 def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
                    sop_class: str | None = None) -> SendItem | Outcome:
     """Read only the file meta group of ``path``; a failed Outcome when it cannot be sent."""
-    from pydicom.errors import InvalidDicomError
-    from pydicom.filereader import read_file_meta_info
 
     def failed(reason: str) -> Outcome:
         return Outcome(sop_uid, series_uid, FAILED, reason, {"path": str(path)})
 
     try:
         size = path.stat().st_size
-    except OSError:
+        meta = read_file_meta(path)
+    except FileNotFoundError:
         return failed("file missing")
-    try:
-        meta = read_file_meta_info(path)
-    except InvalidDicomError:
-        meta = None                     # no preamble: a bare dataset, implicit VR LE
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:            # unreadable, or pydicom's fallback refusing it
         return failed(f"unreadable file: {exc}")
-    if meta is None or "TransferSyntaxUID" not in meta:
+    if meta is None or not meta.get("TransferSyntaxUID"):
         if not sop_class:
             return failed("no file meta and no SOP class known")
         return SendItem(sop_uid, series_uid, path, sop_class, IMPLICIT_LE, False, size)
-    file_sop = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+    file_sop = meta.get("MediaStorageSOPInstanceUID", "")
     if file_sop and file_sop != sop_uid:
         return failed(f"the file holds SOP instance {file_sop}, not the planned one "
                       "(the archive changed since planning)")
-    klass = str(meta.get("MediaStorageSOPClassUID", "") or sop_class or "")
+    klass = meta.get("MediaStorageSOPClassUID", "") or sop_class or ""
     if not klass:
         return failed("no SOP class in the file meta")
-    return SendItem(sop_uid, series_uid, path, klass, str(meta.TransferSyntaxUID), True, size)
+    return SendItem(sop_uid, series_uid, path, klass, meta["TransferSyntaxUID"], True, size)
 
 
 def _contexts_of(items: Sequence[SendItem]) -> dict[tuple[str, str], None]:

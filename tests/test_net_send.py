@@ -315,3 +315,20 @@ def test_the_pynetdicom_internals_we_rely_on_are_there(tmp_path):
             assert assoc._is_paused is False        # the reactor runs again
         finally:
             assoc.release()
+
+
+def test_read_file_meta_agrees_with_pydicom_on_its_bundled_files():
+    import pydicom.data
+
+    from conquest_run.net import _pydicom_file_meta, read_file_meta
+
+    folder = Path(pydicom.data.__file__).parent / "test_files"
+    compared = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        got = read_file_meta(path)
+        if got is None:                     # no DICM preamble
+            assert path.read_bytes()[128:132] != b"DICM"
+            continue
+        assert got == _pydicom_file_meta(path), path.name
+        compared += 1
+    assert compared > 100

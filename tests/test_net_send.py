@@ -332,3 +332,22 @@ def test_read_file_meta_agrees_with_pydicom_on_its_bundled_files():
         assert got == _pydicom_file_meta(path), path.name
         compared += 1
     assert compared > 100
+
+
+def test_python_api_send_series(archive, tmp_path):
+    from conquest_run.actions.send import send_series
+
+    plan, step = send_step(archive, {"host": "x", "port": 1}, modality="RTPLAN")
+    uids = [s.series_uid for s in step.series]
+    rx = tmp_path / "rx"
+    with storescp(rx) as (_, port):
+        report = send_series(archive, uids, "127.0.0.1", port, "STORESCP", retries=0)
+        again = send_series(archive, uids, "127.0.0.1", port, "STORESCP", retries=0)
+        forced = send_series(archive, uids, "127.0.0.1", port, "STORESCP", force=True)
+    sops = {i.sop_uid for s in step.series for i in s.instances}
+    assert {o.sop_uid for o in report.outcomes if o.status == DONE} == sops
+    assert again.totals()[SKIPPED] == len(sops) and forced.totals()[DONE] == len(sops)
+    assert set(received_sops(rx)) == sops
+    port = free_port()
+    with pytest.raises(NetworkError, match=f"no DICOM peer listening at 127.0.0.1:{port}"):
+        send_series(archive, uids, "127.0.0.1", port, "STORESCP", retries=0)

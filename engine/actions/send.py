@@ -12,7 +12,7 @@ recorded as the peer answers.  A send never changes or deletes anything in the a
 
 from __future__ import annotations
 
-__all__ = ["run", "peer_settings"]
+__all__ = ["run", "peer_settings", "send_series"]
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,3 +145,46 @@ def _in_plan_order(step: "PlanStep", report: StepReport) -> None:
     order = {inst.sop_uid: n for n, inst in
              enumerate(i for s in step.series for i in s.instances)}
     report.outcomes.sort(key=lambda o: order.get(o.sop_uid, len(order)))
+
+
+def send_series(archive: Any, series_uids: "list[str] | tuple[str, ...] | None", host: str,
+                port: int, called_ae: str, *, calling_ae: str = "CONQUEST_RUN",
+                associations: int = 1, retries: int = 2, retry_delay: float = 1.0,
+                timeout: float = 30.0, verify: bool = False, force: bool = False,
+                dry_run: bool = False) -> StepReport:
+    """Python API: send the named series (all when None) to ``called_ae@host:port``.
+
+    The same path as a job's send step, audited and resumable: instances the peer confirmed
+    before are skipped unless ``force``.  Raises ``NetworkError`` when the peer cannot be
+    reached (nothing is sent); per-instance failures are in the returned report.
+    """
+    import uuid
+
+    from ..audit import AuditLog
+    from ..db import connect
+    from ..planner import plan_selection
+    from . import ActionContext
+
+    options = {"host": host, "port": port, "called_ae": called_ae, "calling_ae": calling_ae,
+               "associations": associations, "retries": retries, "retry_delay": retry_delay,
+               "timeout": timeout, "verify": verify}
+    select = None if series_uids is None else {"series": [str(u) for u in series_uids]}
+    peer_settings(options)                          # ActionError before any reading
+    plan = plan_selection(archive, select, ACTION, options, job_name="python-api")
+    step = plan.steps[0]
+    run_id = uuid.uuid4().hex
+    conn = None if dry_run else connect(archive.database)
+    try:
+        audit = None if conn is None else AuditLog(conn)
+        if audit is not None:
+            audit.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
+        report = run(step, ActionContext(archive, plan, dry_run=dry_run, force=force,
+                                         audit=audit, run_id=run_id))
+        if audit is not None:
+            audit.end_run(run_id, report.ok, {"totals": report.totals(), "error": report.error})
+    finally:
+        if conn is not None:
+            conn.close()
+    if report.error:
+        raise NetworkError(report.error)
+    return report

@@ -40,6 +40,7 @@ MODES = ("all", "missing", "refresh")
 _STUDY_MODALITY_TAG = 0x00080061
 _CHUNK = 64            # files per task sent to a worker process
 _SQL_VARS = 500        # parameters per IN (...) query
+_HELPER_TIMEOUT = 600.0  # seconds for one chunk of files in a helper process
 
 Progress = Callable[[int, int], None]
 
@@ -98,13 +99,16 @@ def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
     calling process (which writes the index) reads the next chunk itself, so no core idles
     and the helpers never wait for the writer."""
     folder = str(data_dir)
-    if workers <= 1 or len(rels) < 4 * _CHUNK:
+    # Helpers are forked (cheap, nothing to re-import).  Forking a process that runs other
+    # threads (a receiver, say) is unsafe and spawning depends on how the program was started,
+    # so then the files are read in this process.
+    can_fork = ("fork" in multiprocessing.get_all_start_methods()
+                and threading.active_count() == 1)
+    if workers <= 1 or len(rels) < 4 * _CHUNK or not can_fork:
         for rel in rels:
             yield _read_one(folder, rel, spec)
         return
-    method = "fork" if (threading.active_count() == 1
-                        and "fork" in multiprocessing.get_all_start_methods()) else "spawn"
-    ctx = multiprocessing.get_context(method)
+    ctx = multiprocessing.get_context("fork")
     chunks = iter([rels[i:i + _CHUNK] for i in range(0, len(rels), _CHUNK)])
     helpers = workers
     ahead = 16 * helpers                      # chunks queued for the helpers
@@ -127,7 +131,12 @@ def _read_all(data_dir: Path, rels: list[str], spec: ReadSpec,
             elif head.ready() or not _take_local(window, chunks, folder, spec):
                 window.popleft()
                 queued -= 1
-                yield from head.get()
+                try:
+                    results = head.get(timeout=_HELPER_TIMEOUT)
+                except multiprocessing.TimeoutError:
+                    raise ArchiveError(f"a worker process gave no result within "
+                                       f"{_HELPER_TIMEOUT:.0f} s; run with one worker") from None
+                yield from results
 
 
 def _take_local(window: collections.deque, chunks: Iterator[list[str]], folder: str,

@@ -88,6 +88,8 @@ def test_sample_archive_indexes_completely(sample_archive, tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_rebuild_all_is_repeatable_and_workers_agree(tmp_path, workers):
+    import threading
+    assert threading.active_count() == 1          # else the helpers would not be forked
     data = tmp_path / "data"
     n = 300                        # enough chunks for the worker processes to take part
     synthetic.generate_files(data, n, seed=3)

@@ -10,8 +10,12 @@ Modes (``mode=``):
 
 ``patients`` (raw PatientIDs) narrows any mode to those patients' folders and indexed files.
 Bad files (empty, not DICOM, truncated, damaged) are listed in the result with a reason and never
-stop the run.  Parsing may run in worker processes; all writing happens in the calling process,
-``batch_size`` files per transaction.
+stop the run; so are files Conquest would refuse as an "inconsistent link" (a series already
+indexed under another study, a study under another patient, an image under another series).
+Rows are written the way dgate's UpdateOrAddToTable writes them (absent values never overwrite,
+the study's modality list grows).  With ``workers`` > 1, that many forked helper processes read
+headers while the calling process writes (and reads too when it would otherwise wait); all
+writing happens in the calling process, ``batch_size`` files per transaction.
 """
 
 from __future__ import annotations

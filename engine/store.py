@@ -10,7 +10,9 @@ Every file is written under a temporary name in its destination folder and renam
 (``os.replace``), after checking that the resolved destination lies inside the data directory.
 The file is named after its SOP Instance UID (``<SOPInstanceUID>.dcm``), so storing the same
 instance twice replaces the file and its rows instead of duplicating them; when the instance
-was indexed under another file before, that older file is removed.
+was indexed under another file before, that older file is removed.  An object Conquest would
+refuse (its series, study or image already indexed under another study, patient or series: an
+"inconsistent link") is reported and nothing is written.
 """
 
 from __future__ import annotations

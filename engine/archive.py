@@ -205,6 +205,19 @@ class Archive:
         from .actions.delete import delete_series
         return delete_series(self, list(series_uids), files=files, **options)
 
+    def send(self, series_uids: Sequence[str], host: str, port: int, called_ae: str,
+             **options: Any) -> Any:
+        """C-STORE the series to ``called_ae@host:port``, audited and resumable: what the peer
+        confirmed before is skipped unless ``force=True`` (see ``actions.send.send_series``).
+        An empty list sends nothing."""
+        from .actions.send import send_series
+        from .report import StepReport
+        uids = [str(u) for u in series_uids]
+        if not uids:
+            return StepReport(1, "send", "send", f"{called_ae}@{host}:{port}",
+                              bool(options.get("dry_run", False)))
+        return send_series(self, uids, host, port, called_ae, **options)
+
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
         from .receiver import listen

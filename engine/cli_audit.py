@@ -36,7 +36,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _open(database: str):
-    from .actions._local import connect_reader
+    from .db import connect_reader
     path = Path(database)
     if not path.is_file():
         raise ArchiveError("database not found (no runs recorded here)", file=str(path))

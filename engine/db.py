@@ -7,8 +7,9 @@ when the database is not in WAL mode yet).
 
 from __future__ import annotations
 
-__all__ = ["connect", "connect_readonly", "ensure_schema", "has_schema"]
+__all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema"]
 
+import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -47,6 +48,33 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = 1")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
+    return conn
+
+
+def connect_reader(path: str | Path) -> sqlite3.Connection:
+    """A connection that cannot write (``PRAGMA query_only``) and that leaves no trace.
+
+    ``connect_readonly`` (``mode=ro``) cannot remove the ``-wal``/``-shm`` files it makes beside
+    a WAL database when it closes, so a dry run would leave two new files.  This opens the
+    existing file without ``mode=ro`` but with ``query_only``; as the last connection closes,
+    SQLite removes those files as usual.  Dry runs, planning and the actions read through it; a
+    read-only file falls back to ``mode=ro``.  Arbitrary user SQL (``conquest-run query``) goes
+    through ``connect_readonly``, which no statement can turn writable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError("database not found", file=str(path))
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return connect_readonly(path)
+    uri = "file:" + quote(str(path.resolve())) + "?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only = 1")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .db import connect_reader
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
 from .sqlcheck import CheckedQuery, check_query, run_query
@@ -47,10 +48,6 @@ def _column(schema, table: str, tag: int, default: str) -> str:
 
 def _reader(archive):
     """A read-only connection that leaves no -wal/-shm files behind (for dry runs)."""
-    try:
-        from .actions._local import connect_reader
-    except ImportError:  # pragma: no cover - the local actions are part of the package
-        return archive.connect_readonly()
     return connect_reader(Path(archive.database))
 
 

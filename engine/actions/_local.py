@@ -5,7 +5,7 @@
 * ``StepRecorder``: collects a step's outcomes and records each into the audit log as it happens.
 * ``inside`` / ``source_path``: paths from the index or the job never leave their root.
 * ``progress``: a rich progress bar on a terminal, nothing otherwise.
-* ``connect_reader``: a read-only (``query_only``) connection that leaves no ``-wal``/``-shm``.
+* ``connect_reader`` (from ``db``): a query-only connection that leaves no ``-wal``/``-shm``.
 * ``api_run``: the Python API's one-step plans (``copy_series``, ``delete_series``, ``dump_csv``).
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..audit import now_iso
+from ..db import connect_reader
 from ..errors import ActionError
 from ..report import Outcome, StepReport
 from ..store import safe_component, safe_patient_dir
@@ -63,36 +64,6 @@ def sha256_file(path: Path) -> str:
 
 
 # -- reading the database -----------------------------------------------------------------
-def connect_reader(database: Path) -> sqlite3.Connection:
-    """A connection that cannot write (``query_only``), and that leaves no trace.
-
-    ``db.connect_readonly`` (``mode=ro``) cannot remove the ``-wal``/``-shm`` files it makes
-    beside a WAL database when it closes, so a dry run would leave two new files.  This opens
-    the existing file without ``mode=ro`` but with ``PRAGMA query_only``; as the last connection
-    closes SQLite removes those files as usual.  Read-only files fall back to ``mode=ro``.
-    """
-    from urllib.parse import quote
-
-    from ..db import BUSY_TIMEOUT_MS, connect_readonly
-    from ..errors import ArchiveError
-
-    path = Path(database)
-    if not path.is_file():
-        raise ArchiveError("database not found", file=str(path))
-    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-        return connect_readonly(path)
-    uri = "file:" + quote(str(path.resolve())) + "?mode=rw"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                               isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA query_only = 1")
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
-    return conn
-
-
 # -- the archive ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ArchiveFacts:

@@ -339,6 +339,9 @@ def load_plan(path: str | Path) -> Plan:
     except OSError as exc:
         raise ConquestRunError(f"cannot read the plan: {exc.strerror or exc}",
                                file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConquestRunError(f"not a plan file (not UTF-8 text at byte {exc.start})",
+                               file=str(path)) from None
     try:
         data = json.loads(text)
         return Plan.from_dict(data)

@@ -157,6 +157,9 @@ def test_a_plan_file_that_is_not_a_plan_is_refused(tmp_path):
     bad.write_text('{"steps": []}')
     with pytest.raises(ConquestRunError, match="not a conquest-run plan file"):
         load_plan(bad)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\xfd\xff")
+    with pytest.raises(ConquestRunError, match="p.json: not a plan file .not UTF-8 text"):
+        load_plan(bad)
 
 
 def test_bulk_instance_reading_gives_the_same_plan(sample, monkeypatch):

@@ -25,6 +25,7 @@ __all__ = [
     "echo",
     "tune_connection",
     "settle_after_request",
+    "reactor_held",
     "pynetdicom_config",
     "QUIET",
     "MAX_CONTEXTS",
@@ -135,6 +136,52 @@ def settle_after_request(assoc: Any, limit: float = 0.05) -> None:
     while getattr(assoc, "_is_paused", False) and assoc.is_established \
             and time.monotonic() < deadline:
         time.sleep(0.0001)
+
+
+class _HeldCheckpoint(threading.Event):
+    """Stands in for an association's ``_reactor_checkpoint`` while :func:`reactor_held` keeps
+    the reactor paused: pynetdicom's own ``set()`` after each request does nothing."""
+
+    def set(self) -> None:
+        pass
+
+    def really_set(self) -> None:
+        super().set()
+
+
+@contextmanager
+def reactor_held(assoc: Any, limit: float = 1.0) -> Iterator[bool]:
+    """Keep the association's reactor thread paused while this thread sends requests.
+
+    A requestor that only sends C-STOREs needs nothing from its reactor while it sends: each
+    ``send_c_store`` pauses it, sends, takes the response and lets it run again, and the next
+    request then waits for the reactor's hard-coded 1 ms sleep to end before it may pause it
+    again (plus the race :func:`settle_after_request` works around).  Held, the reactor stays
+    blocked in its checkpoint, so requests neither wait for it nor race it; a peer's abort still
+    ends a waiting request at once (the DUL puts an empty response on the DIMSE queue).  On
+    exit the reactor runs again (and sees any release or abort).  Yields ``False`` (and holds
+    nothing) when pynetdicom's internals (``_reactor_checkpoint``, ``_is_paused``) are not as
+    expected or the reactor does not pause within ``limit`` seconds.
+    """
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if not isinstance(checkpoint, threading.Event) or \
+            not isinstance(getattr(assoc, "_is_paused", None), bool):
+        yield False
+        return
+    held = _HeldCheckpoint()
+    assoc._reactor_checkpoint = held        # the reactor's next wait blocks on this one
+    checkpoint.clear()                      # ... or on the real one, if it already read it
+    deadline = time.monotonic() + limit
+    paused = 0
+    while paused < 2 and assoc.is_established and time.monotonic() < deadline:
+        paused = paused + 1 if assoc._is_paused else 0     # seen twice: really waiting
+        time.sleep(0.0005)
+    try:
+        yield paused >= 2
+    finally:
+        assoc._reactor_checkpoint = checkpoint
+        checkpoint.set()
+        held.really_set()
 
 
 @contextmanager
@@ -320,10 +367,12 @@ class _AssociationLost(Exception):
 
 @dataclass
 class DicomTransport:
-    """Sends over real associations (in ``settings.associations`` parallel threads)."""
+    """Sends over real associations: one in the calling thread's process, several in worker
+    processes (``net_workers``; threads when forking is not safe here)."""
 
     settings: PeerSettings
     stop: threading.Event = field(default_factory=threading.Event)
+    on_connected: Callable[[], None] | None = None      # called when an association is up
     _connected: threading.Event = field(default_factory=threading.Event, init=False)
     _emit_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -352,6 +401,14 @@ class DicomTransport:
 
         count = max(1, min(self.settings.associations, MAX_ASSOCIATIONS, len(batches)))
         with pynetdicom_config(STORE_SEND_CHUNKED_DATASET=True, LOG_HANDLER_LEVEL=QUIET):
+            if count > 1:
+                from .net_workers import can_fork, send_in_processes
+
+                if can_fork():
+                    import pynetdicom  # noqa: F401  (imported once, inherited by the workers)
+
+                    send_in_processes(self, batches, on_outcome, count)
+                    return
             threads = [threading.Thread(target=worker, name=f"send-{n}", daemon=True)
                        for n in range(count)]
             for t in threads:
@@ -378,16 +435,20 @@ class DicomTransport:
             assoc, error = self._associate(_contexts_of(remaining))
             if assoc is not None:
                 self._connected.set()
+                if self.on_connected is not None:
+                    self.on_connected()
+                lost = False
                 try:
                     remaining = self._store_all(assoc, remaining, emit)
                     if not remaining:
                         return
                     last_error = ""                 # stopped (Ctrl-C): the rest stays unsent
                 except _AssociationLost as exc:
+                    lost = True
                     remaining = remaining[int(str(exc)):]
                     last_error = "association lost during the send"
                 finally:
-                    if assoc.is_established:
+                    if assoc.is_established and not lost:
                         assoc.release()
                     elif not (assoc.is_aborted or assoc.is_released):
                         assoc.abort()
@@ -443,6 +504,12 @@ class DicomTransport:
         accepted: dict[str, set[str]] = {}
         for cx in assoc.accepted_contexts:
             accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        with reactor_held(assoc) as held:
+            return self._store_held(assoc, items, accepted, emit, held)
+
+    def _store_held(self, assoc: "Association", items: list[SendItem],
+                    accepted: dict[str, set[str]], emit: OnOutcome,
+                    held: bool) -> list[SendItem]:
         for n, item in enumerate(items):
             if self.stop.is_set():
                 return items[n:]
@@ -468,7 +535,8 @@ class DicomTransport:
             if "Status" not in status:
                 raise _AssociationLost(n)
             emit(_status_outcome(item, int(status.Status)))
-            settle_after_request(assoc)
+            if not held:
+                settle_after_request(assoc)
         return []
 
 

@@ -15,11 +15,12 @@ the index and closes.
 from __future__ import annotations
 
 __all__ = ["ReceiverSettings", "Receiver", "ArchiveSink", "FileSink", "listen",
-           "storage_contexts", "TRANSFER_SYNTAXES"]
+           "storage_contexts", "part10_bytes", "TRANSFER_SYNTAXES"]
 
 import io
 import os
 import secrets
+import struct
 import threading
 from contextlib import ExitStack
 import time
@@ -220,8 +221,11 @@ class Receiver:
     # -- storing ------------------------------------------------------------------------
     def _on_c_store(self, event: Any) -> int:
         try:
-            self.sink.put(event.encoded_dataset(include_meta=True),
-                          str(event.request.AffectedSOPInstanceUID))
+            request = event.request
+            sop_uid = str(request.AffectedSOPInstanceUID)
+            self.sink.put(part10_bytes(str(request.AffectedSOPClassUID), sop_uid,
+                                       str(event.context.transfer_syntax),
+                                       request.DataSet.getvalue()), sop_uid)
         except (OSError, ArchiveError) as exc:
             return self._failure(STATUS_OUT_OF_RESOURCES, exc)
         except Exception as exc:           # DicomFileError and whatever a damaged dataset raises
@@ -244,6 +248,38 @@ class Receiver:
                 self.sink.flush()
             except Exception as exc:       # the files are stored; a rebuild can index them
                 self._failure(0, exc)
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":                       # the long form: 2 reserved bytes, 4-byte length
+        return struct.pack("<HH2s2xI", group, elem, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _uid(text: str) -> bytes:
+    raw = text.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def part10_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
+                 dataset: bytes) -> bytes:
+    """A received dataset as a DICOM file: preamble, ``DICM``, the file meta group pynetdicom's
+    ``event.encoded_dataset(include_meta=True)`` would write (same elements, same bytes), then
+    the peer's encoded dataset unchanged.  Encoded directly (group 0002 is explicit VR little
+    endian by definition) instead of through a pydicom ``FileMetaDataset`` for every C-STORE."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    body = b"".join((
+        _element(2, 0x0001, b"OB", b"\0\1"),
+        _element(2, 0x0002, b"UI", _uid(sop_class)),
+        _element(2, 0x0003, b"UI", _uid(sop_instance)),
+        _element(2, 0x0010, b"UI", _uid(transfer_syntax)),
+        _element(2, 0x0012, b"UI", _uid(str(PYNETDICOM_IMPLEMENTATION_UID))),
+        _element(2, 0x0013, b"SH", version + b" " * (len(version) % 2)),
+    ))
+    return b"".join((b"\0" * 128, b"DICM", _element(2, 0x0000, b"UL", struct.pack("<I", len(body))),
+                     body, dataset))
 
 
 def _patient_id(encoded: bytes) -> str:

@@ -137,3 +137,32 @@ def test_echo_cli(tmp_path, capsys):
     assert f"C-ECHO RX@127.0.0.1:{rx.port}: ok" in capsys.readouterr().out
     assert main(["echo", "127.0.0.1", str(rx.port), "--timeout", "3"]) == 1
     assert "no DICOM peer listening" in capsys.readouterr().err
+
+
+def test_part10_bytes_are_pynetdicoms_file_format_byte_for_byte(tmp_path, outgoing):
+    """The receiver encodes the file meta itself; it must be what pynetdicom would write, and
+    a stored file must read back with the sender's SOP class, instance and transfer syntax."""
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from conquest_run.receiver import part10_bytes
+
+    for sop_class, sop, ts in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),
+                               ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.33", "1.2.840.10008.1.2"),
+                               ("1.2.840.10008.5.1.4.1.1.4", "1.2.826.0.1.3680043.8.498.1",
+                                "1.2.840.10008.1.2.4.50")):
+        expected = b"\0" * 128 + b"DICM" + encode_file_meta(create_file_meta(
+            sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop),
+            transfer_syntax=UID(ts))) + b"payload"
+        assert part10_bytes(sop_class, sop, ts, b"payload") == expected
+    data = tmp_path / "data"
+    with listen(data, free_port(), index=False) as rx:
+        done = storescu(rx.port, next(iter(outgoing.values())).parents[1])
+        assert done.returncode == 0, done.stderr
+    for sop, source in outgoing.items():
+        stored = next(data.rglob(f"{sop}.dcm"))
+        got, sent = pydicom.dcmread(stored), pydicom.dcmread(source)
+        assert got.file_meta.MediaStorageSOPInstanceUID == sop
+        assert got.file_meta.MediaStorageSOPClassUID == sent.SOPClassUID
+        assert got.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+        assert dataset_bytes(stored) == dataset_bytes(source)       # the peer's bytes

@@ -164,6 +164,9 @@ class _Parser:
             if kind == "comma" and entries:
                 self.i += 1
                 continue
+            if kind == "eof":
+                raise self.error(f"section *{section}* opened on line {line} is never closed "
+                                 "with '}'", tline)
             if kind != "lbrace":
                 raise self.error("expected an entry '{ group, element, \"Name\", length, "
                                  "SQL-type, DICOM-type }' or '}'", tline)

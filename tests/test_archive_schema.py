@@ -183,6 +183,7 @@ def test_minimal_file_without_worklist_and_decimal_numbers():
     (MINIMAL.replace('"PatientIDLink"', '"StudyInstanceUIDx"'), 9, "repeats the column on line 8"),
     (MINIMAL.replace("0x0010, 0x0020", "0x10010, 0x0020", 1), 4, "16 bits"),
     (MINIMAL.replace("{\n  { 0x0010, 0x0020", "{\n  ; { 0x0010, 0x0020", 1), 4, "unexpected text"),
+    (MINIMAL.rstrip().rstrip("}"), 20, "section *Image* opened on line 16 is never closed"),
 ])
 def test_malformed_files_report_dicom_sql_line(broken, line, message):
     with pytest.raises(DicomSqlError) as info:

@@ -179,3 +179,37 @@ def test_reactor_held_pauses_the_reactor_for_the_requests_and_lets_it_go(tmp_pat
         finally:
             assoc.release()
         assert assoc.is_released
+
+
+def test_peer_killed_during_a_parallel_send_then_rerun_sends_only_the_rest(tmp_path):
+    archive = make_archive(tmp_path / "a", patients=3)
+
+    class KillAfter(AuditLog):
+        """The real journal; the peer is SIGKILLed once 5 instances are confirmed."""
+        peer = None
+        done = 0
+
+        def record(self, *args):
+            super().record(*args)
+            KillAfter.done += args[-1].status == DONE
+            if KillAfter.peer is not None and KillAfter.done >= 5:
+                KillAfter.peer.send_signal(signal.SIGKILL)
+                KillAfter.peer.wait(5)
+                KillAfter.peer = None
+
+    with storescp(tmp_path / "rx1") as (proc, port):
+        plan, step = send_step(archive, _options(port, associations=2))
+        KillAfter.peer = proc
+        first = run_send(archive, plan, step, audit_class=KillAfter, run_id="k1")
+    confirmed = {o.sop_uid for o in first.outcomes if o.status == DONE}
+    everything = {i.sop_uid for s in step.series for i in s.instances}
+    assert 5 <= len(confirmed) < len(everything)
+    assert {o.sop_uid for o in first.outcomes} == everything      # every instance accounted
+    assert all(o.reason.startswith("not sent") for o in first.outcomes if o.status == FAILED)
+    assert not multiprocessing.active_children()
+    rx2 = tmp_path / "rx2"
+    with storescp(rx2, port, "--fork"):
+        second = run_send(archive, plan, step, run_id="k2")
+    assert second.ok
+    assert {o.sop_uid for o in second.outcomes if o.status == SKIPPED} == confirmed
+    assert set(received_sops(rx2)) == everything - confirmed

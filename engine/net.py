@@ -100,7 +100,7 @@ class Transport(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# pynetdicom internals and global settings: the only two places that touch them
+# pynetdicom internals and global settings: the only places that touch them
 # --------------------------------------------------------------------------------------------
 
 def tune_connection(event: Any) -> None:
@@ -169,6 +169,12 @@ def reactor_held(assoc: Any, limit: float = 1.0) -> Iterator[bool]:
         yield False
         return
     held = _HeldCheckpoint()
+
+    def let_go() -> None:
+        assoc._reactor_checkpoint = checkpoint
+        checkpoint.set()
+        held.really_set()
+
     assoc._reactor_checkpoint = held        # the reactor's next wait blocks on this one
     checkpoint.clear()                      # ... or on the real one, if it already read it
     deadline = time.monotonic() + limit
@@ -176,12 +182,14 @@ def reactor_held(assoc: Any, limit: float = 1.0) -> Iterator[bool]:
     while paused < 2 and assoc.is_established and time.monotonic() < deadline:
         paused = paused + 1 if assoc._is_paused else 0     # seen twice: really waiting
         time.sleep(0.0005)
+    if paused < 2:
+        let_go()
+        yield False
+        return
     try:
-        yield paused >= 2
+        yield True
     finally:
-        assoc._reactor_checkpoint = checkpoint
-        checkpoint.set()
-        held.really_set()
+        let_go()
 
 
 @contextmanager

@@ -279,6 +279,17 @@ Before this round (the same command, previous commit, quiet machine): small file
 with 1 association and 190 with 3 threads (0.15x of storescu), 512x512 98 files/s (0.15x),
 receive 303 files/s (0.21x), start-up and planning 0.65-0.8 s.
 
+Spread: this VM's speed drifts by up to 1.5x within minutes (a fixed Python loop took 0.22 s
+or 0.34 s a minute apart), and dcmtk, which is mostly waiting on the disk, drifts most.  Five
+runs of the final code on 2026-11-26 (14:07-14:21 UTC, the last one recorded above) gave: dcmtk
+storescu 637-1,754 small files/s; conquest-run with 3 worker processes 284-400 small files/s
+whole process (0.20x-0.45x of storescu in the same run, but only 0.16x-0.23x against the
+fastest storescu of the day), 1 association 177-348; 512x512 0.16x-0.22x whole process,
+0.38x-0.67x without start-up; receive with indexing 228-310 files/s (0.22x-0.30x), the no-op
+SCP 475-504.  So the small-file send target holds in every run, with little margin, and would
+not against dcmtk's best moments; the 512x512 whole-process target is missed by a wide margin in
+every run; the receive target is missed in all runs but one, where storescp itself was slowed.
+
 What changed in this round (engineer E): parallel associations run in forked worker processes
 (`engine/net_workers.py`: the parent hands out batches, each worker owns one association and
 streams every outcome back; the parent journals it as it arrives, so resume, per-instance
@@ -297,8 +308,9 @@ Where the time goes, and why some targets are out of reach:
   the job does not use); pydicom and pynetdicom cannot be avoided by a process that sends.
 * Small files.  pynetdicom spends ~1.3-2 ms of CPU per C-STORE (its command sets are built and
   parsed as pydicom Datasets, `split_dataset` re-reads each file's meta, two threads hand every
-  message over through queues), so one association tops out at ~300-450 files/s and threads
-  share the GIL; worker processes use both cores (the peer, `storescp --fork`, needs some too).
+  message over through queues), so one association reaches only ~220-490 small files/s here
+  (its "without start-up" row) and threads share the GIL; worker processes use both cores (the
+  peer, `storescp --fork`, needs some too).
 * 512x512 files.  dcmtk sends the 100 files in ~0.15 s; 0.5x of that leaves ~0.3 s for the
   whole process, less than conquest-run's start-up alone, so this target cannot be met by a
   Python process that imports pydicom and pynetdicom.  The send itself (the "without start-up"
@@ -346,8 +358,8 @@ def report(small: dict, large: dict, rx: dict, parallel: int, seconds: float,
         f"`python bench/bench_net.py {' '.join(sys.argv[1:])}` (whole processes over loopback "
         f"into dcmtk `storescp --fork`, best of the repeats; {seconds:.0f} s in all). Machine: "
         f"{machine()}; load average {loads[0]} before, {loads[1]} after (the other engineers "
-        "had finished; the VM's disk and CPU still vary by 20-30 % between identical runs, the "
-        "ratios come from the same run).", "",
+        "had finished, but the VM's speed still drifts a lot between and within runs: see "
+        "Spread below; the ratios come from the same run, its contenders taking turns).", "",
         f"Send, {small['files']} small files (CT/MR 128x128 with linked RTSTRUCT/RTPLAN/RTDOSE, "
         f"{small['bytes'] / 1e6:.0f} MB):", "",
         "| sender | files/s | vs dcmtk storescu |", "|---|---:|---:|", *rows(small), "",

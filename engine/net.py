@@ -395,6 +395,8 @@ class DicomTransport:
             with self._emit_lock:
                 on_outcome(outcome)
 
+        finished = threading.Semaphore(0)      # one release per worker thread that ended
+
         def worker() -> None:
             try:
                 while not self.stop.is_set():
@@ -406,6 +408,8 @@ class DicomTransport:
             except BaseException as exc:   # handed to the calling thread
                 errors.append(exc)
                 self.stop.set()
+            finally:
+                finished.release()
 
         count = max(1, min(self.settings.associations, MAX_ASSOCIATIONS, len(batches)))
         with pynetdicom_config(STORE_SEND_CHUNKED_DATASET=True, LOG_HANDLER_LEVEL=QUIET):
@@ -421,14 +425,17 @@ class DicomTransport:
                        for n in range(count)]
             for t in threads:
                 t.start()
-            try:
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)
+            ended = 0               # counted, not Thread.join: an interrupted join (Ctrl-C)
+            try:                    # can leave a running thread marked as stopped (3.11)
+                while ended < len(threads):
+                    if finished.acquire(timeout=0.2):
+                        ended += 1
             except BaseException:           # Ctrl-C: stop after the instance in flight
                 self.stop.set()
-                for t in threads:
-                    t.join(self.settings.timeout + 5)
+                deadline = time.monotonic() + self.settings.timeout + 5
+                while ended < len(threads) and \
+                        finished.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    ended += 1
                 raise
         if errors:
             raise errors[0]

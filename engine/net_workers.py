@@ -10,8 +10,10 @@ are inherited, nothing is pickled but batch numbers and outcomes):
   :class:`~.report.Outcome` back as the peer answers; the parent passes it to ``on_outcome``
   (the journal) at once, in its own thread, so the audit semantics are those of a thread;
 * Ctrl-C reaches the parent only (workers ignore SIGINT): it sets the shared stop event, the
-  workers finish the instance in flight, their outcomes are still journaled, then the parent
-  re-raises; a worker that dies has the unreported instances of its batch failed ("not sent");
+  workers finish the instance in flight, their outcomes are still journaled (by the parent's
+  outcome thread, never interrupted half-way), then the parent re-raises; an exception from
+  ``on_outcome`` stops the send the same way and is re-raised; a worker that dies has the
+  unreported instances of its batch failed ("not sent");
 * a worker whose peer cannot be reached at all reports the error; it is the step's
   :class:`NetworkError` (nothing else is sent) unless some association was established, in which
   case that batch's instances fail "not sent" like in the thread path.
@@ -62,9 +64,15 @@ class _Worker:
 
 def send_in_processes(transport: "DicomTransport", batches: Sequence[Sequence["SendItem"]],
                       on_outcome: "OnOutcome", count: int) -> None:
-    """Send ``batches`` over ``count`` associations in worker processes (see the module notes)."""
+    """Send ``batches`` over ``count`` associations in worker processes (see the module notes).
+
+    The outcomes are passed to ``on_outcome`` by a thread of this process while the calling
+    thread only waits, as in the thread path: a Ctrl-C (``KeyboardInterrupt``) therefore never
+    lands inside ``on_outcome`` (e.g. between a journal's commit and its bookkeeping)."""
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
+    abandon = threading.Event()          # set when the caller gives up: no more outcomes
+    errors: list[BaseException] = []
     for stream in (sys.stdout, sys.stderr):     # no buffered output duplicated by the children
         stream.flush()
     workers: list[_Worker] = []
@@ -76,9 +84,38 @@ def send_in_processes(transport: "DicomTransport", batches: Sequence[Sequence["S
             process.start()
             theirs.close()
             workers.append(_Worker(process, mine))
-        _serve(transport, batches, on_outcome, workers, stop)
+
+        finished = threading.Event()   # not Thread.join: an interrupted join (Ctrl-C) can
+                                       # leave a running thread marked as stopped (3.11)
+
+        def serve() -> None:
+            try:
+                _serve(batches, on_outcome, workers, stop, abandon, errors)
+            except BaseException as exc:     # handed to the calling thread
+                errors.append(exc)
+                stop.set()
+            finally:
+                finished.set()
+
+        threading.Thread(target=serve, name="send-outcomes", daemon=True).start()
+        try:
+            while not finished.wait(POLL):
+                if transport.stop.is_set():
+                    stop.set()
+        except BaseException:               # Ctrl-C: stop after the instances in flight
+            stop.set()
+            finished.wait(transport.settings.timeout + 5)
+            raise
+        if errors:
+            raise errors[0]
     finally:
         stop.set()
+        abandon.set()
+        for w in workers:                   # a worker waiting for work: there is none
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
         deadline = time.monotonic() + transport.settings.timeout + 5
         for w in workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -88,13 +125,19 @@ def send_in_processes(transport: "DicomTransport", batches: Sequence[Sequence["S
             w.conn.close()
 
 
-def _serve(transport: "DicomTransport", batches: Sequence[Sequence["SendItem"]],
-           on_outcome: "OnOutcome", workers: list[_Worker], stop: Any) -> None:
+def _serve(batches: Sequence[Sequence["SendItem"]], on_outcome: "OnOutcome",
+           workers: list[_Worker], stop: Any, abandon: threading.Event,
+           errors: list[BaseException]) -> None:
     pending = deque(range(len(batches)))
     connected = False
     fatal: NetworkError | None = None
-    interrupted: BaseException | None = None
-    deadline = float("inf")
+
+    def emit(outcome: Outcome) -> None:
+        try:
+            on_outcome(outcome)
+        except BaseException as exc:     # like a thread's: stop, keep the others' outcomes
+            errors.append(exc)
+            stop.set()
 
     def assign(w: _Worker) -> None:
         if pending and not stop.is_set():
@@ -108,54 +151,45 @@ def _serve(transport: "DicomTransport", batches: Sequence[Sequence["SendItem"]],
 
     def fail_unreported(w: _Worker, reason: str) -> None:
         for o in w.unreported.values():
-            on_outcome(Outcome(o.sop_uid, o.series_uid, FAILED, reason, {}))
+            emit(Outcome(o.sop_uid, o.series_uid, FAILED, reason, {}))
         w.unreported = {}
 
     for w in workers:
         assign(w)
     live = {w.conn: w for w in workers}
-    while live:
-        try:
-            if transport.stop.is_set():
-                stop.set()
-            if time.monotonic() > deadline:
-                break                       # interrupted and a worker does not finish
-            for conn in wait(list(live), timeout=POLL):
-                w = live[conn]
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    del live[conn]
-                    if not w.finished:
-                        fail_unreported(w, "not sent: the worker process ended unexpectedly")
-                    continue
-                kind = message[0]
-                if kind == "outcome":
-                    w.unreported.pop(message[1].sop_uid, None)
-                    on_outcome(message[1])
-                elif kind == "connected":
-                    connected = True
-                elif kind == "done":
-                    assign(w)
-                elif kind == "error":
-                    if connected:
-                        fail_unreported(w, f"not sent: {message[1]}")
-                    else:
-                        fatal = fatal or NetworkError(message[1])
-                        stop.set()
-                        w.unreported = {}
-                    assign(w)
-        except KeyboardInterrupt as exc:    # stop after the instances in flight, journal them
-            interrupted = interrupted or exc
-            stop.set()
-            deadline = min(deadline, time.monotonic() + transport.settings.timeout + 5)
+    while live and not abandon.is_set():
+        for conn in wait(list(live), timeout=POLL):
+            if abandon.is_set():
+                return
+            w = live[conn]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                del live[conn]
+                if not w.finished:
+                    fail_unreported(w, "not sent: the worker process ended unexpectedly")
+                continue
+            kind = message[0]
+            if kind == "outcome":
+                w.unreported.pop(message[1].sop_uid, None)
+                emit(message[1])
+            elif kind == "connected":
+                connected = True
+            elif kind == "done":
+                assign(w)
+            elif kind == "error":
+                if connected:
+                    fail_unreported(w, f"not sent: {message[1]}")
+                else:
+                    fatal = fatal or NetworkError(message[1])
+                    stop.set()
+                    w.unreported = {}
+                assign(w)
     if not live and pending and not stop.is_set():
         for n in pending:                   # every worker died before taking these
             for i in batches[n]:
-                on_outcome(Outcome(i.sop_uid, i.series_uid, FAILED,
-                                   "not sent: the worker processes ended unexpectedly", {}))
-    if interrupted is not None:
-        raise interrupted
+                emit(Outcome(i.sop_uid, i.series_uid, FAILED,
+                             "not sent: the worker processes ended unexpectedly", {}))
     if fatal is not None:
         raise fatal
 

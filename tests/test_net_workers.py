@@ -213,3 +213,67 @@ def test_peer_killed_during_a_parallel_send_then_rerun_sends_only_the_rest(tmp_p
     assert second.ok
     assert {o.sop_uid for o in second.outcomes if o.status == SKIPPED} == confirmed
     assert set(received_sops(rx2)) == everything - confirmed
+
+
+def _journal(database) -> list[tuple]:
+    import sqlite3
+
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute("SELECT RunId, SOPInstanc, Status FROM ConquestRunAudit "
+                            "WHERE Action = 'send'").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("associations", [1, 3])
+def test_sigint_to_the_cli_journals_exactly_what_the_peer_got(tmp_path, associations):
+    """A real Ctrl-C (SIGINT to the process group) in the middle of a send: exit 130 at once,
+    every instance the peer received is journaled once as done, nothing else is; the rerun
+    sends exactly the rest."""
+    import subprocess
+    import sys
+    import time
+
+    from conquest_run.archive import Archive
+    from conquest_run.synthetic import generate_files
+
+    generate_files(tmp_path / "data", 400, seed=9, size=8, per_patient=100)
+    Archive(tmp_path / "data", tmp_path / "conquest.db").rebuild()
+    rx = tmp_path / "rx"
+    with storescp(rx, None, "--fork") as (_, port):
+        job = tmp_path / "send.yml"
+        job.write_text(
+            "version: 1\nname: sigint\n"
+            f"archive: {{data: '{tmp_path / 'data'}', database: '{tmp_path / 'conquest.db'}'}}\n"
+            "select: {modality: [CT, MR, RTSTRUCT, RTPLAN, RTDOSE]}\n"
+            f"action:\n  send: {{host: 127.0.0.1, port: {port}, called_ae: STORESCP, "
+            f"associations: {associations}, retries: 0, timeout: 10}}\n")
+        cmd = [sys.executable, "-m", "conquest_run", str(job)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 30
+            while len(list(rx.iterdir())) < 20 and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.killpg(proc.pid, signal.SIGINT)
+            started = time.monotonic()
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 130, err
+        assert time.monotonic() - started < 5
+        received = set(received_sops(rx))
+        done = [sop for _, sop, status in _journal(tmp_path / "conquest.db") if status == DONE]
+        assert len(done) == len(set(done))                 # each outcome journaled once
+        assert set(done) == received and 20 <= len(received) < 400
+        for f in rx.iterdir():                  # the rerun goes to the same peer (target)
+            f.unlink()
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    everything = {sop for _, sop, _ in _journal(tmp_path / "conquest.db")}
+    assert len(everything) == 400 and set(received_sops(rx)) == everything - received

@@ -281,7 +281,7 @@ receive 303 files/s (0.21x), start-up and planning 0.65-0.8 s.
 
 Spread: this VM's speed drifts by up to 1.5x within minutes (a fixed Python loop took 0.22 s
 or 0.34 s a minute apart), and dcmtk, which is mostly waiting on the disk, drifts most.  Five
-runs of the final code on 2026-11-26 (14:07-14:21 UTC, the last one recorded above) gave: dcmtk
+earlier runs of this round's code on 2026-11-26 (14:07-14:21 UTC) gave: dcmtk
 storescu 637-1,754 small files/s; conquest-run with 3 worker processes 284-400 small files/s
 whole process (0.20x-0.45x of storescu in the same run, but only 0.16x-0.23x against the
 fastest storescu of the day), 1 association 177-348; 512x512 0.16x-0.22x whole process,

@@ -22,6 +22,7 @@ from ..errors import ActionError, ArchiveError, NetworkError
 from ..net import (MAX_ASSOCIATIONS, DicomTransport, DryTransport, PeerSettings, SendItem,
                    echo, group_associations, read_send_item)
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
+from ._local import progress
 
 if TYPE_CHECKING:
     from ..plan import PlanStep
@@ -69,26 +70,28 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     target = settings.target
     report.summary["peer"] = target
 
-    def record(outcome: Outcome) -> None:
-        report.outcomes.append(outcome)
-        if ctx.audit is not None:
-            ctx.audit.record(ctx.run_id, step.index, step.name, ACTION, target, outcome)
+    with progress(ctx, step.instance_count, f"send {target}") as advance:
+        def record(outcome: Outcome) -> None:
+            report.outcomes.append(outcome)
+            if ctx.audit is not None:
+                ctx.audit.record(ctx.run_id, step.index, step.name, ACTION, target, outcome)
+            advance(1)
 
-    try:
-        if (ctx.echo if ctx.dry_run else step.options.get("verify", False)):
-            report.summary["echo_seconds"] = round(echo(settings), 4)
-        confirmed = set() if ctx.force else _confirmed(ctx, target)
-        items = _items(step, ctx, confirmed, record)
-        batches = group_associations(items, parts=settings.associations)
-        report.summary["associations"] = len(batches)
-        report.summary["bytes"] = sum(i.size for i in items)
-        transport = DryTransport() if ctx.dry_run else DicomTransport(settings)
-        transport.send(batches, record)
-    except (NetworkError, ArchiveError) as exc:
-        report.error = str(exc)
-    finally:
-        if ctx.audit is not None:
-            ctx.audit.flush()
+        try:
+            if (ctx.echo if ctx.dry_run else step.options.get("verify", False)):
+                report.summary["echo_seconds"] = round(echo(settings), 4)
+            confirmed = set() if ctx.force else _confirmed(ctx, target)
+            items = _items(step, ctx, confirmed, record)
+            batches = group_associations(items, parts=settings.associations)
+            report.summary["associations"] = len(batches)
+            report.summary["bytes"] = sum(i.size for i in items)
+            transport = DryTransport() if ctx.dry_run else DicomTransport(settings)
+            transport.send(batches, record)
+        except (NetworkError, ArchiveError) as exc:
+            report.error = str(exc)
+        finally:
+            if ctx.audit is not None:
+                ctx.audit.flush()
     _in_plan_order(step, report)
     report.summary["warnings"] = sum(1 for o in report.outcomes
                                      if o.status == DONE and "warning" in o.reason)
@@ -100,7 +103,7 @@ def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
     """What the journal says the peer already has (read-only in a dry run)."""
     if ctx.audit is not None:
         return ctx.audit.confirmed(ACTION, target)
-    from ._local import connect_reader     # query_only, and leaves no -wal/-shm behind
+    from ..db import connect_reader     # query_only, and leaves no -wal/-shm behind
 
     database = Path(ctx.plan.database)
     if not database.is_file():

@@ -211,12 +211,8 @@ class Archive:
         confirmed before is skipped unless ``force=True`` (see ``actions.send.send_series``).
         An empty list sends nothing."""
         from .actions.send import send_series
-        from .report import StepReport
-        uids = [str(u) for u in series_uids]
-        if not uids:
-            return StepReport(1, "send", "send", f"{called_ae}@{host}:{port}",
-                              bool(options.get("dry_run", False)))
-        return send_series(self, uids, host, port, called_ae, **options)
+        return send_series(self, [str(u) for u in series_uids], host, port, called_ae,
+                           **options)
 
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""

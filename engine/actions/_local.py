@@ -275,10 +275,13 @@ def _quote_ident(name: str) -> str:
 
 def api_run(archive: Any, action: str, options: dict[str, Any],
             uids: "Sequence[str] | None", *, level: str = "series", query: str | None = None,
-            dry_run: bool = False, target: str = "", name: str = "python-api") -> StepReport:
+            dry_run: bool = False, force: bool = False, target: str = "",
+            name: str = "python-api", error: type[ActionError] | type[Any] = ActionError
+            ) -> StepReport:
     """Run one action over the named series as a one-step plan, audited like a job run.
 
-    A whole-step failure raises ``ActionError``; per-instance failures are in the report.
+    A whole-step failure raises ``error`` (``ActionError``; ``NetworkError`` for send);
+    per-instance failures are in the report.  An empty list of UIDs plans nothing.
     """
     import uuid
 
@@ -307,7 +310,8 @@ def api_run(archive: Any, action: str, options: dict[str, Any],
         log = AuditLog(conn)
         log.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
     try:
-        ctx = ActionContext(archive, plan, dry_run=dry_run, audit=log, run_id=run_id)
+        ctx = ActionContext(archive, plan, dry_run=dry_run, force=force, audit=log,
+                            run_id=run_id)
         report = get_action(action)(step, ctx)
         if log is not None:
             log.end_run(run_id, report.ok, {"totals": report.totals(), "error": report.error})
@@ -315,5 +319,5 @@ def api_run(archive: Any, action: str, options: dict[str, Any],
         if conn is not None:
             conn.close()
     if report.error:
-        raise ActionError(report.error)
+        raise error(report.error)
     return report

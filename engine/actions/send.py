@@ -161,33 +161,11 @@ def send_series(archive: Any, series_uids: "list[str] | tuple[str, ...] | None",
     before are skipped unless ``force``.  Raises ``NetworkError`` when the peer cannot be
     reached (nothing is sent); per-instance failures are in the returned report.
     """
-    import uuid
-
-    from ..audit import AuditLog
-    from ..db import connect
-    from ..planner import plan_selection
-    from . import ActionContext
+    from ._local import api_run
 
     options = {"host": host, "port": port, "called_ae": called_ae, "calling_ae": calling_ae,
                "associations": associations, "retries": retries, "retry_delay": retry_delay,
                "timeout": timeout, "verify": verify}
-    select = None if series_uids is None else {"series": [str(u) for u in series_uids]}
-    peer_settings(options)                          # ActionError before any reading
-    plan = plan_selection(archive, select, ACTION, options, job_name="python-api")
-    step = plan.steps[0]
-    run_id = uuid.uuid4().hex
-    conn = None if dry_run else connect(archive.database)
-    try:
-        audit = None if conn is None else AuditLog(conn)
-        if audit is not None:
-            audit.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
-        report = run(step, ActionContext(archive, plan, dry_run=dry_run, force=force,
-                                         audit=audit, run_id=run_id))
-        if audit is not None:
-            audit.end_run(run_id, report.ok, {"totals": report.totals(), "error": report.error})
-    finally:
-        if conn is not None:
-            conn.close()
-    if report.error:
-        raise NetworkError(report.error)
-    return report
+    settings = peer_settings(options)               # ActionError before any reading
+    return api_run(archive, ACTION, options, None if series_uids is None else list(series_uids),
+                   dry_run=dry_run, force=force, target=settings.target, error=NetworkError)

@@ -215,3 +215,23 @@ def tree_state(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+
+
+def killing_journal(after: int):
+    """An AuditLog class: the real journal, which SIGKILLs its ``peer`` (a Popen set on the
+    class) once ``after`` instances are confirmed, to interrupt a send at a known point."""
+    from conquest_run.audit import AuditLog
+    from conquest_run.report import DONE
+
+    class KillAfter(AuditLog):
+        peer = None
+        done = 0
+
+        def record(self, *args):
+            super().record(*args)
+            KillAfter.done += args[-1].status == DONE
+            if KillAfter.peer is not None and KillAfter.done >= after:
+                KillAfter.peer.send_signal(signal.SIGKILL)
+                KillAfter.peer.wait(5)
+                KillAfter.peer = None
+    return KillAfter

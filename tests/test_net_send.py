@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from conquest_run.audit import AuditLog
 from conquest_run.errors import NetworkError
 from conquest_run.net import (DicomTransport, PeerSettings, echo, group_associations,
                               read_send_item, tune_connection)
 from conquest_run.report import DONE, FAILED, SKIPPED
 
-from _net_support import (audit_rows, dataset_bytes, free_port, http_json, make_archive,
-                          orthanc, received_sops, run_send, send_step, storescp, tree_state)
+from _net_support import (audit_rows, dataset_bytes, free_port, http_json, killing_journal,
+                          make_archive, orthanc, received_sops, run_send, send_step, storescp,
+                          tree_state)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,18 +113,7 @@ def test_dry_run_echo_reaches_the_peer(archive, tmp_path):
 
 
 def test_peer_killed_mid_send_then_rerun_sends_only_the_rest(archive, tmp_path):
-    class KillAfter(AuditLog):
-        """The real journal; the peer is SIGKILLed once 5 instances are confirmed."""
-        peer = None
-        done = 0
-
-        def record(self, *args):
-            super().record(*args)
-            KillAfter.done += args[-1].status == DONE
-            if KillAfter.peer is not None and KillAfter.done >= 5:
-                KillAfter.peer.send_signal(signal.SIGKILL)
-                KillAfter.peer.wait(5)
-                KillAfter.peer = None
+    KillAfter = killing_journal(after=5)
 
     with storescp(tmp_path / "rx1") as (proc, port):
         plan, step = send_step(archive, _options(port, verify=False))

@@ -12,13 +12,12 @@ import threading
 import pytest
 
 from conquest_run.audit import AuditLog
-from conquest_run.errors import NetworkError
 from conquest_run.net import DicomTransport, PeerSettings, group_associations, read_send_item
 from conquest_run.net_workers import can_fork
 from conquest_run.report import DONE, FAILED, SKIPPED
 
-from _net_support import (audit_rows, free_port, make_archive, received_sops, run_send,
-                          send_step, storescp)
+from _net_support import (audit_rows, free_port, killing_journal, make_archive, received_sops,
+                          run_send, send_step, storescp)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,18 +183,7 @@ def test_reactor_held_pauses_the_reactor_for_the_requests_and_lets_it_go(tmp_pat
 def test_peer_killed_during_a_parallel_send_then_rerun_sends_only_the_rest(tmp_path):
     archive = make_archive(tmp_path / "a", patients=3)
 
-    class KillAfter(AuditLog):
-        """The real journal; the peer is SIGKILLed once 5 instances are confirmed."""
-        peer = None
-        done = 0
-
-        def record(self, *args):
-            super().record(*args)
-            KillAfter.done += args[-1].status == DONE
-            if KillAfter.peer is not None and KillAfter.done >= 5:
-                KillAfter.peer.send_signal(signal.SIGKILL)
-                KillAfter.peer.wait(5)
-                KillAfter.peer = None
+    KillAfter = killing_journal(after=5)
 
     with storescp(tmp_path / "rx1") as (proc, port):
         plan, step = send_step(archive, _options(port, associations=2))

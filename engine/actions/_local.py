@@ -17,7 +17,6 @@ __all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside"
 
 import hashlib
 import os
-import sqlite3
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass

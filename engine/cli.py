@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"{__package__}.cli_jobs")
         parser = _Parser(prog="conquest-run", epilog="subcommands: " + ", ".join(SUBCOMMANDS))
         module.register(None, parser)
+        from . import __version__
+        parser.add_argument("--version", action="version", version=f"conquest-run {__version__}")
         args = parser.parse_args(argv)
         return module.run(None, args)
     except ConquestRunError as exc:

@@ -200,3 +200,13 @@ def test_dry_run_on_a_rollback_journal_database_keeps_its_header(root):
     assert proc.returncode == 0, proc.stderr
     assert tree_state(root) == before
     assert (root / DB).read_bytes()[18:20] == b"\x01\x01"   # header: legacy (not WAL) mode
+
+
+def test_version_and_no_arguments(capsys):
+    from conquest_run.cli import main
+    from conquest_run import __version__
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"conquest-run {__version__}"
+    assert main([]) == 2
+    assert "give one or more job files" in capsys.readouterr().err

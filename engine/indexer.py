@@ -404,37 +404,25 @@ class _Writer:
         if not self.affected_series:
             return
         sc = self.schema
-        se, st, pa, im = sc.series, sc.studies, sc.patients, sc.images
-        series_uids = sorted(self.affected_series)
-        study_uids: set[str] = set()
-        patient_ids: set[str] = set()
+        # (level, the level below it): a row of ``level`` goes when no row below links to it
+        levels = ((sc.series, sc.images), (sc.studies, sc.series), (sc.patients, sc.studies))
+        keys: set[str] = set(self.affected_series)
         self.affected_series = set()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for part in _chunks(series_uids):
-                marks = ",".join("?" * len(part))
-                study_uids.update(s for (s,) in self.conn.execute(
-                    f"SELECT DISTINCT {se.link} FROM {se.name} WHERE {se.key} IN ({marks})", part)
-                    if s is not None)
-                self.conn.execute(
-                    f"DELETE FROM {se.name} WHERE {se.key} IN ({marks}) AND NOT EXISTS "
-                    f"(SELECT 1 FROM {im.name} WHERE {im.name}.{im.link} = {se.name}.{se.key})",
-                    part)
-            for part in _chunks(sorted(study_uids)):
-                marks = ",".join("?" * len(part))
-                patient_ids.update(p for (p,) in self.conn.execute(
-                    f"SELECT DISTINCT {st.link} FROM {st.name} WHERE {st.key} IN ({marks})", part)
-                    if p is not None)
-                self.conn.execute(
-                    f"DELETE FROM {st.name} WHERE {st.key} IN ({marks}) AND NOT EXISTS "
-                    f"(SELECT 1 FROM {se.name} WHERE {se.name}.{se.link} = {st.name}.{st.key})",
-                    part)
-            for part in _chunks(sorted(patient_ids)):
-                marks = ",".join("?" * len(part))
-                self.conn.execute(
-                    f"DELETE FROM {pa.name} WHERE {pa.key} IN ({marks}) AND NOT EXISTS "
-                    f"(SELECT 1 FROM {st.name} WHERE {st.name}.{st.link} = {pa.name}.{pa.key})",
-                    part)
+            for table, below in levels:
+                parents: set[str] = set()
+                for part in _chunks(sorted(keys)):
+                    marks = ",".join("?" * len(part))
+                    if table.link is not None:
+                        parents.update(p for (p,) in self.conn.execute(
+                            f"SELECT DISTINCT {table.link} FROM {table.name} "
+                            f"WHERE {table.key} IN ({marks})", part) if p is not None)
+                    self.conn.execute(
+                        f"DELETE FROM {table.name} WHERE {table.key} IN ({marks}) AND NOT EXISTS "
+                        f"(SELECT 1 FROM {below.name} "
+                        f"WHERE {below.name}.{below.link} = {table.name}.{table.key})", part)
+                keys = parents
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")

@@ -30,6 +30,8 @@ from .errors import JobError
 PathKey = tuple[Union[str, int], ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# deeper than any job needs, shallow enough for every later recursive stage (schema, JSON)
+MAX_DEPTH = 64
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
@@ -157,6 +159,10 @@ class _Builder:
 
     def build(self, node: Node, path: PathKey) -> Any:
         self.values.setdefault(path, _pos(node.start_mark))
+        if len(path) > MAX_DEPTH:
+            raise JobError(f"the YAML is nested more than {MAX_DEPTH} levels deep",
+                           file=self.path, line=node.start_mark.line + 1,
+                           column=node.start_mark.column + 1)
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
         if id(node) in self._active:
@@ -249,6 +255,11 @@ def parse_source(text: str, path: str = "<string>", *, sha256: str | None = None
             raise _yaml_error(exc, path) from None
         except yaml.YAMLError as exc:
             raise JobError(f"YAML error: {exc}", file=path) from None
+        except RecursionError:
+            mark = loader.get_mark()
+            raise JobError(f"the YAML is nested too deeply (more than {MAX_DEPTH} levels are "
+                           "never needed)", file=path, line=mark.line + 1,
+                           column=mark.column + 1) from None
         builder = _Builder(loader, path)
         data = None if node is None else builder.build(node, ())
     finally:

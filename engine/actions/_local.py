@@ -13,8 +13,9 @@ from __future__ import annotations
 
 __all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside", "source_path",
            "progress", "sha256_file", "archive_facts", "ArchiveFacts", "CHUNK", "safe_component",
-           "safe_patient_dir", "plan_series", "api_run", "connect_reader"]
+           "safe_patient_dir", "plan_series", "api_run", "connect_reader", "os_reason"]
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -52,6 +53,22 @@ def source_path(data_dir: Path, rel: str) -> Path:
             or rel_norm == ".":
         raise ActionError(f"the index names a file outside the data directory: {rel!r}")
     return data_dir / rel_norm
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as a sentence that names its file: ``Permission denied: out/x.csv``."""
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return exc.strerror or str(exc)
+
+
+def _check_folder_path(path: Path) -> None:
+    """Refuse (as ``mkdir -p`` would) a folder path where a part already exists as a file."""
+    for part in (path, *path.parents):
+        if os.path.lexists(part):
+            if not part.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{part} exists and is not a folder")
+            return
 
 
 def sha256_file(path: Path) -> str:
@@ -97,7 +114,11 @@ class FileSystem:
     dry_run = False
 
     def makedirs(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            _check_folder_path(path)
+            raise
 
     @contextmanager
     def atomic_open(self, path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
@@ -146,7 +167,7 @@ class DryFileSystem(FileSystem):
     dry_run = True
 
     def makedirs(self, path: Path) -> None:
-        pass
+        _check_folder_path(path)  # what mkdir would refuse, refused here too
 
     @contextmanager
     def atomic_open(self, path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:

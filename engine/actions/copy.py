@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from ..audit import now_iso
 from ..errors import ActionError, ArchiveError, JobError
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
-from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside, progress,
+from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside, os_reason,
+                     progress,
                      safe_component, safe_patient_dir, sha256_file, source_path)
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             _write_manifest(fs, dest_abs / manifest_name, manifest_fmt, ctx, layout, entries)
             summary["manifest"] = str(dest / manifest_name)
     except OSError as exc:
-        return rec.fail_step(f"copy: {exc}")
+        return rec.fail_step(f"copy: {os_reason(exc)}")
     finally:
         if conn is not None:
             conn.close()

@@ -33,6 +33,7 @@ from ..errors import ActionError, ArchiveError, ConquestRunError, JobError
 from ..report import DONE, FAILED, Outcome, StepReport
 from ..sqlcheck import authorizer
 from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
+                     os_reason,
                      progress, safe_component, source_path)
 
 if TYPE_CHECKING:
@@ -282,13 +283,16 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     if inside(facts.data_dir, Path(os.path.abspath(out))):
         return rec.fail_step(f"dump: {out} is inside the archive's data directory; write it "
                              "somewhere else")
+    if not per_instance and os.path.isdir(out):
+        return rec.fail_step(f"dump: {out} is a folder; action.dump.file names the file to "
+                             "write")
     fs = filesystem(ctx.dry_run)
     if fmt != "csv":
         try:
             summary = _dump_instances(step, ctx, rec, fs, out, fmt, per_instance,
                                       facts.data_dir)
         except OSError as exc:
-            return rec.fail_step(f"dump: cannot write {out}: {exc.strerror or exc}")
+            return rec.fail_step(f"dump: cannot write {out}: {os_reason(exc)}")
         return rec.finish(format=fmt, **summary)
     try:
         conn = connect_reader(facts.database)
@@ -312,7 +316,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     except ConquestRunError as exc:
         return rec.fail_step(exc.message)
     except OSError as exc:
-        return rec.fail_step(f"dump: cannot write {out}: {exc.strerror or exc}")
+        return rec.fail_step(f"dump: cannot write {out}: {os_reason(exc)}")
     except sqlite3.DatabaseError as exc:
         return rec.fail_step(f"dump: reading the database failed: {exc}")
     finally:

@@ -321,13 +321,27 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     """Write the plan as JSON atomically (temp file + rename)."""
     path = Path(path)
     if not path.parent.is_dir():
+        if os.path.lexists(path.parent):
+            raise ConquestRunError(f"the folder for the plan is a file, not a folder: "
+                                   f"{path.parent}")
         raise ConquestRunError(f"the folder for the plan does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise ConquestRunError("is a folder; --plan-out names the plan file to write",
+                               file=str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ConquestRunError(f"cannot write the plan: {exc.strerror or exc}",
+                               file=str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(plan.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConquestRunError(f"cannot write the plan: {exc.strerror or exc}",
+                               file=str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -344,6 +358,10 @@ def load_plan(path: str | Path) -> Plan:
                                file=str(path)) from None
     try:
         data = json.loads(text)
+        problem = _plan_problem(data)
+        if problem:
+            raise ConquestRunError(f"not a conquest-run plan file ({problem})",
+                                   file=str(path))
         return Plan.from_dict(data)
     except json.JSONDecodeError as exc:
         raise ConquestRunError(f"not a plan file (JSON error: {exc.msg})", file=str(path),
@@ -351,6 +369,65 @@ def load_plan(path: str | Path) -> Plan:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConquestRunError(f"not a conquest-run plan file ({type(exc).__name__}: {exc})",
                                file=str(path)) from None
+
+
+def _plan_schema(defs: dict[str, Any]) -> dict[str, Any]:
+    """What ``Plan.to_dict`` writes, as a JSON Schema (a hand-edited plan is checked first)."""
+    text, text_or_null = {"type": "string"}, {"type": ["string", "null"]}
+    path = {"type": "string", "minLength": 1}
+    instance = {"type": "object", "required": ["sop_uid", "path"], "properties": {
+        "sop_uid": path, "sop_class": text_or_null, "path": path,
+        "size": {"type": ["integer", "null"], "minimum": 0}}}
+    series = {"type": "object", "required": ["series_uid", "instances"], "properties": {
+        "series_uid": path, "patient_id": text_or_null, "study_uid": text_or_null,
+        "modality": text_or_null, "description": text_or_null,
+        "instances": {"type": "array", "items": instance}}}
+    step = {"type": "object", "required": ["index", "name", "action", "options", "target",
+                                           "destructive", "level", "series"], "properties": {
+        "index": {"type": "integer", "minimum": 1}, "name": text,
+        "action": {"enum": ["copy", "dump", "delete", "rebuild", "send"]},
+        "options": {"type": "object"}, "target": text, "destructive": {"type": "boolean"},
+        "level": {"enum": ["series", "instance"]}, "series": {"type": "array", "items": series},
+        "query": text_or_null, "line": {"type": ["integer", "null"]}}}
+    return {"$defs": defs, "type": "object",
+            "required": ["job_path", "job_sha256", "job_name", "data_dir", "database", "steps"],
+            "properties": {
+                "format": {"const": 1}, "job_path": text, "job_sha256": text, "job_name": text,
+                "data_dir": path, "database": path, "dicom_sql": {"type": ["string", "null"],
+                                                                  "minLength": 1},
+                "created": text, "steps": {"type": "array", "minItems": 1, "items": step}}}
+
+
+def _plan_problem(data: Any) -> str | None:
+    """The first thing wrong in a plan's JSON (shape, types, each step's options), or None."""
+    import jsonschema
+
+    from .jobs import job_schema
+
+    def where(error) -> str:
+        parts = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                        for p in error.absolute_path).lstrip(".")
+        return f"{parts}: " if parts else ""
+
+    defs = job_schema()["$defs"]
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(_plan_schema(defs)).iter_errors(data))
+    if error is not None:
+        return f"{where(error)}{error.message}"
+    for i, step in enumerate(data["steps"]):
+        if step["destructive"] != (step["action"] == "delete"):
+            return f"steps[{i}].destructive: must be {str(step['action'] == 'delete').lower()} " \
+                   f"for a {step['action']} step"
+        options = dict(step["options"])
+        if step["action"] == "send":
+            options.pop("node", None)   # the plan holds the node's settings, resolved
+        if step["action"] == "dump":
+            options.pop("params", None)
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(
+            {"$defs": defs, "$ref": f"#/$defs/{step['action']}"}).iter_errors(options))
+        if error is not None:
+            return f"steps[{i}].options{where(error) and '.' + where(error)}{error.message}"
+    return None
 
 
 def verify_plan(plan: Plan, archive) -> None:

@@ -67,3 +67,54 @@ def test_a_file_where_a_folder_belongs_fails_the_step_clearly_also_in_a_dry_run(
     assert message in doc["report"]["steps"][0]["error"]
     assert Path("afile").read_text() == "not a folder"
     assert list(Path("adir").iterdir()) == []
+
+
+# -- saved plans ----------------------------------------------------------------------------------
+def _edit(plan: dict, where: str, value) -> dict:
+    """plan with the value at a dotted path ('steps.0.options.destination') replaced."""
+    keys = [int(k) if k.isdigit() else k for k in where.split(".")]
+    node = plan
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    return plan
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("steps.0.action", 5, "steps[0].action: 5 is not one of"),
+    ("data_dir", 5, "data_dir: 5 is not of type 'string'"),
+    ("database", None, "database: None is not of type 'string'"),
+    ("format", 9, "format: 1 was expected"),
+    ("steps.0.series.0.instances.0.size", "big", "instances[0].size: 'big' is not of type"),
+    ("steps.0.series", [5], "steps[0].series[0]: 5 is not of type 'object'"),
+    ("steps.0.options.destination", 5, "steps[0].options.destination: 5 is not of type"),
+    ("steps.0.action", "delete", "steps[0].destructive: must be true for a delete step"),
+    ("steps", [], "steps: [] should be non-empty"),
+])
+def test_apply_of_a_hand_edited_plan_with_wrong_types_names_the_wrong_field(
+        scratch, capsys, where, value, message):
+    job = write_job("j.yml", "{copy: {destination: out}}")
+    assert run_cli(capsys, "rebuild")[0] == 0
+    assert run_cli(capsys, "--plan-out", "plan.json", job)[0] == 0
+    plan = json.loads(Path("plan.json").read_text())
+    Path("edited.json").write_text(json.dumps(_edit(plan, where, value)))
+    code, _, err = run_cli(capsys, "--apply", "edited.json")
+    assert code == 2
+    assert err.startswith("edited.json: not a conquest-run plan file (")
+    assert message in err
+    assert not Path("out").exists()
+
+
+@pytest.mark.parametrize("target, message", [
+    ("missing/plan.json", "the folder for the plan does not exist: missing"),
+    ("afile/plan.json", "the folder for the plan is a file, not a folder: afile"),
+    ("adir", "adir: is a folder; --plan-out names the plan file to write"),
+])
+def test_plan_out_to_an_unusable_place_says_why(scratch, capsys, target, message):
+    Path("afile").write_text("x")
+    Path("adir").mkdir()
+    job = write_job("j.yml", "{copy: {destination: out}}")
+    code, _, err = run_cli(capsys, "--plan-out", target, job)
+    assert code == 2
+    assert message in err
+    assert list(Path("adir").iterdir()) == [] and Path("afile").read_text() == "x"

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import db
 from .errors import ArchiveError
-from .indexer import Indexer, IndexResult
+from .indexer import Indexer, IndexResult, data_dir_error
 from .schema import EXTRAS_TABLE, Schema, load_schema
 from .store import DatasetStore, StoredFile, StoreResult, resolve_inside, store
 
@@ -89,7 +89,7 @@ class Archive:
     # -- indexing ----------------------------------------------------------------------------
     def _require_data(self) -> None:
         if not self.data_dir.is_dir():
-            raise ArchiveError("data directory not found", file=str(self.data_dir))
+            raise data_dir_error(self.data_dir)
 
     def rebuild(self, patients: Iterable[str] | None = None, mode: str = "all",
                 workers: int = 1,

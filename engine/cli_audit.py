@@ -38,7 +38,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 def _open(database: str):
     from .db import connect_reader
     path = Path(database)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():  # a folder: connect_reader says so
         raise ArchiveError("database not found (no runs recorded here)", file=str(path))
     return connect_reader(path)
 

@@ -20,9 +20,15 @@ from .schema import Schema
 BUSY_TIMEOUT_MS = 30_000
 
 
+def _not_a_file(path: Path) -> None:
+    if path.is_dir():
+        raise ArchiveError("the database is a folder, not a file", file=str(path))
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A read-write connection in WAL mode (the file is created if missing)."""
     path = Path(path)
+    _not_a_file(path)
     if path.parent and not path.parent.exists():
         raise ArchiveError(f"the folder for the database does not exist: {path.parent}",
                            file=str(path))
@@ -40,6 +46,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
 def connect_readonly(path: str | Path) -> sqlite3.Connection:
     """A connection that cannot write (SQLite ``mode=ro``)."""
     path = Path(path)
+    _not_a_file(path)
     if not path.is_file():
         raise ArchiveError("database not found", file=str(path))
     uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
@@ -65,6 +72,7 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     through ``connect_readonly``, which no statement can turn writable.
     """
     path = Path(path)
+    _not_a_file(path)
     if not path.is_file():
         raise ArchiveError("database not found", file=str(path))
     if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):

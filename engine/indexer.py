@@ -20,7 +20,7 @@ writing happens in the calling process, ``batch_size`` files per transaction.
 
 from __future__ import annotations
 
-__all__ = ["IndexResult", "BadFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
+__all__ = ["IndexResult", "data_dir_error", "BadFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
            "DEVICE_NAME"]
 
 import collections
@@ -431,6 +431,13 @@ class _Writer:
 
 # -- the indexer ---------------------------------------------------------------------------
 
+def data_dir_error(path: str | os.PathLike) -> ArchiveError:
+    """Why ``path`` cannot be the data directory: missing, or a file rather than a folder."""
+    if os.path.lexists(path):
+        return ArchiveError("the data directory is a file, not a folder", file=str(path))
+    return ArchiveError("data directory not found", file=str(path))
+
+
 class Indexer:
     """Fills one archive's index.  ``conn`` is a read-write connection with the schema in place."""
 
@@ -489,7 +496,7 @@ class Indexer:
         if mode not in MODES:
             raise ArchiveError(f"unknown rebuild mode {mode!r}; expected one of {', '.join(MODES)}")
         if not self.data_dir.is_dir():
-            raise ArchiveError("data directory not found", file=str(self.data_dir))
+            raise data_dir_error(self.data_dir)
         from .store import safe_patient_dir  # store imports this module
 
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = ["run_plan", "archive_for_job", "indexed", "NOT_RUN"]
 
+import os
 import tempfile
 import uuid
 from contextlib import closing, contextmanager
@@ -57,10 +58,16 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
     a temporary database that is deleted afterwards, so nothing is written next to the archive.
     """
     from .archive import Archive
-    if Path(archive.database).is_file():
+    from .indexer import data_dir_error
+    database, data = Path(archive.database), Path(archive.data_dir)
+    if os.path.lexists(data) and not data.is_dir():
+        raise data_dir_error(data)
+    if database.is_dir():
+        raise ArchiveError("the database is a folder, not a file", file=str(database))
+    if database.is_file():
         yield archive
         return
-    if not Path(archive.data_dir).is_dir():
+    if not data.is_dir():
         raise ArchiveError("neither the database nor the data directory exists",
                            file=str(archive.database))
     if not dry_run:

@@ -31,7 +31,7 @@ from typing import Any
 
 from .dicomread import HeaderRecord, ReadSpec, read_header
 from .errors import ArchiveError, DicomFileError
-from .indexer import BadFile, Indexer, LinkChecker
+from .indexer import BadFile, Indexer, LinkChecker, data_dir_error
 from .schema import Schema
 
 _CONQUEST_UNSAFE = set('/\\;><|,. :?*"')
@@ -198,7 +198,7 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise ArchiveError("data directory not found", file=str(data_dir))
+        raise data_dir_error(data_dir)
     placer = _Placer(conn, schema, data_dir)
     spec = ReadSpec.from_schema(schema)
     indexer = Indexer(conn, schema, data_dir)

@@ -118,3 +118,31 @@ def test_plan_out_to_an_unusable_place_says_why(scratch, capsys, target, message
     assert code == 2
     assert message in err
     assert list(Path("adir").iterdir()) == [] and Path("afile").read_text() == "x"
+
+
+# -- --data / --database --------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--data", "afile"], "afile: the data directory is a file, not a folder"),
+    (["--database", "adir"], "adir: the database is a folder, not a file"),
+    (["--dry-run", "--data", "afile"], "afile: the data directory is a file, not a folder"),
+    (["--dry-run", "--database", "adir"], "adir: the database is a folder, not a file"),
+    (["rebuild", "--data", "afile"], "afile: the data directory is a file, not a folder"),
+    (["store", "--data", "afile", "data/RT001"], "afile: the data directory is a file, not a "
+                                                 "folder"),
+    (["rebuild", "--database", "adir"], "adir: the database is a folder, not a file"),
+    (["summary", "--database", "adir"], "adir: the database is a folder, not a file"),
+    (["query", "--database", "adir", "select 1"], "adir: the database is a folder, not a file"),
+    (["history", "--database", "adir"], "adir: the database is a folder, not a file"),
+])
+def test_a_file_for_the_data_folder_or_a_folder_for_the_database_is_named(
+        scratch, capsys, args, message):
+    Path("afile").write_text("x")
+    Path("adir").mkdir()
+    assert run_cli(capsys, "rebuild")[0] == 0
+    job = write_job("j.yml", "{copy: {destination: out}}")
+    argv = args if args[0] in ("rebuild", "store", "summary", "query", "history") else [*args, job]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.strip().endswith(message)
+    assert list(Path("adir").iterdir()) == [] and Path("afile").read_text() == "x"
+    assert not Path("out").exists()

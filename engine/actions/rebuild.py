@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConquestRunError
 from ..report import DONE, FAILED, Outcome, StepReport
+from ..indexer import data_dir_error
 from ._local import StepRecorder, archive_facts, safe_patient_dir
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                                "patients": "all" if patients is None else patients}
     if ctx.dry_run:
         if not facts.data_dir.is_dir():
-            return rec.fail_step(f"{facts.data_dir}: data directory not found")
+            return rec.fail_step(str(data_dir_error(facts.data_dir)))
         files = _files_on_disk(facts.data_dir, patients)
         rec.add(Outcome(None, None, DONE, "", {"mode": mode, "files_in_scope": files}))
         return rec.finish(files_in_scope=files, **summary)

@@ -73,6 +73,11 @@ class Archive:
         conn = db.connect(self.database)
         try:
             db.ensure_schema(conn, self.schema)
+        except ArchiveError as exc:
+            conn.close()
+            if exc.file is not None:
+                raise
+            raise ArchiveError(exc.message, file=str(self.database)) from None
         except BaseException:
             conn.close()
             raise
@@ -182,7 +187,12 @@ class Archive:
                f"GROUP BY {se.name}.{se.key} "
                f"ORDER BY 1, 2, 3")
         with closing(self.connect_readonly()) as conn:
-            return [SeriesInfo(*row) for row in conn.execute(sql)]
+            try:
+                return [SeriesInfo(*row) for row in conn.execute(sql)]
+            except sqlite3.Error as exc:
+                raise ArchiveError(f"cannot read the index: {exc} (is it a Conquest database "
+                                   "made from this dicom.sql?)",
+                                   file=str(self.database)) from None
 
     # -- actions on selections (delete / copy / dump / send / listen) --------------------------
     # Thin wrappers over the action and network modules (imported when used); add new ones here.

@@ -146,3 +146,35 @@ def test_a_file_for_the_data_folder_or_a_folder_for_the_database_is_named(
     assert err.strip().endswith(message)
     assert list(Path("adir").iterdir()) == [] and Path("afile").read_text() == "x"
     assert not Path("out").exists()
+
+
+def _foreign_database(path: str) -> None:
+    """An SQLite file with Conquest-named tables of another layout."""
+    import sqlite3
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE DICOMPatients (PatientID text, Foo text)")
+    conn.execute("CREATE TABLE DICOMSeries (SeriesInst text)")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rebuild"], "other.db: table DICOMPatients lacks the columns PatientNam"),
+    (["store", "data/RT001"], "other.db: table DICOMPatients lacks the columns PatientNam"),
+    (["summary"], "other.db: cannot read the index: no such table: DICOMStudies"),
+])
+def test_a_database_of_another_layout_is_refused_with_its_name(scratch, capsys, args, message):
+    import sqlite3
+    _foreign_database("other.db")
+
+    def content() -> list[str]:
+        conn = sqlite3.connect("other.db")
+        try:
+            return list(conn.iterdump())
+        finally:
+            conn.close()
+    before = content()
+    code, _, err = run_cli(capsys, *args, "--database", "other.db")
+    assert code == 2
+    assert err.startswith(message)
+    assert content() == before

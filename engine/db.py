@@ -7,7 +7,8 @@ when the database is not in WAL mode yet).
 
 from __future__ import annotations
 
-__all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema"]
+__all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
+           "write_refused", "BUSY_TIMEOUT_MS"]
 
 import os
 import sqlite3
@@ -38,6 +39,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.OperationalError as exc:
+        raise ArchiveError(write_refused(exc), file=str(path)) from None
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
     return conn
@@ -89,6 +92,14 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def write_refused(exc: sqlite3.OperationalError) -> str:
+    """Why SQLite would not let us write, as a sentence."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return (f"the database is locked: another process holds a write transaction "
+                f"(waited {BUSY_TIMEOUT_MS // 1000} s); try again when it has finished")
+    return f"cannot write to the database: {exc}"
+
+
 def has_schema(conn: sqlite3.Connection, schema: Schema) -> bool:
     names = {r[0].lower() for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
@@ -103,7 +114,10 @@ def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
     """
     existing = {r[0].lower(): r[0] for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise ArchiveError(write_refused(exc)) from None
     try:
         if not any(t.lower() in existing for t in schema.tables):
             for stmt in schema.conquest_ddl():

@@ -178,3 +178,30 @@ def test_a_database_of_another_layout_is_refused_with_its_name(scratch, capsys, 
     assert code == 2
     assert err.startswith(message)
     assert content() == before
+
+
+@pytest.mark.parametrize("wal", [True, False])
+@pytest.mark.parametrize("args", [["rebuild"], ["store", "data/RT001"], ["JOB"]])
+def test_a_database_locked_by_another_writer_is_a_plain_error(scratch, capsys, monkeypatch,
+                                                              wal, args):
+    import sqlite3
+
+    from conquest_run import db
+    assert run_cli(capsys, "rebuild")[0] == 0
+    if not wal:
+        conn = sqlite3.connect("conquest.db")
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.close()
+    job = write_job("j.yml", "{copy: {destination: out}}")
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect("conquest.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        code, _, err = run_cli(capsys, *[job if a == "JOB" else a for a in args])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2
+    assert err.startswith("conquest.db: the database is locked: another process holds a "
+                          "write transaction")
+    assert not Path("out").exists()

@@ -106,7 +106,7 @@ def _atomic_write(target: Path, data: bytes | None = None, source: Path | None =
                   move: bool = False) -> None:
     """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if move and source is not None:
+    if move and source is not None and not source.is_symlink():
         try:
             os.replace(source, target)   # same file system: one atomic rename
             return
@@ -207,7 +207,11 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
     records: list[HeaderRecord] = []
     for shown, path in _files_under(paths):
         if not path.exists():
-            result.bad.append(BadFile(shown, "no such file or folder"))
+            result.bad.append(BadFile(shown, "a broken symbolic link" if path.is_symlink()
+                                      else "no such file or folder"))
+            continue
+        if not path.is_file():
+            result.bad.append(BadFile(shown, "not a regular file (a device, FIFO or socket)"))
             continue
         try:
             record = read_header(path, shown, spec)

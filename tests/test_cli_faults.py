@@ -205,3 +205,33 @@ def test_a_database_locked_by_another_writer_is_a_plain_error(scratch, capsys, m
     assert err.startswith("conquest.db: the database is locked: another process holds a "
                           "write transaction")
     assert not Path("out").exists()
+
+
+# -- archive commands -----------------------------------------------------------------------------
+def test_store_of_links_fifos_and_devices_names_each_and_move_copies_a_link_target(
+        scratch, capsys, tmp_path):
+    import os
+    source = sorted(Path("data/RT001").glob("*.dcm"))[0]
+    target = tmp_path / "elsewhere.dcm"
+    target.write_bytes(source.read_bytes())
+    inc = Path("incoming")
+    inc.mkdir()
+    (inc / "link.dcm").symlink_to(target)
+    (inc / "broken.dcm").symlink_to("nowhere")
+    os.mkfifo(inc / "fifo.dcm")
+    Path("archive").mkdir()
+    code, out, err = run_cli(capsys, "store", "--move", "--data", "archive", "--database",
+                             "a.db", str(inc), "/dev/null")
+    assert code == 1
+    assert "1 files stored" in out
+    assert f"{inc / 'broken.dcm'}: a broken symbolic link" in err
+    assert f"{inc / 'fifo.dcm'}: not a regular file" in err
+    assert "/dev/null: not a regular file" in err
+    stored = list(Path("archive").rglob("*.dcm"))
+    assert len(stored) == 1
+    assert not stored[0].is_symlink() and stored[0].read_bytes() == source.read_bytes()
+    assert not (inc / "link.dcm").is_symlink()          # the link was moved ...
+    assert target.read_bytes() == source.read_bytes()   # ... not what it points to
+    # the stored file is a real file, so a rebuild finds it again
+    assert run_cli(capsys, "rebuild", "--data", "archive", "--database", "a.db")[1].startswith(
+        "1 files indexed")

@@ -71,11 +71,12 @@ def _print_table(title: str, header: list[str], rows: list[tuple], show_header: 
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
-        table = Table(title=title, show_header=show_header)
+        from rich.text import Text
+        table = Table(title=Text(title), show_header=show_header)
         for h in header:
-            table.add_column(h, overflow="fold")
+            table.add_column(Text(h), overflow="fold")
         for r in rows:
-            table.add_row(*(_text(v) for v in r))
+            table.add_row(*(Text(_text(v)) for v in r))
         Console().print(table)
         return
     if show_header:

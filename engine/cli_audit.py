@@ -63,6 +63,7 @@ def _status(ok: bool | None) -> str:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     with closing(_open(args.database)) as conn:
@@ -78,17 +79,18 @@ def run(name: str, args: argparse.Namespace) -> int:
             print(json.dumps({**info, "outcomes": outcomes}, indent=2, sort_keys=True))
             return 0
         console = _console()
-        console.print(f"run [bold]{info['run_id']}[/]  {info['job_name'] or ''} "
-                      f"({info['job_path']})  {info['started']} -> {info['ended'] or '?'}  "
-                      f"{_status(info['ok'])}")
+        console.print(f"run [bold]{escape(info['run_id'])}[/]  {escape(info['job_name'] or '')} "
+                      f"({escape(info['job_path'] or '')})  {escape(info['started'] or '')} -> "
+                      f"{escape(info['ended'] or '?')}  {_status(info['ok'])}")
         table = Table("step", "action", "target", "SOP instance", "status", "reason / path")
         for o in outcomes:
             colour = {"done": "green", "skipped": "yellow", "failed": "red"}.get(o["status"], "")
             where = o["detail"].get("path") or o["detail"].get("file") or ""
-            table.add_row(f"{o['step']} {o['step_name'] or ''}", o["action"] or "",
-                          o["target"] or "", o["sop_uid"] or "(step)",
-                          f"[{colour}]{o['status']}[/]" if colour else o["status"],
-                          " ".join(x for x in (o["reason"] or "", str(where)) if x))
+            table.add_row(escape(f"{o['step']} {o['step_name'] or ''}"),
+                          escape(o["action"] or ""), escape(o["target"] or ""),
+                          escape(o["sop_uid"] or "(step)"),
+                          f"[{colour}]{o['status']}[/]" if colour else escape(o["status"] or ""),
+                          escape(" ".join(x for x in (o["reason"] or "", str(where)) if x)))
         console.print(table)
         return 0
     if args.json:
@@ -99,7 +101,8 @@ def run(name: str, args: argparse.Namespace) -> int:
         return 0
     table = Table("run", "started", "job", "result", "done", "skipped", "failed")
     for r in runs:
-        table.add_row(r["run_id"][:12], r["started"] or "", r["job_name"] or r["job_path"] or "",
+        table.add_row(escape(r["run_id"][:12]), escape(r["started"] or ""),
+                      escape(r["job_name"] or r["job_path"] or ""),
                       _status(r["ok"]), str(r["done"]), str(r["skipped"]), str(r["failed"]))
     _console().print(table)
     return 0

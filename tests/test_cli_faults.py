@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,30 @@ def test_store_of_links_fifos_and_devices_names_each_and_move_copies_a_link_targ
     # the stored file is a real file, so a rebuild finds it again
     assert run_cli(capsys, "rebuild", "--data", "archive", "--database", "a.db")[1].startswith(
         "1 files indexed")
+
+
+def test_rich_markup_in_names_and_dicom_values_is_printed_as_text(scratch, capsys, monkeypatch):
+    """``[/x]`` in a job name, a step name, a target or a PatientID is text, not rich markup
+    (a closing tag without an opening one made rich raise)."""
+    import pydicom
+    Path("j.yml").write_text(
+        'version: 1\nname: "[/x]"\narchive: {data: data, database: conquest.db}\n'
+        'steps:\n  - name: "[/y]"\n    select: {modality: RTPLAN}\n'
+        '    action: {copy: {destination: "out/[/z]"}}\n')
+    assert run_cli(capsys, "j.yml")[0] == 0
+    code, out, _ = run_cli(capsys, "history")
+    assert code == 0 and "[/x]" in out
+    run_id = json.loads(run_cli(capsys, "history", "--json")[1])[0]["run_id"]
+    code, out, _ = run_cli(capsys, "history", "--run", run_id)
+    assert code == 0 and "[/y]" in out and "out/[/z]" in out
+    ds = pydicom.dcmread(sorted(Path("data/RT001").glob("*.dcm"))[0])
+    ds.PatientID = "[/bad]"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.99"
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = "1.2.5.99", "1.2.4.99"
+    ds.save_as("markup.dcm")
+    assert run_cli(capsys, "store", "markup.dcm")[0] == 0
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)   # the rich table of a terminal
+    code, out, _ = run_cli(capsys, "summary")
+    assert code == 0 and "[/bad]" in out
+    code, out, _ = run_cli(capsys, "query", 'select PatientID as "[/h]" from DICOMPatients')
+    assert code == 0 and "[/h]" in out and "[/bad]" in out

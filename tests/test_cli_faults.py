@@ -263,3 +263,12 @@ def test_rich_markup_in_names_and_dicom_values_is_printed_as_text(scratch, capsy
     assert code == 0 and "[/bad]" in out
     code, out, _ = run_cli(capsys, "query", 'select PatientID as "[/h]" from DICOMPatients')
     assert code == 0 and "[/h]" in out and "[/bad]" in out
+
+
+def test_a_progress_bar_shows_a_destination_with_markup_as_text(scratch, capsys, monkeypatch):
+    write_job("j.yml", '{copy: {destination: "out/[/z]"}}')
+    assert run_cli(capsys, "rebuild")[0] == 0
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)   # progress bars on a terminal
+    code, out, _ = run_cli(capsys, "j.yml")
+    assert code == 0, out
+    assert len(list(Path("out/[/z]").rglob("*.dcm"))) == 4

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ConquestRunError, JobError
+from .net import AE_TITLE_MAX, ae_title_problem
 from .source import PathKey, Position, Source, load_source, parse_source
 
 SELECT_KEYS = ("query", "patient", "study", "series", "modality")
-AE_TITLE_MAX = 16
 _ACTIONS = ("copy", "dump", "delete", "rebuild", "send")
 _TRUE_TEXTS = ("true", "True", "TRUE")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -368,15 +368,7 @@ def _schema_errors(source: Source) -> list[JobError]:
 
 # -- references -----------------------------------------------------------------------------------
 def _ae_problem(value: str) -> str | None:
-    if not value.strip():
-        return "is blank"
-    if "\\" in value:
-        return "contains a backslash"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return "contains a control character"
-    if len(value) > AE_TITLE_MAX:
-        return f"is longer than {AE_TITLE_MAX} characters"
-    return None
+    return ae_title_problem(value)
 
 
 def _host_problem(value: str) -> str | None:

@@ -30,6 +30,10 @@ __all__ = [
     "QUIET",
     "MAX_CONTEXTS",
     "MAX_ASSOCIATIONS",
+    "AE_TITLE_MAX",
+    "ae_title_problem",
+    "check_ae_title",
+    "resolve_host",
 ]
 
 import queue
@@ -43,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import NetworkError
+from .errors import ConquestRunError, NetworkError
 from .report import DONE, FAILED, Outcome
 
 if TYPE_CHECKING:
@@ -60,6 +64,39 @@ DUL_IDLE_POLL = 0.0002      # seconds the DUL reactor sleeps when idle (pynetdic
 QUIET = "none"              # pynetdicom LOG_HANDLER_LEVEL: no per-message log handlers
 
 OnOutcome = Callable[[Outcome], None]
+AE_TITLE_MAX = 16
+
+
+def ae_title_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as a DICOM AE title, or None."""
+    if not value.strip():
+        return "is blank"
+    if "\\" in value:
+        return "contains a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains a control character"
+    if len(value) > AE_TITLE_MAX:
+        return f"is longer than {AE_TITLE_MAX} characters"
+    return None
+
+
+def check_ae_title(value: str, what: str) -> None:
+    """Refuse an unusable AE title with a sentence (a usage error, exit 2)."""
+    problem = ae_title_problem(value)
+    if problem:
+        raise ConquestRunError(f"{what} {value!r} {problem} (an AE title has 1 to "
+                               f"{AE_TITLE_MAX} characters, no backslash or control characters)")
+
+
+def resolve_host(host: str, port: int, what: str) -> None:
+    """Raise :class:`NetworkError` when ``host`` does not resolve (before any association)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise NetworkError(f"{what}: cannot resolve the host name {host!r} "
+                           f"({exc.strerror or exc})") from None
+    except UnicodeError:            # a label longer than 63 characters, an empty label
+        raise NetworkError(f"{what}: {host!r} is not a valid host name") from None
 
 
 @dataclass(frozen=True)
@@ -74,6 +111,13 @@ class PeerSettings:
     retries: int = 2            # new associations after a failed / refused / lost one
     retry_delay: float = 1.0    # seconds before the first retry; doubles each time
     timeout: float = 30.0       # connect, ACSE, DIMSE and network timeouts (seconds)
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.called_ae, "the called AE title")
+        check_ae_title(self.calling_ae, "the calling AE title")
+        if not 0 < self.timeout < float("inf"):
+            raise ConquestRunError(f"the timeout must be a positive number of seconds, "
+                                   f"not {self.timeout}")
 
     @property
     def target(self) -> str:
@@ -386,6 +430,8 @@ class DicomTransport:
 
     def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
         """Raise :class:`NetworkError` when the peer cannot be reached at all (nothing sent)."""
+        resolve_host(self.settings.host, self.settings.port,
+                     f"cannot send to {self.settings.target}")
         work: queue.SimpleQueue[Sequence[SendItem]] = queue.SimpleQueue()
         for batch in batches:
             work.put(batch)
@@ -584,6 +630,7 @@ def echo(settings: PeerSettings) -> float:
     """C-ECHO the peer; the round trip in seconds, or :class:`NetworkError`."""
     from pynetdicom import AE, evt
 
+    resolve_host(settings.host, settings.port, f"C-ECHO to {settings.target}")
     ae = AE(ae_title=settings.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout
     ae.connection_timeout = settings.timeout

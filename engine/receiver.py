@@ -63,6 +63,12 @@ class ReceiverSettings:
     timeout: float = 60.0                  # network / DIMSE timeout of an association
     stop_timeout: float = 30.0             # how long stop() waits for associations in flight
 
+    def __post_init__(self) -> None:
+        from .net import check_ae_title
+        check_ae_title(self.aet, "our AE title (--aet)")
+        for title in self.allow:
+            check_ae_title(title, "the allowed calling AE title")
+
 
 def storage_contexts() -> list[Any]:
     """Every storage SOP class pynetdicom knows (RT included) plus Verification."""

@@ -272,3 +272,37 @@ def test_a_progress_bar_shows_a_destination_with_markup_as_text(scratch, capsys,
     code, out, _ = run_cli(capsys, "j.yml")
     assert code == 0, out
     assert len(list(Path("out/[/z]").rglob("*.dcm"))) == 4
+
+
+# -- network (no traffic: each is refused before an association) ----------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--port", "0", "--aet", ""], "our AE title (--aet) '' is blank"),
+    (["serve", "--port", "0", "--aet", "A" * 17], "is longer than 16 characters"),
+    (["serve", "--port", "0", "--aet", "BAD\\AE"], "contains a backslash"),
+    (["serve", "--port", "0", "--allow", ""], "the allowed calling AE title '' is blank"),
+    (["echo", "127.0.0.1", "9", "--aet", ""], "the calling AE title '' is blank"),
+    (["echo", "127.0.0.1", "9", "--called-ae", "A" * 17], "the called AE title 'AAAAAAAAAAAAAAAAA' "
+                                                         "is longer than 16 characters"),
+    (["echo", "127.0.0.1", "9", "--timeout", "-1"], "the timeout must be a positive number"),
+    (["echo", "127.0.0.1", "9", "--timeout", "nan"], "the timeout must be a positive number"),
+])
+def test_an_unusable_ae_title_or_timeout_is_a_usage_error(scratch, capsys, args, message):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err
+
+
+def test_echo_and_send_to_a_host_name_that_cannot_resolve_say_so(scratch, capsys):
+    host = "a" * 64 + ".invalid"           # refused by the resolver without asking DNS
+    code, _, err = run_cli(capsys, "echo", host, "104")
+    assert code == 1
+    assert f"C-ECHO to ANY-SCP@{host}:104: {host!r} is not a valid host name" in err
+    from conquest_run import Archive
+    from conquest_run.errors import NetworkError
+    archive = Archive("data", "conquest.db")
+    archive.rebuild()
+    uids = archive.query("select SeriesInst from DICOMSeries where Modality = 'RTPLAN'",
+                         column="SeriesInst")
+    with pytest.raises(NetworkError, match=f"cannot send to PACS@{host}:104: "
+                                           f"'{host}' is not a valid host name"):
+        archive.send(uids, host=host, port=104, called_ae="PACS", retries=0)

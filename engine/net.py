@@ -558,6 +558,8 @@ class DicomTransport:
                          f"calling AE {s.calling_ae!r})"
         if not opened.is_set():
             return None, f"no DICOM peer listening at {s.host}:{s.port} (connection failed)"
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            return None, _no_context_accepted(assoc)
         return None, "association aborted by the peer"
 
     def _store_all(self, assoc: "Association", items: list[SendItem],
@@ -626,6 +628,15 @@ def _status_outcome(item: SendItem, code: int) -> Outcome:
                    f"refused by the peer: status 0x{code:04X} ({category.lower()})", detail)
 
 
+def _no_context_accepted(assoc: Any) -> str:
+    """Why an association ended at once: the peer accepted none of the proposed contexts."""
+    names = sorted({getattr(cx.abstract_syntax, "name", str(cx.abstract_syntax))
+                    for cx in assoc.rejected_contexts})
+    return (f"the peer accepted the association but none of the proposed presentation "
+            f"contexts ({', '.join(names)}): it does not take these SOP classes or transfer "
+            f"syntaxes")
+
+
 def echo(settings: PeerSettings) -> float:
     """C-ECHO the peer; the round trip in seconds, or :class:`NetworkError`."""
     from pynetdicom import AE, evt
@@ -647,6 +658,8 @@ def echo(settings: PeerSettings) -> float:
         if not opened.is_set():
             raise NetworkError(f"C-ECHO to {settings.target}: no DICOM peer listening at "
                                f"{settings.host}:{settings.port}")
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            raise NetworkError(f"C-ECHO to {settings.target}: {_no_context_accepted(assoc)}")
         raise NetworkError(f"C-ECHO to {settings.target}: association aborted")
     try:
         status = assoc.send_c_echo()

@@ -306,3 +306,49 @@ def test_echo_and_send_to_a_host_name_that_cannot_resolve_say_so(scratch, capsys
     with pytest.raises(NetworkError, match=f"cannot send to PACS@{host}:104: "
                                            f"'{host}' is not a valid host name"):
         archive.send(uids, host=host, port=104, called_ae="PACS", retries=0)
+
+
+@pytest.fixture
+def refusing_peer():
+    """A pynetdicom SCP on 127.0.0.1 that accepts associations and refuses the rest:
+    ``start(mode)`` -> port; mode "status" answers every C-STORE 0xA700, "contexts" accepts
+    only Verification (no storage context).  Stopped at the end of the test."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+    servers = []
+
+    def start(mode: str) -> int:
+        ae = AE(ae_title="PACS")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+        if mode == "status":
+            ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, lambda event: 0xA700)])
+        servers.append(server)
+        return server.server_address[1]
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("status", "refused by the peer: status 0xA700"),
+    ("contexts", "the peer accepted the association but none of the proposed presentation "
+                 "contexts (RT Plan Storage)"),
+])
+def test_send_to_a_peer_that_accepts_the_association_but_refuses_everything(
+        scratch, capsys, refusing_peer, mode, reason):
+    port = refusing_peer(mode)
+    write_job("j.yml", f"{{send: {{host: 127.0.0.1, port: {port}, called_ae: PACS, "
+                       f"retries: 0, timeout: 5}}}}")
+    assert run_cli(capsys, "rebuild")[0] == 0
+    code, out, err = run_cli(capsys, "--json", "j.yml")
+    assert code == 1, err
+    step = json.loads(out)["report"]["steps"][0]
+    reasons = [o["reason"] for o in step["outcomes"]] + [step["error"] or ""]
+    assert any(reason in r for r in reasons), reasons
+    assert not any(o["status"] == "done" for o in step["outcomes"])
+    # nothing is journaled as confirmed: a rerun would try all four again
+    code, out, _ = run_cli(capsys, "--json", "--dry-run", "j.yml")
+    assert json.loads(out)["report"]["steps"][0]["totals"]["skipped"] == 0

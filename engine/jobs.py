@@ -17,6 +17,7 @@ import datetime as _dt
 import difflib
 import ipaddress
 import json
+import os
 import re
 import string
 from dataclasses import dataclass, field
@@ -412,6 +413,17 @@ def _template_problem(value: str) -> str | None:
     return None
 
 
+def _whole_output(step: Step) -> str | None:
+    """The one file a step writes whole: a copy's manifest, a dump's file (not per instance)."""
+    opts = step.options
+    if step.action == "copy" and isinstance(opts.get("destination"), str):
+        return os.path.join(opts["destination"], f"manifest.{opts.get('manifest', 'json')}")
+    if step.action == "dump" and isinstance(opts.get("file"), str) \
+            and not opts.get("per_instance"):
+        return opts["file"]
+    return None
+
+
 def _reference_errors(job: Job) -> list[JobError]:
     src = job.source
     errs: list[JobError] = []
@@ -422,9 +434,21 @@ def _reference_errors(job: Job) -> list[JobError]:
     for name, node in job.nodes.items():
         errs += _peer_errors(job, ("nodes", name), node)
     names: dict[str, Step] = {}
+    written: dict[str, Step] = {}     # a file a step writes whole -> the first step writing it
     for step in job.steps:
         base = step.path + ("action", step.action)
         opts = step.options
+        if (output := _whole_output(step)) is not None:
+            where = base + (("destination",) if step.action == "copy" else ("file",))
+            key = os.path.normcase(os.path.abspath(output))
+            if key in written:
+                first = written[key]
+                errs.append(job.error(
+                    f"{_dotted(where)}: this step writes {output}, which step {first.index} "
+                    f"({first.name}) writes too; the later one would replace it (give each "
+                    f"step its own {'destination' if step.action == 'copy' else 'file'})",
+                    where))
+            written.setdefault(key, step)
         if step.path and "name" in (src.data["steps"][step.path[1]] if src else {}):
             if step.name in names:
                 errs.append(job.error(f"step name {step.name!r} is used twice (first in step "

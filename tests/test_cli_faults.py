@@ -352,3 +352,23 @@ def test_send_to_a_peer_that_accepts_the_association_but_refuses_everything(
     # nothing is journaled as confirmed: a rerun would try all four again
     code, out, _ = run_cli(capsys, "--json", "--dry-run", "j.yml")
     assert json.loads(out)["report"]["steps"][0]["totals"]["skipped"] == 0
+
+
+def test_two_steps_writing_the_same_file_are_refused_before_anything_runs(scratch, capsys):
+    Path("j.yml").write_text(
+        "version: 1\nname: ov\narchive: {data: data, database: conquest.db}\nsteps:\n"
+        "  - select: {modality: RTPLAN}\n    action: {copy: {destination: ov/a}}\n"
+        "  - select: {modality: CT}\n    action: {copy: {destination: ./ov/a/}}\n"
+        "  - select: {modality: CT}\n    action: {copy: {destination: ov/a, manifest: csv}}\n"
+        "  - select: {modality: RTPLAN}\n    action: {dump: {file: ov/a/manifest.json}}\n"
+        "  - select: {modality: RTPLAN}\n    action: {dump: {file: ov/a, format: text, "
+        "per_instance: true}}\n")
+    code, _, err = run_cli(capsys, "j.yml")
+    assert code == 2
+    assert err.splitlines() == [
+        "j.yml:8:34: steps[1].action.copy.destination: this step writes ./ov/a/manifest.json, "
+        "which step 1 (copy) writes too; the later one would replace it (give each step its own "
+        "destination)",
+        "j.yml:12:27: steps[3].action.dump.file: this step writes ov/a/manifest.json, which "
+        "step 1 (copy) writes too; the later one would replace it (give each step its own file)"]
+    assert not Path("ov").exists() and not Path("conquest.db").exists()

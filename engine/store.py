@@ -18,7 +18,7 @@ refuse (its series, study or image already indexed under another study, patient 
 from __future__ import annotations
 
 __all__ = ["safe_patient_dir", "safe_component", "store", "store_dataset", "DatasetStore",
-           "StoreResult", "StoredFile", "resolve_inside"]
+           "StoreResult", "StoredFile", "resolve_inside", "StoreWriteError"]
 
 import io
 import os
@@ -100,6 +100,12 @@ class StoreResult:
     def summary(self) -> str:
         return (f"{len(self.stored)} files stored ({self.replaced} replaced), "
                 f"{len(self.bad)} bad")
+
+
+class StoreWriteError(ArchiveError, OSError):
+    """The archive cannot be written (read-only, full, a file where a folder goes).
+
+    An ``OSError`` as before, and a located ``ArchiveError`` for the command line."""
 
 
 def _atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
@@ -223,11 +229,18 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         if conflict is not None:          # Conquest refuses it: the file is not copied
             result.bad.append(BadFile(shown, conflict))
             continue
-        checker.note(record)
         old = placer.previous(record.sop_uid)
         same = path.resolve() == target
         if not same:
-            _atomic_write(target, source=path, move=move)
+            try:
+                _atomic_write(target, source=path, move=move)
+            except OSError as exc:        # the archive side: read-only, full, ...
+                indexer.add_records(records)   # what is in the archive is in the index
+                raise StoreWriteError(
+                    f"cannot store {shown}: {exc.strerror or exc}; stopped after "
+                    f"{len(result.stored)} files, which are stored and indexed",
+                    file=str(exc.filename or target)) from None
+        checker.note(record)
         placer.drop_old_copy(old, rel)
         records.append(placer.finish(record, target, rel))
         result.stored.append(StoredFile(shown, rel, record.sop_uid, record.patient_id,

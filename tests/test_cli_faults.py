@@ -372,3 +372,22 @@ def test_two_steps_writing_the_same_file_are_refused_before_anything_runs(scratc
         "j.yml:12:27: steps[3].action.dump.file: this step writes ov/a/manifest.json, which "
         "step 1 (copy) writes too; the later one would replace it (give each step its own file)"]
     assert not Path("ov").exists() and not Path("conquest.db").exists()
+
+
+def test_store_that_cannot_write_into_the_archive_stops_with_what_it_stored_indexed(
+        scratch, capsys):
+    Path("archive").mkdir()
+    Path("archive/RT001").write_text("a file where the patient folder goes")
+    pat003 = sorted(Path("data/PAT003").glob("*.dcm"))
+    code, out, err = run_cli(capsys, "store", "--data", "archive", "--database", "a.db",
+                             "data/PAT003", "data/RT001")
+    assert code == 2
+    first = sorted(Path("data/RT001").glob("*.dcm"))[0]
+    assert err.endswith(f"archive/RT001: cannot store {first}: File exists; stopped after "
+                        f"{len(pat003)} files, which are stored and indexed\n")
+    code, out, _ = run_cli(capsys, "query", "--data", "archive", "--database", "a.db",
+                           "--no-header", "select ImagePat, count(*) from DICOMImages "
+                           "group by ImagePat")
+    assert out.split() == ["PAT003", str(len(pat003))]
+    assert len(list(Path("archive/PAT003").glob("*.dcm"))) == len(pat003)
+    assert Path("archive/RT001").read_text() == "a file where the patient folder goes"

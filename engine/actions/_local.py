@@ -123,7 +123,10 @@ class FileSystem:
     @contextmanager
     def atomic_open(self, path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
         """Write to a temporary file beside ``path``; rename over it only when all went well."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:       # name the folder, not the temporary file
+            raise type(exc)(exc.errno, exc.strerror, str(path.parent)) from None
         try:
             with os.fdopen(fd, mode, **kwargs) as f:
                 yield f

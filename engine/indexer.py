@@ -186,6 +186,20 @@ def _walk(root: Path, base: Path, excluded: set[str]) -> Iterator[tuple[str, os.
                     continue
 
 
+def _storable_name(rel: str) -> bool:
+    """Whether a path from the file system can be an ObjectFile (no undecodable bytes)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown_name(rel: str) -> str:
+    """A path with undecodable bytes, printable (each such byte as U+FFFD)."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 # -- the index writer ----------------------------------------------------------------------
 
 def _chunks(items: list, size: int = _SQL_VARS) -> Iterator[list]:
@@ -511,6 +525,9 @@ class Indexer:
             for rel, st in _walk(root, self.data_dir, self.excluded):
                 if st is None:
                     result.skipped += 1
+                elif not _storable_name(rel):     # SQLite text is UTF-8: left out, reported
+                    result.bad.append(BadFile(_shown_name(rel), "the file name is not valid "
+                                              "UTF-8 (rename it to index it)"))
                 else:
                     seen[rel] = st
         if plist is not None:  # indexed files of these patients outside their folders

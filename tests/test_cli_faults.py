@@ -391,3 +391,21 @@ def test_store_that_cannot_write_into_the_archive_stops_with_what_it_stored_inde
     assert out.split() == ["PAT003", str(len(pat003))]
     assert len(list(Path("archive/PAT003").glob("*.dcm"))) == len(pat003)
     assert Path("archive/RT001").read_text() == "a file where the patient folder goes"
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_and_does_not_wipe_the_index(scratch, capsys):
+    import os
+    assert run_cli(capsys, "rebuild")[1].startswith("23 files indexed")
+    source = sorted(Path("data/RT001").glob("*.dcm"))[0]
+    try:
+        with open(os.fsencode("data/RT001") + b"/x\xff.dcm", "wb") as f:
+            f.write(source.read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    for args in (["rebuild"], ["rebuild", "--refresh"], ["rebuild", "--patient", "RT001"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0
+        assert "1 bad" in out
+        assert err == "RT001/x\ufffd.dcm: the file name is not valid UTF-8 (rename it to index it)\n"
+        code, out, _ = run_cli(capsys, "query", "--no-header", "select count(*) from DICOMImages")
+        assert out.split() == ["23"]

@@ -409,3 +409,28 @@ def test_a_file_name_that_is_not_utf8_is_reported_and_does_not_wipe_the_index(sc
         assert err == "RT001/x\ufffd.dcm: the file name is not valid UTF-8 (rename it to index it)\n"
         code, out, _ = run_cli(capsys, "query", "--no-header", "select count(*) from DICOMImages")
         assert out.split() == ["23"]
+
+
+def test_a_text_dump_of_a_header_with_a_corrupt_element_fails_that_instance_only(
+        scratch, capsys):
+    """pydicom decodes elements lazily: an unknown VR surfaced as an 'internal error' of the
+    whole dump step."""
+    victim = sorted(Path("data/PAT003").glob("*.dcm"))[0]
+    raw = bytearray(victim.read_bytes())
+    at = raw.find(b"\x08\x00\x90\x00PN")            # ReferringPhysicianName, explicit VR
+    assert at > 0
+    raw[at + 5] = 0x9B                                # VR "P\x9b": unknown
+    victim.write_bytes(bytes(raw))
+    write_job("j.yml", "{dump: {file: out/h.txt, format: text}}", "{patient: PAT003}")
+    assert run_cli(capsys, "rebuild")[0] == 0
+    code, out, _ = run_cli(capsys, "--json", "j.yml")
+    assert code == 1
+    step = json.loads(out)["report"]["steps"][0]
+    assert step["error"] is None
+    failed = [o for o in step["outcomes"] if o["status"] == "failed"]
+    assert [o["sop_uid"] for o in failed] == [victim.stem]
+    assert failed[0]["reason"].startswith("cannot read the DICOM header: NotImplementedError: "
+                                          "Unknown Value Representation")
+    done = [o for o in step["outcomes"] if o["status"] == "done"]
+    assert len(done) == len(list(Path("data/PAT003").glob("*.dcm"))) - 1
+    assert Path("out/h.txt").read_text().count("\n# PAT003/") == len(done) - 1

@@ -199,9 +199,13 @@ def _instance_dump(fmt: str, src: Path, rel: str) -> str:
     ds = _read_header(src)
     with warnings.catch_warnings():  # values are read lazily: odd ones warn here
         warnings.simplefilter("ignore")
-        if fmt == "json":
-            return json.dumps(_json_header(ds, rel), ensure_ascii=False, sort_keys=True)
-        return header_text(ds, rel)
+        try:
+            if fmt == "json":
+                return json.dumps(_json_header(ds, rel), ensure_ascii=False, sort_keys=True)
+            return header_text(ds, rel)
+        except Exception as exc:     # a corrupt element, met only as it is decoded
+            raise ActionError(f"cannot read the DICOM header: {type(exc).__name__}: "
+                              f"{exc}") from None
 
 
 def _dump_instances(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, fs, out: Path,

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 import queue
+import re
 import socket
 import struct
 import threading
@@ -335,6 +336,8 @@ def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
     if meta is None or not meta.get("TransferSyntaxUID"):
         if not sop_class:
             return failed("no file meta and no SOP class known")
+        if not _is_uid(sop_class):
+            return failed(f"the SOP class {sop_class!r} is not a valid UID")
         return SendItem(sop_uid, series_uid, path, sop_class, IMPLICIT_LE, False, size)
     file_sop = meta.get("MediaStorageSOPInstanceUID", "")
     if file_sop and file_sop != sop_uid:
@@ -343,7 +346,18 @@ def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
     klass = meta.get("MediaStorageSOPClassUID", "") or sop_class or ""
     if not klass:
         return failed("no SOP class in the file meta")
+    for what, uid in (("SOP class", klass), ("transfer syntax", meta["TransferSyntaxUID"])):
+        if not _is_uid(uid):     # it could not even be proposed in an association request
+            return failed(f"the file meta's {what} {uid!r} is not a valid UID")
     return SendItem(sop_uid, series_uid, path, klass, meta["TransferSyntaxUID"], True, size)
+
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def _is_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, no leading zeros, at most 64 characters."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def _contexts_of(items: Sequence[SendItem]) -> dict[tuple[str, str], None]:

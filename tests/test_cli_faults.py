@@ -312,7 +312,8 @@ def test_echo_and_send_to_a_host_name_that_cannot_resolve_say_so(scratch, capsys
 def refusing_peer():
     """A pynetdicom SCP on 127.0.0.1 that accepts associations and refuses the rest:
     ``start(mode)`` -> port; mode "status" answers every C-STORE 0xA700, "contexts" accepts
-    only Verification (no storage context).  Stopped at the end of the test."""
+    only Verification (no storage context), "accept" stores nothing but answers success.
+    Stopped at the end of the test."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
     servers = []
@@ -320,11 +321,12 @@ def refusing_peer():
     def start(mode: str) -> int:
         ae = AE(ae_title="PACS")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-        if mode == "status":
+        if mode in ("status", "accept"):
             ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
+        status = 0xA700 if mode == "status" else 0x0000
         server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
-            (evt.EVT_C_STORE, lambda event: 0xA700)])
+            (evt.EVT_C_STORE, lambda event: status)])
         servers.append(server)
         return server.server_address[1]
     yield start
@@ -434,3 +436,28 @@ def test_a_text_dump_of_a_header_with_a_corrupt_element_fails_that_instance_only
     done = [o for o in step["outcomes"] if o["status"] == "done"]
     assert len(done) == len(list(Path("data/PAT003").glob("*.dcm"))) - 1
     assert Path("out/h.txt").read_text().count("\n# PAT003/") == len(done) - 1
+
+
+def test_send_of_a_file_whose_meta_uid_cannot_be_encoded_fails_that_file_only(
+        scratch, capsys, refusing_peer):
+    """A non-ASCII SOP class UID in one file's meta made pynetdicom's association request
+    unencodable: a traceback from its reactor thread and no file sent at all."""
+    plan_uid = b"1.2.840.10008.5.1.4.1.1.481.5"
+    victim = next(p for p in sorted(Path("data").rglob("*.dcm"))
+                  if plan_uid in p.read_bytes()[:400])
+    raw = victim.read_bytes()
+    at = raw.index(plan_uid)
+    victim.write_bytes(raw[:at + 10] + b"\xff" + raw[at + 11:])
+    port = refusing_peer("accept")
+    write_job("j.yml", f"{{send: {{host: 127.0.0.1, port: {port}, called_ae: PACS, "
+                       f"retries: 0, timeout: 5}}}}")
+    assert run_cli(capsys, "rebuild")[0] == 0
+    code, out, err = run_cli(capsys, "--json", "j.yml")
+    assert code == 1
+    assert "Traceback" not in err
+    step = json.loads(out)["report"]["steps"][0]
+    failed = [o for o in step["outcomes"] if o["status"] == "failed"]
+    assert [o["sop_uid"] for o in failed] == [victim.stem]
+    assert "the file meta's SOP class" in failed[0]["reason"]
+    assert "is not a valid UID" in failed[0]["reason"]
+    assert step["totals"]["done"] == 3

@@ -16,6 +16,7 @@ __all__ = ["main", "add_archive_flags"]
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import ConquestRunError
 
@@ -51,6 +52,14 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        # pydicom warns about each odd value it meets in other people's files; the commands
+        # report unusable files themselves (bad files, failed outcomes), so keep stderr for that
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             name = argv[0]

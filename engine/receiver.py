@@ -263,7 +263,10 @@ def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _uid(text: str) -> bytes:
-    raw = text.encode("ascii")
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise DicomFileError(f"the request names a UID that is not valid: {text!r}") from None
     return raw + b"\0" if len(raw) % 2 else raw
 
 

@@ -181,9 +181,14 @@ class _Resolver:
         return tuple(out)
 
     def current_sops(self, series_uid: str) -> set[str]:
+        return set(self.current_files(series_uid))
+
+    def current_files(self, series_uid: str) -> dict[str, str]:
+        """SOP instance UID -> ObjectFile ('/' separated) of a series, as indexed now."""
         im = self.im
-        return {r[0] for r in self.conn.execute(
-            f"SELECT {_q(im.key)} FROM {_q(im.name)} WHERE {_q(im.link)} = ?", (series_uid,))}
+        return {r[0]: (r[1] or "").replace("\\", "/") for r in self.conn.execute(
+            f"SELECT {_q(im.key)}, ObjectFile FROM {_q(im.name)} WHERE {_q(im.link)} = ?",
+            (series_uid,))}
 
     def series_of_sops(self, sops: set[str]) -> set[str]:
         im = self.im
@@ -440,7 +445,15 @@ def verify_plan(plan: Plan, archive) -> None:
         for step in plan.steps:
             for s in step.series:
                 planned = {i.sop_uid for i in s.instances}
-                now = resolver.current_sops(s.series_uid)
+                files = resolver.current_files(s.series_uid)
+                now = set(files)
+                moved = [i for i in s.instances if i.sop_uid in files
+                         and files[i.sop_uid] != i.path]
+                if moved:
+                    changes.append(f"step {step.index} ({step.name}): instance "
+                                   f"{moved[0].sop_uid} is indexed at "
+                                   f"{files[moved[0].sop_uid]}, not at {moved[0].path}"
+                                   + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""))
                 lost = planned - now
                 gained = (now - planned) if step.level == "series" else set()
                 if lost or gained:

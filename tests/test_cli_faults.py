@@ -469,3 +469,26 @@ def test_a_received_request_with_a_uid_that_is_not_ascii_is_a_plain_dicom_error(
     with pytest.raises(DicomFileError, match="the request names a UID that is not valid: "
                                              "'2.25.4\u00e3'"):
         part10_bytes("1.2.840.10008.5.1.4.1.1.2", "2.25.4\u00e3", "1.2.840.10008.1.2", b"")
+
+
+def test_apply_refuses_a_plan_whose_file_paths_were_edited_to_other_files(scratch, capsys):
+    """A delete with files: true would otherwise remove another instance's file and leave
+    that instance indexed without its file."""
+    write_job("j.yml", "{delete: {files: true}}", "{modality: RTPLAN, patient: RT001}")
+    assert run_cli(capsys, "rebuild")[0] == 0
+    assert run_cli(capsys, "--plan-out", "plan.json", "j.yml")[0] == 0
+    plan = json.loads(Path("plan.json").read_text())
+    inst = plan["steps"][0]["series"][0]["instances"][0]
+    other = next(p for p in sorted(Path("data/RT001").glob("*.dcm"))
+                 if p.stem != inst["sop_uid"])
+    inst["path"] = f"RT001/{other.name}"
+    Path("edited.json").write_text(json.dumps(plan))
+    before = sorted(p.name for p in Path("data").rglob("*.dcm"))
+    code, _, err = run_cli(capsys, "--apply", "edited.json")
+    assert code == 2
+    assert err.startswith("edited.json: the archive changed since the plan was made")
+    assert f"instance {inst['sop_uid']} is indexed at RT001/{inst['sop_uid']}.dcm, " \
+           f"not at RT001/{other.name}" in err
+    assert sorted(p.name for p in Path("data").rglob("*.dcm")) == before
+    code, out, _ = run_cli(capsys, "query", "--no-header", "select count(*) from DICOMImages")
+    assert out.split() == [str(len(before))]

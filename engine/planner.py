@@ -333,6 +333,11 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     if path.is_dir():
         raise ConquestRunError("is a folder; --plan-out names the plan file to write",
                                file=str(path))
+    if plan.database and os.path.realpath(path) in {
+            os.path.realpath(plan.database) + suffix
+            for suffix in ("", "-wal", "-shm", "-journal")}:
+        raise ConquestRunError("is the archive's database; write the plan somewhere else",
+                               file=str(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:

@@ -492,3 +492,22 @@ def test_apply_refuses_a_plan_whose_file_paths_were_edited_to_other_files(scratc
     assert sorted(p.name for p in Path("data").rglob("*.dcm")) == before
     code, out, _ = run_cli(capsys, "query", "--no-header", "select count(*) from DICOMImages")
     assert out.split() == [str(len(before))]
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_dump_or_a_plan_onto_the_database_itself_is_refused(scratch, capsys, dry):
+    """A dump with file: conquest.db replaced the index (and the audit log) with a CSV."""
+    assert run_cli(capsys, "rebuild")[0] == 0
+    before = Path("conquest.db").read_bytes()[:16]
+    write_job("j.yml", "{dump: {file: conquest.db}}")
+    code, out, _ = run_cli(capsys, *(["--dry-run"] if dry else []), "--json", "j.yml")
+    assert code == 1
+    assert json.loads(out)["report"]["steps"][0]["error"] == (
+        "dump: conquest.db is the archive's database; write the dump somewhere else")
+    for target in ("conquest.db", "./conquest.db-wal"):
+        code, _, err = run_cli(capsys, "--plan-out", target, "j.yml")
+        assert code == 2
+        assert err == (f"{Path(target)}: is the archive's database; write the plan "
+                       "somewhere else\n")
+    assert Path("conquest.db").read_bytes()[:16] == before == b"SQLite format 3\0"
+    assert run_cli(capsys, "summary")[0] == 0

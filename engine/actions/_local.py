@@ -13,7 +13,8 @@ from __future__ import annotations
 
 __all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside", "source_path",
            "progress", "sha256_file", "archive_facts", "ArchiveFacts", "CHUNK", "safe_component",
-           "safe_patient_dir", "plan_series", "api_run", "connect_reader", "os_reason"]
+           "safe_patient_dir", "plan_series", "api_run", "connect_reader", "os_reason",
+           "is_database_file"]
 
 import errno
 import hashlib
@@ -53,6 +54,13 @@ def source_path(data_dir: Path, rel: str) -> Path:
             or rel_norm == ".":
         raise ActionError(f"the index names a file outside the data directory: {rel!r}")
     return data_dir / rel_norm
+
+
+def is_database_file(path: Path, database: Path) -> bool:
+    """Whether ``path`` is the archive's database or one of SQLite's files beside it."""
+    target = os.path.realpath(path)
+    base = os.path.realpath(database)
+    return target in {base, base + "-wal", base + "-shm", base + "-journal"}
 
 
 def os_reason(exc: OSError) -> str:

@@ -33,7 +33,7 @@ from ..errors import ActionError, ArchiveError, ConquestRunError, JobError
 from ..report import DONE, FAILED, Outcome, StepReport
 from ..sqlcheck import authorizer
 from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
-                     os_reason,
+                     is_database_file, os_reason,
                      progress, safe_component, source_path)
 
 if TYPE_CHECKING:
@@ -286,6 +286,9 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return rec.fail_step(exc.message)
     if inside(facts.data_dir, Path(os.path.abspath(out))):
         return rec.fail_step(f"dump: {out} is inside the archive's data directory; write it "
+                             "somewhere else")
+    if is_database_file(out, facts.database):
+        return rec.fail_step(f"dump: {out} is the archive's database; write the dump "
                              "somewhere else")
     if not per_instance and os.path.isdir(out):
         return rec.fail_step(f"dump: {out} is a folder; action.dump.file names the file to "

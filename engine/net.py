@@ -561,6 +561,7 @@ class DicomTransport:
             syntaxes = [ts] + ([t for t in UNCOMPRESSED if t != ts] if ts in UNCOMPRESSED else [])
             proposed.append(build_context(sop_class, syntaxes))
         opened = threading.Event()
+        started = time.monotonic()
         assoc = self._ae().associate(
             s.host, s.port, contexts=proposed, ae_title=s.called_ae,
             evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection),
@@ -574,6 +575,8 @@ class DicomTransport:
             return None, f"no DICOM peer listening at {s.host}:{s.port} (connection failed)"
         if assoc.rejected_contexts and not assoc.accepted_contexts:
             return None, _no_context_accepted(assoc)
+        if time.monotonic() - started >= s.timeout * 0.9:
+            return None, _no_answer(s.timeout)
         return None, "association aborted by the peer"
 
     def _store_all(self, assoc: "Association", items: list[SendItem],
@@ -642,6 +645,11 @@ def _status_outcome(item: SendItem, code: int) -> Outcome:
                    f"refused by the peer: status 0x{code:04X} ({category.lower()})", detail)
 
 
+def _no_answer(timeout: float) -> str:
+    return (f"the peer took the connection but did not answer the association request within "
+            f"{timeout:g} s (is it a DICOM peer?)")
+
+
 def _no_context_accepted(assoc: Any) -> str:
     """Why an association ended at once: the peer accepted none of the proposed contexts."""
     names = sorted({getattr(cx.abstract_syntax, "name", str(cx.abstract_syntax))
@@ -674,6 +682,8 @@ def echo(settings: PeerSettings) -> float:
                                f"{settings.host}:{settings.port}")
         if assoc.rejected_contexts and not assoc.accepted_contexts:
             raise NetworkError(f"C-ECHO to {settings.target}: {_no_context_accepted(assoc)}")
+        if time.perf_counter() - started >= settings.timeout * 0.9:
+            raise NetworkError(f"C-ECHO to {settings.target}: {_no_answer(settings.timeout)}")
         raise NetworkError(f"C-ECHO to {settings.target}: association aborted")
     try:
         status = assoc.send_c_echo()

@@ -511,3 +511,42 @@ def test_a_dump_or_a_plan_onto_the_database_itself_is_refused(scratch, capsys, d
                        "somewhere else\n")
     assert Path("conquest.db").read_bytes()[:16] == before == b"SQLite format 3\0"
     assert run_cli(capsys, "summary")[0] == 0
+
+
+def test_echo_and_send_to_a_listener_that_never_answers_say_so_within_the_timeout(
+        scratch, capsys):
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:                 # takes connections, never says a word
+        while not done.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                pass
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    silent = "the peer took the connection but did not answer the association request within 1 s"
+    try:
+        code, _, err = run_cli(capsys, "echo", "127.0.0.1", str(port), "--timeout", "1")
+        assert code == 1
+        assert err == f"C-ECHO to ANY-SCP@127.0.0.1:{port}: {silent} (is it a DICOM peer?)\n"
+        write_job("j.yml", f"{{send: {{host: 127.0.0.1, port: {port}, called_ae: PACS, "
+                           f"retries: 0, timeout: 1}}}}")
+        assert run_cli(capsys, "rebuild")[0] == 0
+        code, out, _ = run_cli(capsys, "--json", "j.yml")
+        assert code == 1
+        assert silent in json.loads(out)["report"]["steps"][0]["error"]
+    finally:
+        done.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()

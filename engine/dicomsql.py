@@ -229,6 +229,9 @@ def parse_dicom_sql(text: str, filename: str = "dicom.sql") -> list[Level]:
 
 def read_dicom_sql(path: str | Path) -> list[Level]:
     path = Path(path)
+    from .source import is_device
+    if is_device(path):
+        raise DicomSqlError("cannot read: a device, not a file (it could be read forever)", file=str(path))
     try:
         raw = path.read_bytes()
     except OSError as exc:

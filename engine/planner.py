@@ -358,6 +358,9 @@ def save_plan(plan: Plan, path: str | Path) -> None:
 
 
 def load_plan(path: str | Path) -> Plan:
+    from .source import is_device
+    if is_device(path):
+        raise ConquestRunError("not a plan file: a device, not a file (it could be read forever)", file=str(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

@@ -15,9 +15,12 @@ Syntax errors come out as ``JobError`` located ``file:line:col``.
 
 from __future__ import annotations
 
-__all__ = ["Source", "Position", "ScalarInfo", "load_source", "parse_source", "PathKey"]
+__all__ = ["Source", "Position", "ScalarInfo", "load_source", "parse_source", "PathKey",
+           "is_device"]
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -269,9 +272,21 @@ def parse_source(text: str, path: str = "<string>", *, sha256: str | None = None
                   builder.scalars if node is not None else {})
 
 
+def is_device(path: str | Path) -> bool:
+    """A character or block device (/dev/zero, a disk): reading it may never end.  A pipe
+    (``/dev/stdin`` fed by one) is read to its end like a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
 def load_source(path: str | Path, *, display: str | None = None) -> Source:
     """Read and parse a YAML file; ``display`` is the name used in messages (default: ``path``)."""
     shown = display if display is not None else str(path)
+    if is_device(path):
+        raise JobError("a device, not a file (it could be read forever)", file=shown)
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:

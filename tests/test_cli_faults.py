@@ -550,3 +550,17 @@ def test_echo_and_send_to_a_listener_that_never_answers_say_so_within_the_timeou
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--validate", "/dev/zero"], "/dev/zero: a device, not a file"),
+    (["--apply", "/dev/zero"], "/dev/zero: not a plan file: a device, not a file"),
+    (["summary", "--dicom-sql", "/dev/zero"], "/dev/zero: cannot read: a device, not a file"),
+])
+def test_a_device_as_a_job_plan_or_dicom_sql_is_refused_not_read_forever(
+        scratch, capsys, args, message):
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.startswith(message)

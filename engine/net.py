@@ -116,9 +116,9 @@ class PeerSettings:
     def __post_init__(self) -> None:
         check_ae_title(self.called_ae, "the called AE title")
         check_ae_title(self.calling_ae, "the calling AE title")
-        if not 0 < self.timeout < float("inf"):
-            raise ConquestRunError(f"the timeout must be a positive number of seconds, "
-                                   f"not {self.timeout}")
+        if not 0 < self.timeout <= 86400:      # a day; more overflows the socket timeout
+            raise ConquestRunError(f"the timeout must be a positive number of seconds up to "
+                                   f"86400, not {self.timeout}")
 
     @property
     def target(self) -> str:

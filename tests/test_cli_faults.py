@@ -285,6 +285,8 @@ def test_a_progress_bar_shows_a_destination_with_markup_as_text(scratch, capsys,
                                                          "is longer than 16 characters"),
     (["echo", "127.0.0.1", "9", "--timeout", "-1"], "the timeout must be a positive number"),
     (["echo", "127.0.0.1", "9", "--timeout", "nan"], "the timeout must be a positive number"),
+    (["echo", "127.0.0.1", "9", "--timeout", "1e300"], "the timeout must be a positive number "
+                                                       "of seconds up to 86400, not 1e+300"),
 ])
 def test_an_unusable_ae_title_or_timeout_is_a_usage_error(scratch, capsys, args, message):
     code, _, err = run_cli(capsys, *args)

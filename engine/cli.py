@@ -15,6 +15,7 @@ __all__ = ["main", "add_archive_flags"]
 
 import argparse
 import importlib
+import sqlite3
 import sys
 import warnings
 
@@ -78,6 +79,10 @@ def _main(argv: list[str]) -> int:
     except ConquestRunError as exc:
         print(f"{exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:  # a damaged file fails at whichever statement meets it
+        print(f"the database cannot be used: {exc} (if it is damaged, check it with sqlite3's "
+              f"PRAGMA integrity_check, or rebuild the index into a new file)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

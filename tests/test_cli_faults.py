@@ -566,3 +566,14 @@ def test_a_device_as_a_job_plan_or_dicom_sql_is_refused_not_read_forever(
     code, _, err = run_cli(capsys, *args)
     assert code == 2
     assert err.startswith(message)
+
+
+def test_a_damaged_database_is_a_plain_error_not_a_traceback(scratch, capsys):
+    assert run_cli(capsys, "rebuild")[0] == 0
+    assert not Path("conquest.db-wal").exists()       # all of it is in the file
+    with open("conquest.db", "r+b") as f:              # pages 2 and 3 overwritten
+        f.seek(4096)
+        f.write(b"\xff" * 8192)
+    code, _, err = run_cli(capsys, "rebuild")
+    assert code == 2
+    assert err.startswith("the database cannot be used: database disk image is malformed")

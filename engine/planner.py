@@ -301,11 +301,29 @@ def build_plan(job, archive, *, schema=None, named=None) -> Plan:
                 query_col=qpos.column)
             if named is not archive:
                 planned = replace(planned, target=step_target(step.action, options, named))
+            _refuse_use_after_delete(job, step, planned, steps)
             steps.append(planned)
     return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),
                 _absolute(named.database),
                 None if getattr(named, "dicom_sql", None) is None else _absolute(named.dicom_sql),
                 tuple(steps), _now())
+
+
+def _refuse_use_after_delete(job, step, planned: PlanStep, earlier: list[PlanStep]) -> None:
+    """A step that acts on instances an earlier delete step removes would fail (files gone) or
+    act on rows that are no longer there: refuse the job, located at the later step."""
+    if planned.action == "rebuild" or not planned.series:
+        return
+    mine = {i.sop_uid for s in planned.series for i in s.instances}
+    for before in earlier:
+        if before.action != "delete":
+            continue
+        gone = mine & {i.sop_uid for s in before.series for i in s.instances}
+        if gone:
+            raise job.error(f"step {planned.index} ({planned.name}) would {planned.action} "
+                            f"{len(gone)} instance{'s' if len(gone) != 1 else ''} that step "
+                            f"{before.index} ({before.name}) deletes first; put it before the "
+                            f"delete or narrow its select", step.path or ("action",))
 
 
 def plan_selection(archive, select: dict[str, Any] | None, action: str,

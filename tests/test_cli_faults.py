@@ -577,3 +577,21 @@ def test_a_damaged_database_is_a_plain_error_not_a_traceback(scratch, capsys):
     code, _, err = run_cli(capsys, "rebuild")
     assert code == 2
     assert err.startswith("the database cannot be used: database disk image is malformed")
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_a_step_using_what_an_earlier_step_deletes_is_refused_before_anything_runs(
+        scratch, capsys, dry):
+    """The dry run said 'all done'; the real run deleted the files, then failed the copy."""
+    Path("j.yml").write_text(
+        "version: 1\nname: d\narchive: {data: data, database: conquest.db}\nsteps:\n"
+        "  - select: {modality: RTPLAN}\n    action: {delete: {files: true}}\n"
+        "  - select: {modality: RTPLAN}\n    action: {copy: {destination: out}}\n")
+    assert run_cli(capsys, "rebuild")[0] == 0
+    before = sorted(p.name for p in Path("data").rglob("*.dcm"))
+    code, _, err = run_cli(capsys, *(["--dry-run"] if dry else []), "j.yml")
+    assert code == 2
+    assert err == ("j.yml:7:5: step 2 (copy) would copy 4 instances that step 1 (delete) "
+                   "deletes first; put it before the delete or narrow its select\n")
+    assert sorted(p.name for p in Path("data").rglob("*.dcm")) == before
+    assert not Path("out").exists()

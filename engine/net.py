@@ -114,6 +114,8 @@ class PeerSettings:
     timeout: float = 30.0       # connect, ACSE, DIMSE and network timeouts (seconds)
 
     def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise ConquestRunError("the host is empty; give a host name or IP address")
         check_ae_title(self.called_ae, "the called AE title")
         check_ae_title(self.calling_ae, "the calling AE title")
         if not 0 < self.timeout <= 86400:      # a day; more overflows the socket timeout

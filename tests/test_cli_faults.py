@@ -281,6 +281,7 @@ def test_a_progress_bar_shows_a_destination_with_markup_as_text(scratch, capsys,
     (["serve", "--port", "0", "--aet", "BAD\\AE"], "contains a backslash"),
     (["serve", "--port", "0", "--allow", ""], "the allowed calling AE title '' is blank"),
     (["echo", "127.0.0.1", "9", "--aet", ""], "the calling AE title '' is blank"),
+    (["echo", " ", "9"], "the host is empty; give a host name or IP address"),
     (["echo", "127.0.0.1", "9", "--called-ae", "A" * 17], "the called AE title 'AAAAAAAAAAAAAAAAA' "
                                                          "is longer than 16 characters"),
     (["echo", "127.0.0.1", "9", "--timeout", "-1"], "the timeout must be a positive number"),

@@ -102,6 +102,10 @@ class StoreResult:
                 f"{len(self.bad)} bad")
 
 
+class _SourceKept(Exception):
+    """--move stored the file but could not remove the original."""
+
+
 class StoreWriteError(ArchiveError, OSError):
     """The archive cannot be written (read-only, full, a file where a folder goes).
 
@@ -133,7 +137,10 @@ def _atomic_write(target: Path, data: bytes | None = None, source: Path | None =
             pass
         raise
     if move and source is not None:
-        os.unlink(source)
+        try:
+            os.unlink(source)
+        except OSError as exc:   # stored all the same: the caller reports the original kept
+            raise _SourceKept(exc.strerror or str(exc)) from None
 
 
 class _Placer:
@@ -234,6 +241,9 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         if not same:
             try:
                 _atomic_write(target, source=path, move=move)
+            except _SourceKept as exc:
+                result.bad.append(BadFile(shown, f"stored, but the original could not be "
+                                                 f"removed ({exc})"))
             except OSError as exc:        # the archive side: read-only, full, ...
                 indexer.add_records(records)   # what is in the archive is in the index
                 raise StoreWriteError(

@@ -596,3 +596,40 @@ def test_a_step_using_what_an_earlier_step_deletes_is_refused_before_anything_ru
                    "deletes first; put it before the delete or narrow its select\n")
     assert sorted(p.name for p in Path("data").rglob("*.dcm")) == before
     assert not Path("out").exists()
+
+
+def test_store_move_that_cannot_remove_the_original_says_so_and_indexes_the_copy(
+        scratch, capsys, monkeypatch):
+    """A source on a read-only mount: the rename fails, the copy works, the unlink fails."""
+    import errno
+    import os
+
+    from conquest_run import store as store_module
+    incoming = Path("incoming")
+    shutil.copytree("data/RT001", incoming)
+    real_replace, real_unlink = os.replace, os.unlink
+
+    def replace(src, dst):
+        if Path(src).parent.resolve() == incoming.resolve():
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    def unlink(path, *a, **k):
+        if Path(path).parent.resolve() == incoming.resolve():
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, *a, **k)
+    Path("archive").mkdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module.os, "replace", replace)
+        patched.setattr(store_module.os, "unlink", unlink)
+        code, out, err = run_cli(capsys, "store", "--move", "--data", "archive",
+                                 "--database", "a.db", str(incoming))
+    files = sorted(incoming.glob("*.dcm"))
+    assert code == 1
+    assert f"{len(files)} files stored" in out
+    assert err.splitlines() == [f"{f}: stored, but the original could not be removed "
+                                f"(Read-only file system)" for f in files]
+    code, out, _ = run_cli(capsys, "query", "--data", "archive", "--database", "a.db",
+                           "--no-header", "select count(*) from DICOMImages")
+    assert out.split() == [str(len(files))]
+    assert sorted(p.name for p in Path("archive/RT001").glob("*.dcm")) == [f.name for f in files]

@@ -8,24 +8,15 @@ import uuid
 from pathlib import Path
 
 import pydicom
-import pytest
+
+from conftest import place_pydicom_files, pydicom_file
 
 from conquest_run.actions import ActionContext
 from conquest_run.archive import Archive
 from conquest_run.audit import AuditLog
-from conquest_run.actions._local import connect_reader
-from conquest_run.db import connect
+from conquest_run.db import connect, connect_reader
 from conquest_run.plan import Plan, PlannedInstance, PlannedSeries, PlanStep
 
-FILES = ("rtplan.dcm", "rtdose.dcm", "rtstruct.dcm", "CT_small.dcm", "MR_small.dcm")
-
-
-def pydicom_file(name: str) -> Path:
-    from pydicom.data import get_testdata_file
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} not available")
-    return Path(path)
 
 
 def make_archive(root: Path, extra: dict[str, Path] | None = None):
@@ -34,15 +25,7 @@ def make_archive(root: Path, extra: dict[str, Path] | None = None):
 
     ``extra`` adds more files: {relative path under data/: source file}.
     """
-    from conquest_run.store import safe_patient_dir
-
-    data = root / "data"
-    for name in FILES:
-        src = pydicom_file(name)
-        ds = pydicom.dcmread(src, stop_before_pixels=True, force=True)
-        folder = data / safe_patient_dir(str(ds.get("PatientID", "") or ""))
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, folder / name)
+    data = place_pydicom_files(root / "data")
     for rel, src in (extra or {}).items():
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, data / rel)

@@ -55,14 +55,12 @@ def pydicom_file(name: str) -> Path:
     return Path(path)
 
 
-@pytest.fixture
-def pydicom_files(tmp_path: Path) -> Path:
-    """pydicom's RT/CT/MR test files under data/<safe PatientID>/<name>."""
+def place_pydicom_files(data: Path) -> Path:
+    """Copy pydicom's RT/CT/MR test files to ``data/<safe PatientID>/<name>``; returns ``data``."""
     import pydicom
 
     from conquest_run.store import safe_patient_dir
 
-    data = tmp_path / "data"
     for name in PYDICOM_FILES:
         src = pydicom_file(name)
         ds = pydicom.dcmread(src, stop_before_pixels=True, force=True)
@@ -70,6 +68,12 @@ def pydicom_files(tmp_path: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, folder / name)
     return data
+
+
+@pytest.fixture
+def pydicom_files(tmp_path: Path) -> Path:
+    """pydicom's RT/CT/MR test files under data/<safe PatientID>/<name>."""
+    return place_pydicom_files(tmp_path / "data")
 
 
 @pytest.fixture

@@ -18,8 +18,6 @@ __all__ = ["ReceiverSettings", "Receiver", "ArchiveSink", "FileSink", "listen",
            "storage_contexts", "part10_bytes", "TRANSFER_SYNTAXES"]
 
 import io
-import os
-import secrets
 import struct
 import threading
 from contextlib import ExitStack
@@ -90,22 +88,15 @@ class FileSink:
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
+        self.root = self.data_dir.resolve()
 
     def put(self, encoded: bytes, sop_uid: str) -> str:
-        from .store import resolve_inside, safe_component, safe_patient_dir
+        from .store import atomic_write, resolve_inside, safe_component, safe_patient_dir
 
-        target = resolve_inside(self.data_dir, safe_patient_dir(_patient_id(encoded)),
+        target = resolve_inside(self.root, safe_patient_dir(_patient_id(encoded)),
                                 safe_component(sop_uid) + ".dcm")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.rx-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(encoded)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return target.relative_to(self.data_dir.resolve()).as_posix()
+        atomic_write(target, data=encoded)
+        return target.relative_to(self.root).as_posix()
 
     def flush(self) -> None:
         pass

@@ -18,7 +18,7 @@ refuse (its series, study or image already indexed under another study, patient 
 from __future__ import annotations
 
 __all__ = ["safe_patient_dir", "safe_component", "store", "store_dataset", "DatasetStore",
-           "StoreResult", "StoredFile", "resolve_inside", "StoreWriteError"]
+           "StoreResult", "StoredFile", "resolve_inside", "StoreWriteError", "atomic_write"]
 
 import io
 import os
@@ -112,7 +112,7 @@ class StoreWriteError(ArchiveError, OSError):
     An ``OSError`` as before, and a located ``ArchiveError`` for the command line."""
 
 
-def _atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
+def atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
                   move: bool = False) -> None:
     """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +240,7 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         same = path.resolve() == target
         if not same:
             try:
-                _atomic_write(target, source=path, move=move)
+                atomic_write(target, source=path, move=move)
             except _SourceKept as exc:
                 result.bad.append(BadFile(shown, f"stored, but the original could not be "
                                                  f"removed ({exc})"))
@@ -301,7 +301,7 @@ class DatasetStore:
         target, rel = self.placer.destination(record)
         old = self.placer.previous(record.sop_uid)
         pending = self.pending.get(record.sop_uid)
-        _atomic_write(target, data=raw)
+        atomic_write(target, data=raw)
         self.placer.drop_old_copy(old, rel)
         if pending is not None:
             self.placer.drop_old_copy(pending.object_file, rel)

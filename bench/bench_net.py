@@ -248,7 +248,7 @@ def null_scp(port: int) -> int:
     import threading
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conquest_run.receiver import Receiver, ReceiverSettings
+    from conquest_run.net.receiver import Receiver, ReceiverSettings
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())

@@ -226,7 +226,7 @@ class Archive:
 
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
-        from .receiver import listen
+        from .net.receiver import listen
         return listen(self.data_dir, port, database=self.database, dicom_sql=self.dicom_sql,
                       **options)
 

@@ -468,7 +468,7 @@ def test_send_of_a_file_whose_meta_uid_cannot_be_encoded_fails_that_file_only(
 
 def test_a_received_request_with_a_uid_that_is_not_ascii_is_a_plain_dicom_error():
     from conquest_run.errors import DicomFileError
-    from conquest_run.receiver import part10_bytes
+    from conquest_run.net.receiver import part10_bytes
     with pytest.raises(DicomFileError, match="the request names a UID that is not valid: "
                                              "'2.25.4\u00e3'"):
         part10_bytes("1.2.840.10008.5.1.4.1.1.2", "2.25.4\u00e3", "1.2.840.10008.1.2", b"")

@@ -16,7 +16,7 @@ import pytest
 from conquest_run.db import connect_readonly
 from conquest_run.errors import NetworkError
 from conquest_run.net import PeerSettings, echo
-from conquest_run.receiver import listen
+from conquest_run.net.receiver import listen
 from conquest_run.synthetic import write_patient
 
 from _net_support import dataset_bytes, free_port, stop, storescu, wait_port
@@ -145,7 +145,7 @@ def test_part10_bytes_are_pynetdicoms_file_format_byte_for_byte(tmp_path, outgoi
     from pydicom.uid import UID
     from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-    from conquest_run.receiver import part10_bytes
+    from conquest_run.net.receiver import part10_bytes
 
     for sop_class, sop, ts in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),
                                ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.33", "1.2.840.10008.1.2"),

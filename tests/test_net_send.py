@@ -308,7 +308,7 @@ def test_the_pynetdicom_internals_we_rely_on_are_there(tmp_path):
 def test_read_file_meta_agrees_with_pydicom_on_its_bundled_files():
     import pydicom.data
 
-    from conquest_run.net import _pydicom_file_meta, read_file_meta
+    from conquest_run.net.items import _pydicom_file_meta, read_file_meta
 
     folder = Path(pydicom.data.__file__).parent / "test_files"
     compared = 0

@@ -13,7 +13,7 @@ import pytest
 
 from conquest_run.audit import AuditLog
 from conquest_run.net import DicomTransport, PeerSettings, group_associations, read_send_item
-from conquest_run.net_workers import can_fork
+from conquest_run.net.workers import can_fork
 from conquest_run.report import DONE, FAILED, SKIPPED
 
 from _net_support import (audit_rows, free_port, killing_journal, make_archive, received_sops,

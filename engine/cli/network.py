@@ -15,8 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .cli import add_archive_flags
-from .errors import ArchiveError
+from . import add_archive_flags
+from ..errors import ArchiveError
 
 
 def _port(text: str) -> int:
@@ -56,7 +56,7 @@ def run(name: str, args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    from .net import PeerSettings, echo
+    from ..net import PeerSettings, echo
 
     settings = PeerSettings(args.host, args.port, called_ae=args.called_ae, calling_ae=args.aet,
                             timeout=args.timeout)
@@ -66,7 +66,7 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .receiver import listen
+    from ..net.receiver import listen
 
     data = Path(args.data)
     if data.exists() and not data.is_dir():

@@ -19,8 +19,8 @@ import json
 import sys
 from typing import Any
 
-from .cli import add_archive_flags
-from .errors import ConquestRunError
+from . import add_archive_flags
+from ..errors import ConquestRunError
 
 
 def register(name: str | None, parser: argparse.ArgumentParser) -> None:
@@ -159,8 +159,8 @@ def _overrides(args) -> dict[str, Any]:
 
 
 def _validate(args, err) -> int:
-    from .jobs import JobErrors, validate_job
-    from .schema import load_schema
+    from ..jobs import JobErrors, validate_job
+    from ..schema import load_schema
     schema = load_schema(args.dicom_sql) if args.dicom_sql else None
     status = 0
     out = _console()
@@ -185,9 +185,9 @@ def _validate(args, err) -> int:
 
 
 def run(name: str | None, args: argparse.Namespace) -> int:
-    from .jobs import check_job_sql, load_job
-    from .planner import build_plan, load_plan, save_plan, verify_plan
-    from .runner import archive_for_job, indexed, run_plan
+    from ..jobs import check_job_sql, load_job
+    from ..planner import build_plan, load_plan, save_plan, verify_plan
+    from ..runner import archive_for_job, indexed, run_plan
 
     err = _console(stderr=True)
     out = _console()
@@ -222,7 +222,7 @@ def run(name: str | None, args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     status = 0
     if args.apply:
-        from .archive import Archive
+        from ..archive import Archive
         plan = load_plan(args.apply)
         archive = Archive(args.data or plan.data_dir, args.database or plan.database,
                           args.dicom_sql or plan.dicom_sql)

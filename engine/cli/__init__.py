@@ -1,9 +1,9 @@
 """Command line entry point: argument parsing, dispatch and exit codes only.
 
-    conquest-run JOB.yml... [--dry-run] [--validate] [--json] ...   run jobs      (cli_jobs)
-    conquest-run rebuild|store|summary|query ...                      the archive   (cli_archive)
-    conquest-run serve|echo ...                                       the network   (cli_network)
-    conquest-run history ...                                          past runs     (cli_audit)
+    conquest-run JOB.yml... [--dry-run] [--validate] [--json] ...   run jobs      (cli/jobs)
+    conquest-run rebuild|store|summary|query ...                      the archive   (cli/archive)
+    conquest-run serve|echo ...                                       the network   (cli/network)
+    conquest-run history ...                                          past runs     (cli/audit)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -19,18 +19,18 @@ import sqlite3
 import sys
 import warnings
 
-from .errors import ConquestRunError
+from ..errors import ConquestRunError
 
 # subcommand -> module (relative to this package) that defines register(name, parser) and
 # run(name, args) -> int
 SUBCOMMANDS = {
-    "rebuild": "cli_archive",
-    "store": "cli_archive",
-    "summary": "cli_archive",
-    "query": "cli_archive",
-    "serve": "cli_network",
-    "echo": "cli_network",
-    "history": "cli_audit",
+    "rebuild": "archive",
+    "store": "archive",
+    "summary": "archive",
+    "query": "archive",
+    "serve": "network",
+    "echo": "network",
+    "history": "audit",
 }
 
 
@@ -69,10 +69,10 @@ def _main(argv: list[str]) -> int:
             module.register(name, parser)
             args = parser.parse_args(argv[1:])
             return module.run(name, args)
-        module = importlib.import_module(f"{__package__}.cli_jobs")
+        module = importlib.import_module(f"{__package__}.jobs")
         parser = _Parser(prog="conquest-run", epilog="subcommands: " + ", ".join(SUBCOMMANDS))
         module.register(None, parser)
-        from . import __version__
+        from .. import __version__
         parser.add_argument("--version", action="version", version=f"conquest-run {__version__}")
         args = parser.parse_args(argv)
         return module.run(None, args)

@@ -16,9 +16,9 @@ __all__ = ["register", "run"]
 import argparse
 import sys
 
-from .archive import Archive
-from .cli import add_archive_flags
-from .indexer import BadFile
+from ..archive import Archive
+from . import add_archive_flags
+from ..indexer import BadFile
 
 _SHOW_BAD = 20
 

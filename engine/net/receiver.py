@@ -20,15 +20,16 @@ __all__ = ["ReceiverSettings", "Receiver", "ArchiveSink", "FileSink", "listen",
 import io
 import struct
 import threading
-from contextlib import ExitStack
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ArchiveError, DicomFileError, NetworkError
-from .net import QUIET, VERIFICATION_SOP_CLASS, pynetdicom_config, tune_connection
+from ..errors import ArchiveError, DicomFileError, NetworkError
+from .glue import pynetdicom_config, tune_connection
+from .settings import QUIET, VERIFICATION_SOP_CLASS
 
 TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.1",      # Explicit VR Little Endian
@@ -62,7 +63,7 @@ class ReceiverSettings:
     stop_timeout: float = 30.0             # how long stop() waits for associations in flight
 
     def __post_init__(self) -> None:
-        from .net import check_ae_title
+        from .settings import check_ae_title
         check_ae_title(self.aet, "our AE title (--aet)")
         for title in self.allow:
             check_ae_title(title, "the allowed calling AE title")
@@ -91,7 +92,12 @@ class FileSink:
         self.root = self.data_dir.resolve()
 
     def put(self, encoded: bytes, sop_uid: str) -> str:
-        from .store import atomic_write, resolve_inside, safe_component, safe_patient_dir
+        from ..store import (
+            atomic_write,
+            resolve_inside,
+            safe_component,
+            safe_patient_dir,
+        )
 
         target = resolve_inside(self.root, safe_patient_dir(_patient_id(encoded)),
                                 safe_component(sop_uid) + ".dcm")
@@ -111,9 +117,9 @@ class ArchiveSink:
 
     def __init__(self, data_dir: str | Path, database: str | Path,
                  dicom_sql: str | Path | None = None) -> None:
-        from .db import connect, ensure_schema
-        from .schema import load_schema
-        from .store import DatasetStore
+        from ..db import connect, ensure_schema
+        from ..schema import load_schema
+        from ..store import DatasetStore
 
         schema = load_schema(dicom_sql)
         self.conn = connect(database)
@@ -267,7 +273,10 @@ def part10_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
     ``event.encoded_dataset(include_meta=True)`` would write (same elements, same bytes), then
     the peer's encoded dataset unchanged.  Encoded directly (group 0002 is explicit VR little
     endian by definition) instead of through a pydicom ``FileMetaDataset`` for every C-STORE."""
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+    from pynetdicom import (
+        PYNETDICOM_IMPLEMENTATION_UID,
+        PYNETDICOM_IMPLEMENTATION_VERSION,
+    )
 
     version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
     body = b"".join((

@@ -38,11 +38,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from .errors import NetworkError
-from .report import FAILED, Outcome
+from ..errors import NetworkError
+from ..report import FAILED, Outcome
 
 if TYPE_CHECKING:
-    from .net import DicomTransport, OnOutcome, SendItem
+    from .items import SendItem
+    from .sender import DicomTransport
+    from .settings import OnOutcome
 
 POLL = 0.2      # seconds between checks of the caller's stop event while waiting
 
@@ -197,7 +199,7 @@ def _serve(batches: Sequence[Sequence["SendItem"]], on_outcome: "OnOutcome",
 def _worker_main(settings: Any, batches: Sequence[Sequence["SendItem"]], conn: Connection,
                  stop: Any) -> None:
     """One association's worth of work at a time, as the parent hands out batch numbers."""
-    from .net import DicomTransport
+    from .sender import DicomTransport
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's to handle
     told = False

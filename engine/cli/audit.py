@@ -18,9 +18,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from .audit import read_outcomes, read_runs
-from .cli import add_archive_flags
-from .errors import ArchiveError, ConquestRunError
+from ..audit import read_outcomes, read_runs
+from . import add_archive_flags
+from ..errors import ArchiveError, ConquestRunError
 
 
 def register(name: str, parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _open(database: str):
-    from .db import connect_reader
+    from ..db import connect_reader
     path = Path(database)
     if not path.is_file() and not path.is_dir():  # a folder: connect_reader says so
         raise ArchiveError("database not found (no runs recorded here)", file=str(path))

@@ -1,0 +1,320 @@
+"""pynetdicom glue for sending: contexts from file meta, TCP_NODELAY, associations, C-ECHO.
+
+The sender walks one path for real and dry runs: files are read (file meta only), grouped into
+associations (a series never split unless it alone needs more than 128 presentation contexts),
+and handed to a *transport*: :class:`DicomTransport` talks to the peer, :class:`DryTransport`
+answers "would send" without any traffic.  Each instance gets an :class:`~.report.Outcome` as
+the peer confirms it, passed to a callback so the caller can journal it at once.
+
+Files go on the wire as stored (no decode, no re-encode) whenever the peer accepts their own
+transfer syntax; only when it accepts another uncompressed syntax is the dataset decoded and
+re-encoded by pynetdicom.  pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NetworkError
+from ..report import DONE, FAILED, Outcome
+from .glue import pynetdicom_config, reactor_held, settle_after_request, tune_connection
+from .items import SendItem, _contexts_of
+from .settings import (
+    MAX_ASSOCIATIONS,
+    QUIET,
+    UNCOMPRESSED,
+    VERIFICATION_SOP_CLASS,
+    OnOutcome,
+    PeerSettings,
+    resolve_host,
+)
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+
+class DryTransport:
+    """Walks the batches and answers what would be sent; no traffic."""
+
+    def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
+        for number, batch in enumerate(batches, 1):
+            for item in batch:
+                on_outcome(Outcome(item.sop_uid, item.series_uid, DONE, "would send",
+                                   {"association": number, "transfer_syntax":
+                                    item.transfer_syntax}))
+
+
+class _AssociationLost(Exception):
+    pass
+
+
+@dataclass
+class DicomTransport:
+    """Sends over real associations: one in the calling thread's process, several in worker
+    processes (``net.workers``; threads when forking is not safe here)."""
+
+    settings: PeerSettings
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_connected: Callable[[], None] | None = None      # called when an association is up
+    _connected: threading.Event = field(default_factory=threading.Event, init=False)
+    _emit_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
+        """Raise :class:`NetworkError` when the peer cannot be reached at all (nothing sent)."""
+        resolve_host(self.settings.host, self.settings.port,
+                     f"cannot send to {self.settings.target}")
+        work: queue.SimpleQueue[Sequence[SendItem]] = queue.SimpleQueue()
+        for batch in batches:
+            work.put(batch)
+        errors: list[BaseException] = []
+
+        def emit(outcome: Outcome) -> None:
+            with self._emit_lock:
+                on_outcome(outcome)
+
+        finished = threading.Semaphore(0)      # one release per worker thread that ended
+
+        def worker() -> None:
+            try:
+                while not self.stop.is_set():
+                    try:
+                        batch = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    self._send_batch(batch, emit)
+            except BaseException as exc:   # handed to the calling thread
+                errors.append(exc)
+                self.stop.set()
+            finally:
+                finished.release()
+
+        count = max(1, min(self.settings.associations, MAX_ASSOCIATIONS, len(batches)))
+        with pynetdicom_config(STORE_SEND_CHUNKED_DATASET=True, LOG_HANDLER_LEVEL=QUIET):
+            if count > 1:
+                from .workers import can_fork, send_in_processes
+
+                if can_fork():
+                    import pynetdicom  # noqa: F401  (imported once, inherited by the workers)
+
+                    send_in_processes(self, batches, on_outcome, count)
+                    return
+            threads = [threading.Thread(target=worker, name=f"send-{n}", daemon=True)
+                       for n in range(count)]
+            for t in threads:
+                t.start()
+            ended = 0               # counted, not Thread.join: an interrupted join (Ctrl-C)
+            try:                    # can leave a running thread marked as stopped (3.11)
+                while ended < len(threads):
+                    if finished.acquire(timeout=0.2):
+                        ended += 1
+            except BaseException:           # Ctrl-C: stop after the instance in flight
+                self.stop.set()
+                deadline = time.monotonic() + self.settings.timeout + 5
+                while ended < len(threads) and \
+                        finished.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    ended += 1
+                raise
+        if errors:
+            raise errors[0]
+
+    # -- one association's worth of items, with retries -----------------------------------
+    def _send_batch(self, batch: Sequence[SendItem], emit: OnOutcome) -> None:
+        s = self.settings
+        remaining = list(batch)
+        failures = 0
+        last_error = ""
+        while remaining and not self.stop.is_set():
+            assoc, error = self._associate(_contexts_of(remaining))
+            if assoc is not None:
+                self._connected.set()
+                if self.on_connected is not None:
+                    self.on_connected()
+                lost = False
+                try:
+                    remaining = self._store_all(assoc, remaining, emit)
+                    if not remaining:
+                        return
+                    last_error = ""                 # stopped (Ctrl-C): the rest stays unsent
+                except _AssociationLost as exc:
+                    lost = True
+                    remaining = remaining[int(str(exc)):]
+                    last_error = "association lost during the send"
+                finally:
+                    if assoc.is_established and not lost:
+                        assoc.release()
+                    elif not (assoc.is_aborted or assoc.is_released):
+                        assoc.abort()
+            else:
+                last_error = error
+                if not self._connected.is_set() and failures >= s.retries:
+                    raise NetworkError(f"cannot send to {s.target}: {error}")
+            if self.stop.is_set():
+                break
+            failures += 1
+            if failures > s.retries:
+                break
+            self.stop.wait(s.retry_delay * 2 ** (failures - 1))
+        for item in remaining:
+            emit(Outcome(item.sop_uid, item.series_uid, FAILED,
+                         f"not sent: {last_error}" if last_error else "not sent: interrupted",
+                         {}))
+
+    def _ae(self) -> Any:
+        from pynetdicom import AE
+
+        s = self.settings
+        ae = AE(ae_title=s.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = s.timeout
+        ae.connection_timeout = s.timeout
+        return ae
+
+    def _associate(self, contexts: dict[tuple[str, str], None]) -> tuple[Any, str]:
+        from pynetdicom import evt
+        from pynetdicom.presentation import build_context
+
+        s = self.settings
+        proposed = []
+        for sop_class, ts in contexts:
+            syntaxes = [ts] + ([t for t in UNCOMPRESSED if t != ts] if ts in UNCOMPRESSED else [])
+            proposed.append(build_context(sop_class, syntaxes))
+        opened = threading.Event()
+        started = time.monotonic()
+        assoc = self._ae().associate(
+            s.host, s.port, contexts=proposed, ae_title=s.called_ae,
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection),
+                          (evt.EVT_CONN_OPEN, lambda event: opened.set())])
+        if assoc.is_established:
+            return assoc, ""
+        if assoc.is_rejected:
+            return None, f"association rejected by the peer (called AE {s.called_ae!r}, " \
+                         f"calling AE {s.calling_ae!r})"
+        if not opened.is_set():
+            return None, f"no DICOM peer listening at {s.host}:{s.port} (connection failed)"
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            return None, _no_context_accepted(assoc)
+        if time.monotonic() - started >= s.timeout * 0.9:
+            return None, _no_answer(s.timeout)
+        return None, "association aborted by the peer"
+
+    def _store_all(self, assoc: "Association", items: list[SendItem],
+                   emit: OnOutcome) -> list[SendItem]:
+        accepted: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        with reactor_held(assoc) as held:
+            return self._store_held(assoc, items, accepted, emit, held)
+
+    def _store_held(self, assoc: "Association", items: list[SendItem],
+                    accepted: dict[str, set[str]], emit: OnOutcome,
+                    held: bool) -> list[SendItem]:
+        for n, item in enumerate(items):
+            if self.stop.is_set():
+                return items[n:]
+            syntaxes = accepted.get(item.sop_class, set())
+            if item.has_meta and item.transfer_syntax in syntaxes:
+                payload: Any = item.path                     # streamed as stored
+            elif item.transfer_syntax in UNCOMPRESSED and syntaxes & set(UNCOMPRESSED):
+                payload = _decoded(item)                     # re-encoded by pynetdicom
+            else:
+                emit(Outcome(item.sop_uid, item.series_uid, FAILED,
+                             "not accepted by the peer: SOP class "
+                             f"{item.sop_class} with transfer syntax {item.transfer_syntax}",
+                             {"sop_class": item.sop_class,
+                              "transfer_syntax": item.transfer_syntax}))
+                continue
+            try:
+                status = assoc.send_c_store(payload, msg_id=(n % 65535) + 1)
+            except (RuntimeError, OSError):
+                raise _AssociationLost(n) from None
+            except (ValueError, AttributeError) as exc:
+                emit(Outcome(item.sop_uid, item.series_uid, FAILED, f"cannot send: {exc}", {}))
+                continue
+            if "Status" not in status:
+                raise _AssociationLost(n)
+            emit(_status_outcome(item, int(status.Status)))
+            if not held:
+                settle_after_request(assoc)
+        return []
+
+
+def _decoded(item: SendItem) -> Any:
+    from pydicom import dcmread
+    from pydicom.dataset import FileMetaDataset
+
+    ds = dcmread(item.path, force=True)
+    if not item.has_meta:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = item.transfer_syntax
+    return ds
+
+
+def _status_outcome(item: SendItem, code: int) -> Outcome:
+    from pynetdicom.status import code_to_category
+
+    category = code_to_category(code)
+    detail = {"status": f"0x{code:04X}"}
+    if category == "Success":
+        return Outcome(item.sop_uid, item.series_uid, DONE, "sent", detail)
+    if category == "Warning":
+        return Outcome(item.sop_uid, item.series_uid, DONE, f"sent with warning 0x{code:04X}",
+                       detail)
+    return Outcome(item.sop_uid, item.series_uid, FAILED,
+                   f"refused by the peer: status 0x{code:04X} ({category.lower()})", detail)
+
+
+def _no_answer(timeout: float) -> str:
+    return (f"the peer took the connection but did not answer the association request within "
+            f"{timeout:g} s (is it a DICOM peer?)")
+
+
+def _no_context_accepted(assoc: Any) -> str:
+    """Why an association ended at once: the peer accepted none of the proposed contexts."""
+    names = sorted({getattr(cx.abstract_syntax, "name", str(cx.abstract_syntax))
+                    for cx in assoc.rejected_contexts})
+    return (f"the peer accepted the association but none of the proposed presentation "
+            f"contexts ({', '.join(names)}): it does not take these SOP classes or transfer "
+            f"syntaxes")
+
+
+def echo(settings: PeerSettings) -> float:
+    """C-ECHO the peer; the round trip in seconds, or :class:`NetworkError`."""
+    from pynetdicom import AE, evt
+
+    resolve_host(settings.host, settings.port, f"C-ECHO to {settings.target}")
+    ae = AE(ae_title=settings.calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout
+    ae.connection_timeout = settings.timeout
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    opened = threading.Event()
+    started = time.perf_counter()
+    with pynetdicom_config(LOG_HANDLER_LEVEL=QUIET):
+        assoc = ae.associate(settings.host, settings.port, ae_title=settings.called_ae,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_connection),
+                                           (evt.EVT_CONN_OPEN, lambda event: opened.set())])
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise NetworkError(f"C-ECHO to {settings.target}: association rejected by the peer")
+        if not opened.is_set():
+            raise NetworkError(f"C-ECHO to {settings.target}: no DICOM peer listening at "
+                               f"{settings.host}:{settings.port}")
+
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            raise NetworkError(f"C-ECHO to {settings.target}: {_no_context_accepted(assoc)}")
+        if time.perf_counter() - started >= settings.timeout * 0.9:
+            raise NetworkError(f"C-ECHO to {settings.target}: {_no_answer(settings.timeout)}")
+        raise NetworkError(f"C-ECHO to {settings.target}: association aborted")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in status:
+        raise NetworkError(f"C-ECHO to {settings.target}: no response")
+    if int(status.Status) != 0:
+        raise NetworkError(f"C-ECHO to {settings.target}: status 0x{int(status.Status):04X}")
+    return time.perf_counter() - started

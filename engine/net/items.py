@@ -13,7 +13,7 @@ from ..report import FAILED, Outcome
 
 if TYPE_CHECKING:
     pass
-from .settings import IMPLICIT_LE, MAX_CONTEXTS, OnOutcome
+from .settings import IMPLICIT_LE, MAX_CONTEXTS, UNCOMPRESSED, OnOutcome
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class SendItem:
     transfer_syntax: str
     has_meta: bool = True       # False: a bare dataset (Conquest .v2): decoded before sending
     size: int = 0
+    fix: tuple[str, ...] = ()   # why its bytes cannot go as stored (flags, or found here)
 
 
 class Transport(Protocol):
@@ -93,8 +94,13 @@ def _pydicom_file_meta(path: Path) -> dict[str, str]:
 
 
 def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
-                   sop_class: str | None = None) -> SendItem | Outcome:
-    """Read only the file meta group of ``path``; a failed Outcome when it cannot be sent."""
+                   sop_class: str | None = None,
+                   flags: tuple[str, ...] = ()) -> SendItem | Outcome:
+    """Read only the file meta group of ``path``; a failed Outcome when it cannot be sent.
+
+    ``flags`` are the index's findings (``RTExtras.Flags``); those in :data:`REENCODE_FLAGS`,
+    a meta whose SOP instance is not the dataset's, and bytes that do not follow the declared
+    syntax make the item one to re-encode (``fix``) rather than stream as stored."""
 
     def failed(reason: str) -> Outcome:
         return Outcome(sop_uid, series_uid, FAILED, reason, {"path": str(path)})
@@ -112,17 +118,63 @@ def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
         if not _is_uid(sop_class):
             return failed(f"the SOP class {sop_class!r} is not a valid UID")
         return SendItem(sop_uid, series_uid, path, sop_class, IMPLICIT_LE, False, size)
-    file_sop = meta.get("MediaStorageSOPInstanceUID", "")
-    if file_sop and file_sop != sop_uid:
-        return failed(f"the file holds SOP instance {file_sop}, not the planned one "
-                      "(the archive changed since planning)")
+    fix = [f for f in flags if f in REENCODE_FLAGS]
     klass = meta.get("MediaStorageSOPClassUID", "") or sop_class or ""
+    file_sop = meta.get("MediaStorageSOPInstanceUID", "")
+    if file_sop != sop_uid:        # the plan holds what the index read: the dataset's UIDs
+        try:
+            held, held_class = _dataset_uids(path)
+        except Exception as exc:
+            return failed(f"unreadable file: {exc}")
+        if held != sop_uid:
+            return failed(f"the file holds SOP instance {held or file_sop}, not the planned "
+                          "one (the archive changed since planning)")
+        fix.append("meta-mismatch")
+        klass = held_class or klass
+    if _syntax_lies(path, meta["TransferSyntaxUID"]):
+        fix.append("syntax-mismatch")
     if not klass:
         return failed("no SOP class in the file meta")
     for what, uid in (("SOP class", klass), ("transfer syntax", meta["TransferSyntaxUID"])):
         if not _is_uid(uid):     # it could not even be proposed in an association request
             return failed(f"the file meta's {what} {uid!r} is not a valid UID")
-    return SendItem(sop_uid, series_uid, path, klass, meta["TransferSyntaxUID"], True, size)
+    return SendItem(sop_uid, series_uid, path, klass, meta["TransferSyntaxUID"], True, size,
+                    tuple(sorted(set(fix))))
+
+
+REENCODE_FLAGS = frozenset({"syntax-mismatch", "meta-mismatch", "bad-fragments"})
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+        b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"} | _LONG_VRS
+_NOT_PLAIN = {IMPLICIT_LE, "1.2.840.10008.1.2.1.99"}       # implicit, deflated: not checked
+
+
+def _dataset_uids(path: Path) -> tuple[str, str]:
+    """The dataset's own SOP instance and class UIDs (pydicom, header only)."""
+    from pydicom import dcmread
+
+    ds = dcmread(path, force=True, stop_before_pixels=True,
+                 specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    return str(ds.get("SOPInstanceUID", "") or ""), str(ds.get("SOPClassUID", "") or "")
+
+
+def _syntax_lies(path: Path, declared: str) -> bool:
+    """The first dataset element is not in the declared VR encoding (explicit or implicit):
+    pydicom reads such a file (warning ``Expected explicit VR, but found implicit VR``); its
+    raw bytes make a peer abort.  Needs the meta's group length; False when unsure."""
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+        if len(head) < 144 or head[132:134] != b"\2\0" or head[136:138] != b"UL":
+            return False
+        fh.seek(144 + struct.unpack_from("<I", head, 140)[0])
+        first = fh.read(8)
+    if len(first) < 8:
+        return False
+    explicit_bytes = first[4:6] in _VRS
+    if declared == IMPLICIT_LE:
+        return explicit_bytes
+    if declared in _NOT_PLAIN:
+        return False
+    return not explicit_bytes
 
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -133,8 +185,18 @@ def _is_uid(value: str) -> bool:
     return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
+ANY_UNCOMPRESSED = ""       # a context key's syntax: the uncompressed ones (decode fallback)
+
+
 def _contexts_of(items: Sequence[SendItem]) -> dict[tuple[str, str], None]:
-    return dict.fromkeys((i.sop_class, i.transfer_syntax) for i in items)
+    """The presentation contexts to propose: each item's own (SOP class, syntax), plus for a
+    compressed one an uncompressed context of its class to fall back on (decompressed)."""
+    out: dict[tuple[str, str], None] = {}
+    for i in items:
+        out[(i.sop_class, i.transfer_syntax)] = None
+        if i.transfer_syntax not in UNCOMPRESSED:
+            out[(i.sop_class, ANY_UNCOMPRESSED)] = None
+    return out
 
 
 def group_associations(items: Sequence[SendItem], *, parts: int = 1,
@@ -176,10 +238,10 @@ def _split_by_contexts(members: list[SendItem], max_contexts: int) -> list[list[
     chunks: list[list[SendItem]] = [[]]
     seen: set[tuple[str, str]] = set()
     for item in members:
-        key = (item.sop_class, item.transfer_syntax)
-        if key not in seen and len(seen) == max_contexts:
+        keys = set(_contexts_of([item]))
+        if not keys <= seen and len(seen | keys) > max_contexts:
             chunks.append([])
             seen = set()
-        seen.add(key)
+        seen |= keys
         chunks[-1].append(item)
     return chunks

@@ -7,8 +7,9 @@ answers "would send" without any traffic.  Each instance gets an :class:`~.repor
 the peer confirms it, passed to a callback so the caller can journal it at once.
 
 Files go on the wire as stored (no decode, no re-encode) whenever the peer accepts their own
-transfer syntax; only when it accepts another uncompressed syntax is the dataset decoded and
-re-encoded by pynetdicom.  pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
+transfer syntax and nothing says they lie about themselves; otherwise ``reencode`` makes a
+dataset of them (re-encoded, or decompressed for a peer that takes no compressed syntax).
+An association lost while an instance is in flight costs only that instance (``_send_batch``).  pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NetworkError
 from ..report import DONE, FAILED, Outcome
 from .glue import pynetdicom_config, reactor_held, settle_after_request, tune_connection
-from .items import SendItem, _contexts_of
+from .items import ANY_UNCOMPRESSED, SendItem, _contexts_of
+from .reencode import CannotSend, prepared, syntax_name
 from .settings import (
     MAX_ASSOCIATIONS,
     QUIET,
@@ -44,9 +46,10 @@ class DryTransport:
     def send(self, batches: Sequence[Sequence[SendItem]], on_outcome: OnOutcome) -> None:
         for number, batch in enumerate(batches, 1):
             for item in batch:
-                on_outcome(Outcome(item.sop_uid, item.series_uid, DONE, "would send",
-                                   {"association": number, "transfer_syntax":
-                                    item.transfer_syntax}))
+                detail = {"association": number, "transfer_syntax": item.transfer_syntax}
+                if item.fix:                # re-encoded with corrected meta when sent
+                    detail["fixed"] = list(item.fix)
+                on_outcome(Outcome(item.sop_uid, item.series_uid, DONE, "would send", detail))
 
 
 class _AssociationLost(Exception):
@@ -122,10 +125,33 @@ class DicomTransport:
         if errors:
             raise errors[0]
 
-    # -- one association's worth of items, with retries -----------------------------------
+    # -- one association's worth of items, with retries per instance ---------------------
     def _send_batch(self, batch: Sequence[SendItem], emit: OnOutcome) -> None:
+        """Send ``batch``; an instance in flight when an association is lost is *suspect*: the
+        ones after it go on at once over a new association, and it is retried alone, once
+        (re-encoded by pydicom), after the others; lost again, it fails with the likely cause.
+        ``retries`` counts associations that could not be opened (and, when 0, no retry)."""
+        suspects: list[SendItem] = []
+        self._send_items(list(batch), emit, lambda item, how: suspects.append(item))
+        if suspects and not self.stop.is_set() and self.settings.retries > 0:
+            self.stop.wait(self.settings.retry_delay)
+        for item in suspects:
+            if self.stop.is_set():
+                emit(Outcome(item.sop_uid, item.series_uid, FAILED, "not sent: interrupted", {}))
+            elif self.settings.retries < 1:
+                emit(_lost_outcome(item, "the association was lost while it was sent (no "
+                                         "retries)"))
+            else:
+                alone = replace(item, fix=item.fix or ("retried",))
+                self._send_items([alone], emit, lambda it, how: emit(_lost_outcome(
+                    it, f"the peer aborted the association (or closed the connection) each "
+                        f"time this instance was sent, the last time alone, {how}: it "
+                        f"probably cannot parse it")))
+
+    def _send_items(self, items: list[SendItem], emit: OnOutcome,
+                    on_lost: Callable[[SendItem, str], None]) -> None:
         s = self.settings
-        remaining = list(batch)
+        remaining = items
         failures = 0
         last_error = ""
         while remaining and not self.stop.is_set():
@@ -142,8 +168,10 @@ class DicomTransport:
                     last_error = ""                 # stopped (Ctrl-C): the rest stays unsent
                 except _AssociationLost as exc:
                     lost = True
-                    remaining = remaining[int(str(exc)):]
-                    last_error = "association lost during the send"
+                    n, how = exc.args
+                    on_lost(remaining[n], how)      # costs only itself: the rest go on now
+                    remaining = remaining[n + 1:]
+                    continue
                 finally:
                     if assoc.is_established and not lost:
                         assoc.release()
@@ -180,7 +208,11 @@ class DicomTransport:
         s = self.settings
         proposed = []
         for sop_class, ts in contexts:
-            syntaxes = [ts] + ([t for t in UNCOMPRESSED if t != ts] if ts in UNCOMPRESSED else [])
+            if ts == ANY_UNCOMPRESSED:      # a compressed file's fallback: decoded to send
+                syntaxes = list(UNCOMPRESSED)
+            else:
+                syntaxes = [ts] + ([t for t in UNCOMPRESSED if t != ts]
+                                   if ts in UNCOMPRESSED else [])
             proposed.append(build_context(sop_class, syntaxes))
         opened = threading.Event()
         started = time.monotonic()
@@ -216,41 +248,41 @@ class DicomTransport:
             if self.stop.is_set():
                 return items[n:]
             syntaxes = accepted.get(item.sop_class, set())
-            if item.has_meta and item.transfer_syntax in syntaxes:
+            extra: dict[str, Any] = {}
+            if item.has_meta and not item.fix and item.transfer_syntax in syntaxes:
                 payload: Any = item.path                     # streamed as stored
-            elif item.transfer_syntax in UNCOMPRESSED and syntaxes & set(UNCOMPRESSED):
-                payload = _decoded(item)                     # re-encoded by pynetdicom
+                how = f"as stored in {syntax_name(item.transfer_syntax)}"
             else:
-                emit(Outcome(item.sop_uid, item.series_uid, FAILED,
-                             "not accepted by the peer: SOP class "
-                             f"{item.sop_class} with transfer syntax {item.transfer_syntax}",
-                             {"sop_class": item.sop_class,
-                              "transfer_syntax": item.transfer_syntax}))
-                continue
+                try:
+                    payload, how, extra = prepared(item, syntaxes)
+                except CannotSend as exc:
+                    emit(Outcome(item.sop_uid, item.series_uid, FAILED, str(exc),
+                                 {"sop_class": item.sop_class,
+                                  "transfer_syntax": item.transfer_syntax}))
+                    continue
             try:
                 status = assoc.send_c_store(payload, msg_id=(n % 65535) + 1)
             except (RuntimeError, OSError):
-                raise _AssociationLost(n) from None
+                raise _AssociationLost(n, how) from None
             except (ValueError, AttributeError) as exc:
                 emit(Outcome(item.sop_uid, item.series_uid, FAILED, f"cannot send: {exc}", {}))
                 continue
             if "Status" not in status:
-                raise _AssociationLost(n)
-            emit(_status_outcome(item, int(status.Status)))
+                raise _AssociationLost(n, how)
+            outcome = _status_outcome(item, int(status.Status))
+            if extra:
+                outcome.detail.update(extra)
+                if outcome.status == DONE:
+                    outcome.reason += f" ({how})"
+            emit(outcome)
             if not held:
                 settle_after_request(assoc)
         return []
 
 
-def _decoded(item: SendItem) -> Any:
-    from pydicom import dcmread
-    from pydicom.dataset import FileMetaDataset
-
-    ds = dcmread(item.path, force=True)
-    if not item.has_meta:
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = item.transfer_syntax
-    return ds
+def _lost_outcome(item: SendItem, why: str) -> Outcome:
+    return Outcome(item.sop_uid, item.series_uid, FAILED, f"not sent: {why}",
+                   {"transfer_syntax": item.transfer_syntax, "association_lost": True})
 
 
 def _status_outcome(item: SendItem, code: int) -> Outcome:

@@ -1,0 +1,124 @@
+"""What goes on the wire when a file's bytes cannot go as stored: a pydicom dataset.
+
+* **re-encoded**: a file that lies about itself (bytes not in the declared syntax, a meta that
+  names another SOP instance, odd-length or damaged fragments) or a bare dataset is read with
+  pydicom and sent under the dataset's own SOP class and instance UIDs with corrected meta;
+  pynetdicom encodes it in the accepted syntax (any uncompressed one for uncompressed data, the
+  same compressed syntax with the fragments re-itemized to even lengths otherwise);
+* **decompressed**: when the peer accepts none of a compressed file's own syntaxes but an
+  uncompressed one, the pixel data is decoded (pydicom's pixel data handlers; the codecs come
+  with ``pip install 'conquest-run[codecs]'``) and sent uncompressed.  Nothing is ever
+  compressed, so nothing is lost on the way.
+
+:func:`prepared` answers a dataset, a phrase saying how its bytes are sent (for outcomes and
+the cause of a lost association) and the details for the outcome, or :class:`CannotSend`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CannotSend", "prepared", "syntax_name"]
+
+from typing import TYPE_CHECKING, Any
+
+from .settings import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from .items import SendItem
+
+
+class CannotSend(Exception):
+    """The item cannot be put into a syntax the peer accepts (the message says why)."""
+
+
+def syntax_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def prepared(item: "SendItem", accepted: set[str]) -> tuple["Dataset", str, dict[str, Any]]:
+    """The dataset to send for ``item`` given the syntaxes the peer accepted for its class."""
+    from pydicom import dcmread
+    from pydicom.dataset import FileMetaDataset
+
+    try:
+        ds = dcmread(item.path, force=True)
+        for _ in ds.iterall():  # every raw element converted now (VRs of implicit bytes
+            pass                # looked up): a broken file fails here, not in the encoder
+    except Exception as exc:
+        raise CannotSend(f"cannot send: pydicom cannot read the file ({exc})") from None
+    meta = ds.file_meta if isinstance(getattr(ds, "file_meta", None), FileMetaDataset) \
+        else FileMetaDataset()
+    ds.file_meta = meta
+    declared = str(meta.get("TransferSyntaxUID", "") or item.transfer_syntax)
+    syntax = _actual_syntax(ds, declared)
+    meta.TransferSyntaxUID = syntax
+    for key in ("SOPClassUID", "SOPInstanceUID"):
+        if key not in ds:
+            raise CannotSend(f"cannot send: the dataset has no {key}")
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID       # the dataset's own UIDs, always
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    detail: dict[str, Any] = {"reencoded": True, "transfer_syntax": syntax}
+    if item.fix:
+        detail["fixed"] = list(item.fix)
+    if syntax in accepted or (syntax in UNCOMPRESSED and accepted & set(UNCOMPRESSED)):
+        if syntax not in UNCOMPRESSED and "PixelData" in ds:
+            _reitemize(ds)
+        sent_in = syntax if syntax in accepted else _preferred(accepted)
+        return ds, f"re-encoded by pydicom in {syntax_name(sent_in)}", detail
+    if accepted & set(UNCOMPRESSED):
+        _decompress(ds, syntax)
+        detail.update(transfer_syntax=EXPLICIT_LE, decompressed=True, stored_syntax=syntax)
+        return ds, f"decompressed from {syntax_name(syntax)} for this peer", detail
+    raise CannotSend(f"not accepted by the peer: SOP class {item.sop_class} with transfer "
+                     f"syntax {syntax}, and it accepts no uncompressed syntax to decode it to")
+
+
+def _actual_syntax(ds: "Dataset", declared: str) -> str:
+    """The declared syntax, unless pydicom found the bytes in another uncompressed one."""
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if declared not in UNCOMPRESSED:        # encapsulated: explicit VR little endian, whatever
+        if implicit or little is False:     # the bytes were (pynetdicom checks the two agree)
+            ds.set_original_encoding(False, True, ds.original_character_set)
+        return declared
+    if implicit is None:
+        return declared
+    if implicit:
+        return IMPLICIT_LE
+    return EXPLICIT_LE if little else EXPLICIT_BE
+
+
+def _preferred(accepted: set[str]) -> str:
+    return next(t for t in UNCOMPRESSED if t in accepted)
+
+
+def _reitemize(ds: "Dataset") -> None:
+    """Encapsulated pixel data again, each fragment padded to an even length (the basic
+    offset table rebuilt); the compressed bytes themselves are unchanged."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        parts = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception as exc:
+        raise CannotSend(f"cannot send: its encapsulated pixel data cannot be read ({exc})") \
+            from None
+    ds.PixelData = encapsulate(parts, has_bot=len(parts) > 1)
+
+
+def _decompress(ds: "Dataset", syntax: str) -> None:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise CannotSend(f"not sent: the peer does not accept {syntax_name(syntax)} and "
+                         "decoding it needs the codecs: pip install 'conquest-run[codecs]'") \
+            from None
+    try:
+        ds.decompress()
+    except Exception as exc:
+        raise CannotSend(f"not sent: the peer does not accept {syntax_name(syntax)} and its "
+                         f"pixel data cannot be decoded here ({exc}); pip install "
+                         "'conquest-run[codecs]' adds the codecs") from None

@@ -1,0 +1,111 @@
+"""One bad file costs only itself: files that kill associations, lie about their syntax or
+carry a meta that names another instance, sent to a real dcmtk storescp."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from conquest_run.net import DicomTransport, PeerSettings, read_send_item
+from conquest_run.report import DONE, FAILED
+
+from _net_support import received_sops, storescp
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.filterwarnings("ignore:Expected explicit VR")]
+
+LIAR = "SC_rgb_jpeg.dcm"        # meta: JPEG Baseline (explicit VR); bytes: implicit VR
+
+
+def _cts(folder: Path, count: int) -> list[Path]:
+    out = []
+    for n in range(count):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.3.4.{n}"
+        out.append(folder / f"ct{n}.dcm")
+        ds.save_as(out[-1])
+    return out
+
+
+def _hidden_liar(folder: Path) -> Path:
+    """The liar with its first dataset element rewritten in explicit VR: the sender's check
+    of the first element passes, the peer aborts on the implicit bytes after it."""
+    raw = Path(get_testdata_file(LIAR)).read_bytes()
+    start = 144 + struct.unpack_from("<I", raw, 140)[0]
+    length = struct.unpack_from("<I", raw, start + 4)[0]
+    path = folder / "hidden.dcm"
+    path.write_bytes(raw[:start + 4] + b"CS" + struct.pack("<H", length) + raw[start + 8:])
+    return path
+
+
+def _item(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    return read_send_item(path, str(ds.SOPInstanceUID), "S")
+
+
+def _send(items, port, **settings):
+    got = []
+    DicomTransport(PeerSettings("127.0.0.1", port, called_ae="STORESCP", retry_delay=0.05,
+                                timeout=10, **settings)).send([items], got.append)
+    return {o.sop_uid: o for o in got}
+
+
+@pytest.mark.parametrize("associations", [1, 2])
+def test_an_association_killer_costs_only_itself_and_is_retried_alone(tmp_path, associations):
+    cts = _cts(tmp_path, 4)
+    hidden = _hidden_liar(tmp_path)
+    items = [_item(p) for p in (cts[0], hidden, cts[1], cts[2], cts[3])]
+    assert items[1].fix == ()                   # not detected: streamed, and the peer aborts
+    killer = items[1].sop_uid
+
+    with storescp(tmp_path / "none") as (_, port):
+        got = _send(items, port, retries=0, associations=associations)
+    assert [got[i.sop_uid].status for i in items] == [DONE, FAILED, DONE, DONE, DONE]
+    assert "association was lost" in got[killer].reason
+    assert set(received_sops(tmp_path / "none")) == {i.sop_uid for i in items} - {killer}
+
+    with storescp(tmp_path / "one") as (_, port):
+        got = _send(items, port, retries=1, associations=associations)
+    assert all(o.status == DONE for o in got.values()) and len(got) == 5
+    assert "re-encoded by pydicom" in got[killer].reason        # the retry alone
+    assert set(received_sops(tmp_path / "one")) == {i.sop_uid for i in items}
+
+
+def test_bytes_that_do_not_follow_the_declared_syntax_are_re_encoded(tmp_path):
+    liar = _item(Path(get_testdata_file(LIAR)))
+    ct = _item(_cts(tmp_path, 1)[0])
+    assert liar.fix == ("syntax-mismatch",) and ct.fix == ()
+    with storescp(tmp_path / "rx") as (_, port):
+        got = _send([liar, ct], port, retries=0)
+    assert got[liar.sop_uid].status == DONE
+    assert got[liar.sop_uid].detail["fixed"] == ["syntax-mismatch"]
+    assert got[ct.sop_uid].reason == "sent"                 # the others go as stored
+    rx = received_sops(tmp_path / "rx")
+    ds = pydicom.dcmread(rx[liar.sop_uid])
+    assert ds.file_meta.TransferSyntaxUID == liar.transfer_syntax
+    assert ds.original_encoding[0] is False                 # what the meta says, now true
+    original = pydicom.dcmread(get_testdata_file(LIAR))
+    assert ds.PixelData == original.PixelData
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "rtdose.dcm"])
+def test_a_meta_naming_another_instance_is_sent_under_the_datasets_uid(tmp_path, name):
+    path = Path(get_testdata_file(name))
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+    item = read_send_item(path, ds.SOPInstanceUID, "S")
+    assert item.fix == ("meta-mismatch",)
+    other = read_send_item(path, "1.2.3.999", "S")          # the archive changed
+    assert other.status == FAILED and f"holds SOP instance {ds.SOPInstanceUID}" in other.reason
+    with storescp(tmp_path / "rx") as (_, port):
+        got = _send([item], port, retries=0)
+    assert got[ds.SOPInstanceUID].status == DONE
+    received = pydicom.dcmread(received_sops(tmp_path / "rx")[ds.SOPInstanceUID])
+    assert received.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID

@@ -99,6 +99,19 @@ def step_target(action: str, options: dict[str, Any], archive) -> str:
     return action
 
 
+def _flags_join(conn, image_key: str) -> tuple[str, str]:
+    """The select expression and join that read ``RTExtras.Flags`` (the index's findings about
+    a file: ``syntax-mismatch``, ``no-pixel-data``, ...); NULL where the column is missing."""
+    from .schema import EXTRAS_TABLE
+
+    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({_q(EXTRAS_TABLE)})")}
+    if "Flags" not in columns or "SOPInstanc" not in columns:
+        return "NULL", ""
+    return "x.crun_flags", (f"LEFT JOIN (SELECT SOPInstanc AS crun_sop, max(Flags) AS crun_flags "
+                            f"FROM {_q(EXTRAS_TABLE)} GROUP BY SOPInstanc) x "
+                            f"ON x.crun_sop = {_q(image_key)}")
+
+
 # -- resolving a selection ------------------------------------------------------------------------
 class _Resolver:
     """Series and instances of one archive, read through one connection."""
@@ -113,6 +126,7 @@ class _Resolver:
         self.desc = _column(schema, self.se.name, _SERIES_DESC, "SeriesDesc")
         self.sop_class = _column(schema, self.im.name, _SOP_CLASS, "SOPClassUI")
         self.data_root = os.fspath(archive.data_dir)
+        self.flags_join = _flags_join(conn, self.im.key)    # RTExtras.Flags, when indexed
 
     def patient_expr(self) -> str:
         study_pat = f"t.{_q(self.st.link)}"
@@ -158,11 +172,12 @@ class _Resolver:
         """Instance rows of many series in one pass over the images table."""
         im = self.im
         out: dict[str, list[tuple]] = {}
-        for link, sop, cls, rel in self.conn.execute(
-                f"SELECT {_q(im.link)}, {_q(im.key)}, {_q(self.sop_class)}, ObjectFile "
-                f"FROM {_q(im.name)} ORDER BY {_q(im.key)}"):
+        for link, sop, cls, rel, flags in self.conn.execute(
+                f"SELECT {_q(im.link)}, {_q(im.key)}, {_q(self.sop_class)}, ObjectFile, "
+                f"{self.flags_join[0]} FROM {_q(im.name)} {self.flags_join[1]} "
+                f"ORDER BY {_q(im.key)}"):
             if link in series:
-                out.setdefault(link, []).append((sop, cls, rel))
+                out.setdefault(link, []).append((sop, cls, rel, flags))
         return out
 
     def instances(self, series_uid: str, sops: set[str] | None = None,
@@ -170,14 +185,16 @@ class _Resolver:
         im = self.im
         if rows is None:
             rows = self.conn.execute(
-                f"SELECT {_q(im.key)}, {_q(self.sop_class)}, ObjectFile FROM {_q(im.name)} "
+                f"SELECT {_q(im.key)}, {_q(self.sop_class)}, ObjectFile, {self.flags_join[0]} "
+                f"FROM {_q(im.name)} {self.flags_join[1]} "
                 f"WHERE {_q(im.link)} = ? ORDER BY {_q(im.key)}", (series_uid,)).fetchall()
         out = []
-        for sop, cls, rel in rows:
+        for sop, cls, rel, flags in rows:
             if sops is not None and sop not in sops:
                 continue
             rel = (rel or "").replace("\\", "/")
-            out.append(PlannedInstance(sop, cls, rel, self.size_of(rel)))
+            out.append(PlannedInstance(sop, cls, rel, self.size_of(rel),
+                                       tuple(sorted(filter(None, (flags or "").split("\\"))))))
         return tuple(out)
 
     def current_sops(self, series_uid: str) -> set[str]:
@@ -408,7 +425,8 @@ def _plan_schema(defs: dict[str, Any]) -> dict[str, Any]:
     path = {"type": "string", "minLength": 1}
     instance = {"type": "object", "required": ["sop_uid", "path"], "properties": {
         "sop_uid": path, "sop_class": text_or_null, "path": path,
-        "size": {"type": ["integer", "null"], "minimum": 0}}}
+        "size": {"type": ["integer", "null"], "minimum": 0},
+        "flags": {"type": "array", "items": text}}}
     series = {"type": "object", "required": ["series_uid", "instances"], "properties": {
         "series_uid": path, "patient_id": text_or_null, "study_uid": text_or_null,
         "modality": text_or_null, "description": text_or_null,

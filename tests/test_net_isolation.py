@@ -109,3 +109,44 @@ def test_a_meta_naming_another_instance_is_sent_under_the_datasets_uid(tmp_path,
     assert got[ds.SOPInstanceUID].status == DONE
     received = pydicom.dcmread(received_sops(tmp_path / "rx")[ds.SOPInstanceUID])
     assert received.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_the_index_flags_reach_the_plan_and_make_the_sender_re_encode(tmp_path):
+    import sqlite3
+
+    from conquest_run.actions.send import send_series
+    from conquest_run.plan import Plan
+    from conquest_run.planner import plan_selection
+
+    from _net_support import make_archive
+
+    archive = make_archive(tmp_path / "archive", patients=1, ct_slices=3)
+    options = {"host": "127.0.0.1", "port": 1}
+    before = plan_selection(archive, {"modality": "CT"}, "send", options)     # no Flags column
+    sops = [i.sop_uid for s in before.steps[0].series for i in s.instances]
+    assert len(sops) == 3 and all(i.flags == () for s in before.steps[0].series
+                                  for i in s.instances)
+    conn = sqlite3.connect(archive.database)
+    with conn:
+        conn.execute("ALTER TABLE RTExtras ADD COLUMN Flags TEXT")
+        conn.execute("UPDATE RTExtras SET Flags = ? WHERE SOPInstanc = ?",
+                     ("bad-fragments\\syntax-mismatch", sops[1]))
+    conn.close()
+    plan = plan_selection(archive, {"modality": "CT"}, "send", options)
+    flags = {i.sop_uid: i.flags for s in plan.steps[0].series for i in s.instances}
+    assert flags == {sops[0]: (), sops[1]: ("bad-fragments", "syntax-mismatch"), sops[2]: ()}
+    assert Plan.from_dict(plan.to_dict()) == plan
+    old = plan.to_dict()
+    for s in old["steps"][0]["series"]:
+        for i in s["instances"]:
+            del i["flags"]                                  # a plan saved before flags
+    assert all(i.flags == () for s in Plan.from_dict(old).steps[0].series for i in s.instances)
+
+    series = [s.series_uid for s in plan.steps[0].series]
+    with storescp(tmp_path / "rx") as (_, port):
+        report = send_series(archive, series, "127.0.0.1", port, "STORESCP", retries=0)
+    got = {o.sop_uid: o for o in report.outcomes}
+    assert {o.status for o in got.values()} == {DONE}
+    assert got[sops[1]].detail["fixed"] == ["bad-fragments", "syntax-mismatch"]
+    assert got[sops[0]].reason == "sent" and "reencoded" not in got[sops[0]].detail
+    assert set(received_sops(tmp_path / "rx")) == set(sops)

@@ -135,7 +135,8 @@ def _items(step: "PlanStep", ctx: "ActionContext", confirmed: set[str],
                 record(Outcome(inst.sop_uid, series.series_uid, FAILED,
                                "path outside the data directory", {"path": inst.path}))
                 continue
-            got = read_send_item(path, inst.sop_uid, series.series_uid, inst.sop_class)
+            got = read_send_item(path, inst.sop_uid, series.series_uid, inst.sop_class,
+                                 inst.flags)
             if isinstance(got, Outcome):
                 got.detail["path"] = inst.path
                 record(got)

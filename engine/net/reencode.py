@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from .settings import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -55,6 +57,8 @@ def prepared(item: "SendItem", accepted: set[str]) -> tuple["Dataset", str, dict
     ds.file_meta = meta
     declared = str(meta.get("TransferSyntaxUID", "") or item.transfer_syntax)
     syntax = _actual_syntax(ds, declared)
+    if syntax == DEFLATED and syntax not in accepted:      # inflated in memory already
+        syntax = EXPLICIT_LE
     meta.TransferSyntaxUID = syntax
     for key in ("SOPClassUID", "SOPInstanceUID"):
         if key not in ds:
@@ -65,7 +69,7 @@ def prepared(item: "SendItem", accepted: set[str]) -> tuple["Dataset", str, dict
     if item.fix:
         detail["fixed"] = list(item.fix)
     if syntax in accepted or (syntax in UNCOMPRESSED and accepted & set(UNCOMPRESSED)):
-        if syntax not in UNCOMPRESSED and "PixelData" in ds:
+        if syntax not in UNCOMPRESSED and syntax != DEFLATED and "PixelData" in ds:
             _reitemize(ds)
         sent_in = syntax if syntax in accepted else _preferred(accepted)
         return ds, f"re-encoded by pydicom in {syntax_name(sent_in)}", detail
@@ -80,7 +84,7 @@ def prepared(item: "SendItem", accepted: set[str]) -> tuple["Dataset", str, dict
 def _actual_syntax(ds: "Dataset", declared: str) -> str:
     """The declared syntax, unless pydicom found the bytes in another uncompressed one."""
     implicit, little = getattr(ds, "original_encoding", (None, None))
-    if declared not in UNCOMPRESSED:        # encapsulated: explicit VR little endian, whatever
+    if declared not in UNCOMPRESSED:        # deflated or encapsulated: explicit VR LE, whatever
         if implicit or little is False:     # the bytes were (pynetdicom checks the two agree)
             ds.set_original_encoding(False, True, ds.original_character_set)
         return declared
@@ -117,7 +121,7 @@ def _decompress(ds: "Dataset", syntax: str) -> None:
                          "decoding it needs the codecs: pip install 'conquest-run[codecs]'") \
             from None
     try:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)     # the same instance, decoded
     except Exception as exc:
         raise CannotSend(f"not sent: the peer does not accept {syntax_name(syntax)} and its "
                          f"pixel data cannot be decoded here ({exc}); pip install "

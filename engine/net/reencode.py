@@ -59,6 +59,9 @@ def prepared(item: "SendItem", accepted: set[str]) -> tuple["Dataset", str, dict
     syntax = _actual_syntax(ds, declared)
     if syntax == DEFLATED and syntax not in accepted:      # inflated in memory already
         syntax = EXPLICIT_LE
+    if syntax == EXPLICIT_BE and syntax not in accepted:   # pynetdicom converts LE only
+        _to_little_endian(ds)
+        syntax = EXPLICIT_LE
     meta.TransferSyntaxUID = syntax
     for key in ("SOPClassUID", "SOPInstanceUID"):
         if key not in ds:
@@ -93,6 +96,24 @@ def _actual_syntax(ds: "Dataset", declared: str) -> str:
     if implicit:
         return IMPLICIT_LE
     return EXPLICIT_LE if little else EXPLICIT_BE
+
+
+_WORD = {"OW": "H", "OF": "f", "OL": "L", "OD": "d", "OV": "Q"}
+
+
+def _to_little_endian(ds: "Dataset") -> None:
+    """A dataset read from big endian bytes, made little endian: the values pydicom keeps as
+    bytes (OW, OF, OL, OD, OV) byte-swapped word by word; everything else it holds decoded."""
+    from array import array
+
+    for elem in ds.iterall():
+        code = _WORD.get(str(elem.VR))
+        if code and isinstance(elem.value, bytes) and len(elem.value) % array(code).itemsize == 0:
+            words = array(code, elem.value)
+            words.byteswap()
+            elem.value = words.tobytes()
+    for item in [ds, *(i for e in ds.iterall() if e.VR == "SQ" for i in e.value)]:
+        item.set_original_encoding(False, True, item.original_character_set)
 
 
 def _preferred(accepted: set[str]) -> str:

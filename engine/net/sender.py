@@ -9,7 +9,8 @@ the peer confirms it, passed to a callback so the caller can journal it at once.
 Files go on the wire as stored (no decode, no re-encode) whenever the peer accepts their own
 transfer syntax and nothing says they lie about themselves; otherwise ``reencode`` makes a
 dataset of them (re-encoded, or decompressed for a peer that takes no compressed syntax).
-An association lost while an instance is in flight costs only that instance (``_send_batch``).  pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
+An association lost while an instance is in flight costs only that instance (``_send_batch``).
+pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
 """
 
 from __future__ import annotations

@@ -51,9 +51,11 @@ def _item(path: Path):
 
 
 def _send(items, port, **settings):
+    """One batch; with associations > 1, two (so worker processes send them)."""
     got = []
+    batches = [items] if settings.get("associations", 1) == 1 else [items[:3], items[3:]]
     DicomTransport(PeerSettings("127.0.0.1", port, called_ae="STORESCP", retry_delay=0.05,
-                                timeout=10, **settings)).send([items], got.append)
+                                timeout=10, **settings)).send(batches, got.append)
     return {o.sop_uid: o for o in got}
 
 

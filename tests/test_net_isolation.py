@@ -152,3 +152,22 @@ def test_the_index_flags_reach_the_plan_and_make_the_sender_re_encode(tmp_path):
     assert got[sops[1]].detail["fixed"] == ["bad-fragments", "syntax-mismatch"]
     assert got[sops[0]].reason == "sent" and "reencoded" not in got[sops[0]].detail
     assert set(received_sops(tmp_path / "rx")) == set(sops)
+
+
+def test_a_file_no_one_can_parse_fails_alone_with_the_reason(tmp_path):
+    """Bytes after the first element that neither storescp nor pydicom can follow: the peer
+    aborts, the next file goes on, the retry alone cannot even re-encode it."""
+    raw = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    start = 144 + struct.unpack_from("<I", raw, 140)[0]
+    first_end = start + 8 + struct.unpack_from("<H", raw, start + 6)[0]
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(raw[:first_end] + b"\x08\x00\x16\x00UI\xff\xff" + b"\x01" * 200)
+    sop = str(pydicom.dcmread(get_testdata_file("CT_small.dcm")).SOPInstanceUID)
+    items = [read_send_item(garbage, sop, "S"), _item(Path(get_testdata_file("MR_small.dcm")))]
+    with storescp(tmp_path / "rx") as (_, port):
+        got = _send(items, port, retries=1)
+    assert got[items[1].sop_uid].status == DONE
+    assert got[sop].status == FAILED
+    assert "lost while it was sent as stored" in got[sop].reason
+    assert "cannot be re-encoded" in got[sop].reason
+    assert set(received_sops(tmp_path / "rx")) == {items[1].sop_uid}

@@ -6,6 +6,7 @@
 | ``glue`` | the only reach into pynetdicom internals and global settings |
 | ``items`` | files -> :class:`SendItem` -> associations (contexts from the file meta) |
 | ``sender`` | the transports (:class:`DicomTransport`, :class:`DryTransport`) and C-ECHO |
+| ``reencode`` | the pydicom dataset sent when a file's bytes cannot go as stored |
 | ``workers`` | parallel associations in forked worker processes |
 | ``receiver`` | the C-STORE / C-ECHO SCP behind ``conquest-run serve`` |
 

@@ -257,7 +257,10 @@ class DicomTransport:
                 try:
                     payload, how, extra = prepared(item, syntaxes)
                 except CannotSend as exc:
-                    emit(Outcome(item.sop_uid, item.series_uid, FAILED, str(exc),
+                    why = str(exc) if "retried" not in item.fix else \
+                        f"not sent: the association was lost while it was sent as stored, " \
+                        f"and it cannot be re-encoded to retry it alone ({exc})"
+                    emit(Outcome(item.sop_uid, item.series_uid, FAILED, why,
                                  {"sop_class": item.sop_class,
                                   "transfer_syntax": item.transfer_syntax}))
                     continue

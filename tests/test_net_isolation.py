@@ -171,3 +171,29 @@ def test_a_file_no_one_can_parse_fails_alone_with_the_reason(tmp_path):
     assert "lost while it was sent as stored" in got[sop].reason
     assert "cannot be re-encoded" in got[sop].reason
     assert set(received_sops(tmp_path / "rx")) == {items[1].sop_uid}
+
+
+def test_odd_length_fragments_are_re_itemized_to_even_lengths(tmp_path):
+    from pydicom.encaps import generate_fragments, generate_frames
+
+    from conquest_run.net.reencode import prepared
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1)).rstrip(b"\0")
+    assert len(frame) % 2 == 1                          # the JPEG stream without its pad
+    item_tag, end_tag = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
+    ds.PixelData = (item_tag + struct.pack("<I", 0) + item_tag + struct.pack("<I", len(frame))
+                    + frame + end_tag + struct.pack("<I", 0))   # odd: pydicom pads the value,
+    # so the file ends in a stray byte after the delimiter: damaged, but pydicom reads it
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    item = read_send_item(path, str(ds.SOPInstanceUID), "S", flags=("bad-fragments",))
+    assert item.fix == ("bad-fragments",)
+    sent, how, detail = prepared(item, {item.transfer_syntax})
+    assert "re-encoded by pydicom in JPEG Baseline" in how and detail["fixed"] == ["bad-fragments"]
+    fragments = list(generate_fragments(sent.PixelData[8:]))        # after the offset table
+    assert [len(f) % 2 for f in fragments] == [0] and fragments[0] == frame + b"\0"
+    assert 0xFE00DDFF not in sent                           # the stray end is no element
+    with storescp(tmp_path / "rx") as (_, port):
+        got = _send([item], port, retries=0)
+    assert got[item.sop_uid].status == DONE, got[item.sop_uid].reason

@@ -132,6 +132,11 @@ def _reitemize(ds: "Dataset") -> None:
         raise CannotSend(f"cannot send: its encapsulated pixel data cannot be read ({exc})") \
             from None
     ds.PixelData = encapsulate(parts, has_bot=len(parts) > 1)
+    from pydicom.datadict import dictionary_has_tag
+
+    for tag in [t for t in ds.keys() if t > 0x7FE00010]:    # what a misaligned end left:
+        if not tag.is_private and not dictionary_has_tag(tag):     # no element at all
+            del ds[tag]
 
 
 def _decompress(ds: "Dataset", syntax: str) -> None:

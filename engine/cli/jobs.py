@@ -135,6 +135,8 @@ def print_report(report, console) -> None:
                          overflow="fold")
     for s in report.steps:
         t = s.totals()
+        if s.error and not s.summary.get("not_run"):
+            t["failed"] += 1        # the whole step failed: counted, its reason in the note
         note = s.error or ""
         for key in ("manifest", "file", "peer"):
             if not note and s.summary.get(key):
@@ -185,6 +187,17 @@ def _validate(args, err) -> int:
 
 
 def run(name: str | None, args: argparse.Namespace) -> int:
+    """SIGTERM is handled like Ctrl-C: the run is recorded as interrupted, then exit 143."""
+    from ..runner import RunInterrupted, sigterm_interrupts
+    try:
+        with sigterm_interrupts():
+            return _run(name, args)
+    except RunInterrupted as exc:
+        print(f"interrupted ({exc})", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _run(name: str | None, args: argparse.Namespace) -> int:
     from ..jobs import check_job_sql, load_job
     from ..planner import build_plan, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan

@@ -21,6 +21,7 @@ class PlannedInstance:
     sop_class: str | None
     path: str             # ObjectFile: relative to the data directory, '/' separated
     size: int | None      # bytes on disk when planned (None: file missing)
+    mtime: int | None = None  # st_mtime_ns when planned (None: unknown, e.g. an older plan)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class Plan:
                     s["series_uid"], s.get("patient_id"), s.get("study_uid"), s.get("modality"),
                     s.get("description"),
                     tuple(PlannedInstance(i["sop_uid"], i.get("sop_class"), i["path"],
-                                          i.get("size")) for i in s["instances"]))
+                                          i.get("size"), i.get("mtime"))
+                          for i in s["instances"]))
                 for s in sd["series"])
             steps.append(PlanStep(sd["index"], sd["name"], sd["action"], dict(sd["options"]),
                                   sd["target"], bool(sd["destructive"]), sd["level"], series,

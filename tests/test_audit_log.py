@@ -74,3 +74,58 @@ def test_outcomes_carry_the_planned_facts(tmp_path):
     assert o["series_uid"] == "1.2"
     assert json.loads(conn.execute("SELECT Detail FROM ConquestRunAudit").fetchone()[0])
     conn.close()
+
+
+def test_job_commit_from_git(tmp_path):
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from conquest_run.runcontext import job_commit, run_context
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    job = tmp_path / "repo" / "j.yml"
+    job.parent.mkdir()
+    job.write_text("version: 1\n")
+    outside = tmp_path / "j.yml"
+    outside.write_text("version: 1\n")
+    env_args = ["-c", "user.name=t", "-c", "user.email=t@example.org"]
+    git = ["git", "-C", str(job.parent)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    assert job_commit(job) is None                        # no commit yet
+    assert job_commit(outside) is None                    # not in a repository
+    subprocess.run(git + ["add", "j.yml"], check=True)
+    subprocess.run(git[:3] + env_args + ["commit", "-qm", "job"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert job_commit(job) == head
+    job.write_text("version: 1\nname: x\n")
+    assert job_commit(job) == head + "+modified"
+    assert job_commit(tmp_path / "missing.yml") is None
+    context = run_context(str(job), {"p": "1"})
+    assert context["job_commit"] == head + "+modified" and context["variables"] == {"p": "1"}
+    assert context["pid"] > 0 and context["host"] and context["version"]
+
+
+def test_delete_outcomes_say_whether_the_file_went(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from _jobs_support import sandbox
+    root = sandbox(tmp_path)
+    (root / "jobs" / "del.yml").write_text(
+        "version: 1\nname: del\narchive: {data: examples/sample/data, database: c.db}\n"
+        "select: {patient: RT001, modality: CT}\naction: {delete: {files: true}}\n")
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", PYTHONWARNINGS="ignore")
+    done = subprocess.run([sys.executable, "-m", "conquest_run", "--yes", "jobs/del.yml"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    conn = sqlite3.connect(root / "c.db")
+    outcomes = read_outcomes(conn, None, action="delete")
+    conn.close()
+    assert outcomes and all(o["patient_id"] == "RT001" for o in outcomes)
+    for o in outcomes:
+        assert o["detail"]["file_removed"] is True and o["detail"]["bytes"] > 0
+        assert not os.path.exists(o["detail"]["path"])

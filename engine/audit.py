@@ -130,7 +130,7 @@ class AuditLog:
     def record(self, run_id: str, step: int, step_name: str, action: str, target: str,
                outcome: Outcome) -> None:
         detail = dict(outcome.detail or {})
-        patient = None
+        patient = detail.get("patient_id")
         planned = self._planned.get(outcome.sop_uid or "")
         if planned is not None:
             patient, path, size = planned

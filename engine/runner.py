@@ -43,7 +43,13 @@ class RunInterrupted(KeyboardInterrupt):
 def sigterm_interrupts() -> Iterator[None]:
     """While inside, SIGTERM raises ``RunInterrupted`` (in the main thread), so a run that is
     told to stop records that it was interrupted, as for Ctrl-C, before the process exits."""
+    owner = os.getpid()
+
     def on_term(signum: int, frame: object) -> None:
+        if os.getpid() != owner:    # a forked send worker: die of it, as it did before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise RunInterrupted(signum)
     try:
         previous = signal.signal(signal.SIGTERM, on_term)

@@ -58,8 +58,10 @@ def _history(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def _copy_archive(root: Path) -> Path:
     archive = make_archive(root, patients=1, ct_slices=6)
     conn = sqlite3.connect(archive.database)
-    last = conn.execute("SELECT ObjectFile FROM DICOMImages ORDER BY SOPInstanc DESC "
-                        "LIMIT 1").fetchone()[0]
+    last = conn.execute(         # the last in plan order: study, series, then SOP UID
+        "SELECT i.ObjectFile FROM DICOMImages i JOIN DICOMSeries s ON s.SeriesInst = "
+        "i.SeriesInst ORDER BY s.StudyInsta DESC, s.SeriesInst DESC, i.SOPInstanc DESC "
+        "LIMIT 1").fetchone()[0]
     conn.close()
     with open(archive.data_dir / last, "r+b") as f:       # the last file copied is big
         f.truncate(BIG)
@@ -69,14 +71,27 @@ def _copy_archive(root: Path) -> Path:
     return root / "conquest.db"
 
 
+def _big_file_in_progress(out: Path) -> bool:
+    """A temporary .dcm file being written in ``out`` (not the manifest's) is over 1 MB."""
+    if not out.is_dir():
+        return False
+    for p in out.iterdir():
+        if p.name.endswith(".tmp") and ".dcm." in p.name:
+            try:
+                if p.stat().st_size > 1 << 20:
+                    return True
+            except FileNotFoundError:       # renamed meanwhile
+                pass
+    return False
+
+
 @pytest.mark.parametrize("sig, codes", [(signal.SIGINT, {130}), (signal.SIGTERM, {143, 130})])
 def test_signal_during_copy_is_recorded_as_interrupted(tmp_path, sig, codes):
     database = _copy_archive(tmp_path)
     out = tmp_path / "out"
     proc = _start("copy.yml", cwd=tmp_path)
     # the big file is being written (its temporary file is there): interrupt now
-    _wait_for(lambda: out.is_dir() and any(p.name.endswith(".tmp") and p.stat().st_size > 0
-                                           for p in out.iterdir()), proc)
+    _wait_for(lambda: _big_file_in_progress(out), proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in codes, err
@@ -87,8 +102,14 @@ def test_signal_during_copy_is_recorded_as_interrupted(tmp_path, sig, codes):
     shown = _history("--json", cwd=tmp_path)
     [run] = json.loads(shown.stdout)
     assert run["state"] == "interrupted" and run["signal"] == sig.name
-    assert 0 < run["done"] < 7        # the small files were copied before the signal
+    copied = [p for p in out.iterdir() if p.suffix == ".dcm"]
+    conn = sqlite3.connect(database)
+    total = conn.execute("SELECT count(*) FROM DICOMImages").fetchone()[0]
+    conn.close()
+    # the small files were copied (and recorded) before the signal, the big one was not
+    assert 0 < run["done"] == len(copied) == total - 1
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not (out / "manifest.json").exists()
 
 
 def _send_job(root: Path, port: int) -> Path:

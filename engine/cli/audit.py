@@ -156,6 +156,12 @@ def _show_run(info: dict[str, Any], outcomes: list[dict], as_json: bool) -> int:
         console.print("  " + escape(", ".join(facts)))
     if info.get("error"):
         console.print(f"  [red]{escape(info['error'])}[/]")
+    # runs recorded before whole-step failures had rows of their own: from the summary
+    stepped = {o["step"] for o in outcomes if o["detail"].get("scope") == "step"}
+    for s in (info.get("summary") or {}).get("steps", []):
+        if s.get("error") and s.get("index") not in stepped:
+            console.print(f"  [red]step {s.get('index')} ({escape(str(s.get('name')))}): "
+                          f"{escape(str(s['error']))}[/]")
     _outcome_table(console, outcomes, with_run=False)
     return 0
 

@@ -138,7 +138,7 @@ def print_report(report, console) -> None:
                          overflow="fold")
     for s in report.steps:
         t = s.totals()
-        if s.error and not s.summary.get("not_run"):
+        if s.step_failed:
             t["failed"] += 1        # the whole step failed: counted, its reason in the note
         note = s.error or ""
         for key in ("manifest", "file", "peer"):

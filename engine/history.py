@@ -122,7 +122,8 @@ def read_outcomes(conn: sqlite3.Connection, run_id: str | None = None, *,
                   status: str | None = None, since: str | None = None,
                   limit: int | None = None) -> list[dict]:
     """Outcomes in the order recorded: of one run, or with ``run_id=None`` of every run; each
-    filter keeps the outcomes equal to it (``since``: recorded at or after it)."""
+    filter keeps the outcomes equal to it (``since``: recorded at or after it); ``limit``: only
+    the newest that many."""
     runs_cols = _columns(conn, RUNS_TABLE)
     audit_cols = _columns(conn, AUDIT_TABLE)
     if runs_cols is None or audit_cols is None:
@@ -148,12 +149,17 @@ def read_outcomes(conn: sqlite3.Connection, run_id: str | None = None, *,
            f"{_select(_OUTCOME_COLUMNS[1:2], runs_cols)}, "
            f"{_select(_OUTCOME_COLUMNS[2:], audit_cols)} FROM {AUDIT_TABLE} a "
            f"LEFT JOIN {RUNS_TABLE} r ON r.RunId = a.RunId"
-           + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY a.rowid")
-    if limit is not None:
-        sql += " LIMIT ?"
+           + (f" WHERE {' AND '.join(where)}" if where else ""))
+    if limit is not None:                    # the newest ``limit``, still oldest first
+        sql += " ORDER BY a.rowid DESC LIMIT ?"
         params.append(limit)
+    else:
+        sql += " ORDER BY a.rowid"
+    rows = conn.execute(sql, params).fetchall()
+    if limit is not None:
+        rows.reverse()
     out = []
-    for row in conn.execute(sql, params):
+    for row in rows:
         d = dict(zip(OUTCOME_KEYS, row))
         d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
         out.append(d)

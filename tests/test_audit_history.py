@@ -87,3 +87,9 @@ def test_bad_since_is_a_plain_error(root):
     assert done.returncode == 2
     assert done.stderr.strip() == ("--since 'yesterday' is not an ISO date or time (for example "
                                    "2026-12-01 or 2026-12-01T14:30)")
+
+
+def test_limit_keeps_the_newest_outcomes(root):
+    every = _json(root, "--limit", "0", "--status", "done")
+    newest = _json(root, "--limit", "3", "--status", "done")
+    assert len(every) > 3 and newest == every[-3:]

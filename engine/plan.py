@@ -22,6 +22,7 @@ class PlannedInstance:
     path: str             # ObjectFile: relative to the data directory, '/' separated
     size: int | None      # bytes on disk when planned (None: file missing)
     flags: tuple[str, ...] = ()     # the index's findings (RTExtras.Flags), sorted
+    mtime: int | None = None  # st_mtime_ns when planned (None: unknown, e.g. an older plan)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class Plan:
                     s["series_uid"], s.get("patient_id"), s.get("study_uid"), s.get("modality"),
                     s.get("description"),
                     tuple(PlannedInstance(i["sop_uid"], i.get("sop_class"), i["path"],
-                                          i.get("size"), tuple(i.get("flags") or ()))
+                                          i.get("size"), tuple(i.get("flags") or ()),
+                                          i.get("mtime"))
                           for i in s["instances"]))
                 for s in sd["series"])
             steps.append(PlanStep(sd["index"], sd["name"], sd["action"], dict(sd["options"]),

@@ -168,6 +168,16 @@ class _Resolver:
         except OSError:
             return None
 
+    def mtime_of(self, object_file: str | None) -> int | None:
+        """st_mtime_ns of the file (None where ``size_of`` is None); ``--apply`` re-checks it."""
+        if self.size_of(object_file) is None:
+            return None
+        try:
+            return os.stat(os.path.join(self.data_root, os.path.normpath(object_file or ""))
+                           ).st_mtime_ns
+        except OSError:
+            return None
+
     def all_instances(self, series: set[str]) -> dict[str, list[tuple]]:
         """Instance rows of many series in one pass over the images table."""
         im = self.im
@@ -194,7 +204,8 @@ class _Resolver:
                 continue
             rel = (rel or "").replace("\\", "/")
             out.append(PlannedInstance(sop, cls, rel, self.size_of(rel),
-                                       tuple(sorted(filter(None, (flags or "").split("\\"))))))
+                                       tuple(sorted(filter(None, (flags or "").split("\\")))),
+                                       self.mtime_of(rel)))
         return tuple(out)
 
     def current_sops(self, series_uid: str) -> set[str]:
@@ -426,7 +437,8 @@ def _plan_schema(defs: dict[str, Any]) -> dict[str, Any]:
     instance = {"type": "object", "required": ["sop_uid", "path"], "properties": {
         "sop_uid": path, "sop_class": text_or_null, "path": path,
         "size": {"type": ["integer", "null"], "minimum": 0},
-        "flags": {"type": "array", "items": text}}}
+        "flags": {"type": "array", "items": text},
+        "mtime": {"type": ["integer", "null"]}}}
     series = {"type": "object", "required": ["series_uid", "instances"], "properties": {
         "series_uid": path, "patient_id": text_or_null, "study_uid": text_or_null,
         "modality": text_or_null, "description": text_or_null,
@@ -479,6 +491,57 @@ def _plan_problem(data: Any) -> str | None:
     return None
 
 
+def _file_changes(plan: Plan, archive, conn) -> list[str]:
+    """Planned files whose size or mtime differ from the plan, or whose bytes no longer have the
+    SHA-256 the index holds (RTExtras.hash, where there is one)."""
+    import hashlib
+    from .schema import EXTRAS_TABLE
+    hashes: dict[str, str] = {}
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (EXTRAS_TABLE,)).fetchone():
+        sops = sorted({i.sop_uid for st in plan.steps for s in st.series for i in s.instances})
+        for n in range(0, len(sops), _CHUNK):
+            chunk = sops[n:n + _CHUNK]
+            hashes.update((r[0], r[1]) for r in conn.execute(
+                f"SELECT SOPInstanc, hash FROM {EXTRAS_TABLE} WHERE hash IS NOT NULL AND "
+                f"SOPInstanc IN ({', '.join('?' * len(chunk))})", chunk))
+    root = os.fspath(archive.data_dir)
+    out: list[str] = []
+    seen: set[str] = set()
+    for step in plan.steps:
+        for s in step.series:
+            for inst in s.instances:
+                if inst.path in seen or inst.size is None:
+                    continue
+                seen.add(inst.path)
+                rel = os.path.normpath(inst.path)
+                if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep):
+                    continue        # the actions refuse such a path themselves
+                full = os.path.join(root, rel)
+                where = f"step {step.index} ({step.name}): file {inst.path}"
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    out.append(f"{where} is gone")
+                    continue
+                if st.st_size != inst.size:
+                    out.append(f"{where} is {st.st_size} bytes, the plan says {inst.size}")
+                elif inst.mtime is not None and st.st_mtime_ns != inst.mtime:
+                    out.append(f"{where} was modified since the plan")
+                elif inst.sop_uid in hashes:
+                    h = hashlib.sha256()
+                    try:
+                        with open(full, "rb") as f:
+                            for block in iter(lambda: f.read(1 << 20), b""):
+                                h.update(block)
+                    except OSError as exc:
+                        out.append(f"{where} cannot be read ({exc.strerror or exc})")
+                        continue
+                    if h.hexdigest() != hashes[inst.sop_uid]:
+                        out.append(f"{where} does not have the SHA-256 the index holds")
+    return out
+
+
 def verify_plan(plan: Plan, archive) -> None:
     """Refuse a saved plan when a planned series gained or lost instances since."""
     if not Path(archive.database).is_file():
@@ -509,6 +572,7 @@ def verify_plan(plan: Plan, archive) -> None:
                     changes.append(f"step {step.index} ({step.name}): series {s.series_uid} "
                                    f"(patient {s.patient_id}) {' and '.join(what)} "
                                    f"instance{'s' if len(gained | lost) != 1 else ''}")
+        changes += _file_changes(plan, archive, conn)
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise PlanChangedError(f"the archive changed since the plan was made ({plan.created}): "

@@ -46,7 +46,13 @@ class StepReport:
         d = asdict(self)
         d["totals"] = self.totals()
         d["ok"] = self.ok
+        # a failure of the whole step, beside the per-instance ones (the report counts it)
+        d["step_failed"] = self.step_failed
         return d
+
+    @property
+    def step_failed(self) -> bool:
+        return self.error is not None and not self.summary.get("not_run")
 
 
 @dataclass

@@ -12,21 +12,70 @@ temporary database for a dry run, so that nothing is written).
 
 from __future__ import annotations
 
-__all__ = ["run_plan", "archive_for_job", "indexed", "NOT_RUN"]
+__all__ = ["run_plan", "archive_for_job", "indexed", "NOT_RUN", "RunInterrupted",
+           "sigterm_interrupts"]
 
 import os
+import signal
 import tempfile
 import uuid
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .audit import AuditLog, now_iso
+from .audit import CRASHED, INTERRUPTED, AuditLog, now_iso
 from .errors import ArchiveError, ConquestRunError
 from .plan import Plan, PlanStep
 from .report import RunReport, StepReport
 
 NOT_RUN = "not run: an earlier step failed"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by a signal other than SIGINT (SIGTERM): handled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises ``RunInterrupted`` (in the main thread), so a run that is
+    told to stop records that it was interrupted, as for Ctrl-C, before the process exits."""
+    owner = os.getpid()
+
+    def on_term(signum: int, frame: object) -> None:
+        if os.getpid() != owner:    # a forked send worker: die of it, as it did before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise RunInterrupted(signum)
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:       # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the run row is closed (a second Ctrl-C must not
+    leave it half-written); delivered afterwards."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def archive_for_job(job, *, data: str | None = None, database: str | None = None,
@@ -117,9 +166,16 @@ def _run_step(step: PlanStep, ctx) -> StepReport:
 
 
 def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: bool = False,
-             progress: bool = False, run_id: str | None = None) -> RunReport:
-    """Execute (or, with ``dry_run``, walk) every step of ``plan``; the run's report."""
+             progress: bool = False, run_id: str | None = None,
+             variables: dict[str, Any] | None = None) -> RunReport:
+    """Execute (or, with ``dry_run``, walk) every step of ``plan``; the run's report.
+
+    The run row ends ``ok`` or ``failed``; ``interrupted`` (with the signal) when a
+    ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM under ``sigterm_interrupts``) stops it, which is
+    then re-raised; ``crashed`` (with the error) when anything else escapes.
+    """
     from .actions import ActionContext
+    from .runcontext import run_context
     run_id = run_id or uuid.uuid4().hex
     report = RunReport(run_id, plan.job_path, plan.job_sha256, dry_run, started=now_iso())
     conn = None
@@ -127,7 +183,13 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
     if not dry_run:
         conn = archive.connect()
         audit = AuditLog(conn)
-        audit.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
+        audit.know(plan)
+        if variables is None:
+            variables = getattr(plan, "variables", None)
+        audit.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name,
+                        **run_context(plan.job_path, variables))
+    ending: dict[str, Any] = {}
+    current: PlanStep | None = None
     try:
         ctx = ActionContext(archive=archive, plan=plan, dry_run=dry_run, force=force, echo=echo,
                             audit=audit, run_id=run_id, progress=progress)
@@ -136,14 +198,29 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
             if failed:
                 report.steps.append(_not_run(step, dry_run))
                 continue
+            current = step
             step_report = _run_step(step, ctx)
+            current = None
             report.steps.append(step_report)
+            if audit is not None and step_report.error:
+                audit.record_step_error(run_id, step.index, step.name, step.action, step.target,
+                                        step_report.error)
             failed = not step_report.ok
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        ending = {"state": INTERRUPTED, "signal": signal.Signals(signum).name,
+                  "error": f"interrupted by {signal.Signals(signum).name}"
+                           + (f" during step {current.index} ({current.name})"
+                              if current is not None else "")}
+        raise
+    except BaseException as exc:
+        ending = {"state": CRASHED, "error": f"{type(exc).__name__}: {exc}"}
+        raise
     finally:
         report.ended = now_iso()
         if audit is not None and conn is not None:
-            with closing(conn):
-                audit.end_run(run_id, report.ok, _summary(report))
+            with _signals_held(), closing(conn):
+                audit.end_run(run_id, report.ok and not ending, _summary(report), **ending)
     return report
 
 

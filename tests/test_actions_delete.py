@@ -86,7 +86,7 @@ def test_a_file_that_cannot_be_removed_is_reported_not_forgotten(archive):
     failed = [o for o in report.outcomes if o.status == "failed"]
     assert [o.sop_uid for o in failed] == ["1.2.826.0.1.9.1.1.2"]
     assert failed[0].detail == {"path": str(stuck.resolve()), "row_deleted": True,
-                                "file_kept": True}
+                                "file_kept": True, "file_removed": False}
     assert "could not remove the file" in failed[0].reason
     assert report.summary["files_not_removed"] == [str(stuck.resolve())]
     assert not (archive.data_dir / "CTX/a1.dcm").exists()

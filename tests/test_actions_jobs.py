@@ -100,7 +100,9 @@ action:
     before = tree_state(here)
     assert _run(job, "--dry-run") == 0
     assert tree_state(here) == before
-    assert _run(job) == 0
+    assert _run(job) == 2                 # no terminal to ask on: a delete needs --yes
+    assert all(f.is_file() for f in files)
+    assert _run(job, "--yes") == 0
     assert not any(f.exists() for f in files)
     assert _rows("SELECT count(*) FROM DICOMSeries WHERE SeriesPat = 'PAT003' AND "
                  "Modality = 'RTPLAN'") == [(0,)]

@@ -180,7 +180,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                     rec.add(Outcome(inst.sop_uid, series.series_uid, SKIPPED,
                                     "not in the database any more"))
                 elif not files:
-                    rec.add(Outcome(inst.sop_uid, series.series_uid, DONE, ""))
+                    rec.add(Outcome(inst.sop_uid, series.series_uid, DONE, "row deleted, file kept",
+                                    {"path": row[1] or inst.path, "file_removed": False}))
                 else:
                     outcome = _remove_file(fs, facts.data_dir, inst.sop_uid, series.series_uid,
                                            row[1] or inst.path)
@@ -202,7 +203,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
 def _remove_file(fs, data_dir: Path, sop_uid: str, series_uid: str, rel: str) -> Outcome:
     def failed(reason: str, path: str) -> Outcome:
         return Outcome(sop_uid, series_uid, FAILED, reason,
-                       {"path": path, "row_deleted": True, "file_kept": True})
+                       {"path": path, "row_deleted": True, "file_kept": True,
+                        "file_removed": False})
     try:
         path = source_path(data_dir, rel)
     except ActionError as exc:
@@ -215,11 +217,12 @@ def _remove_file(fs, data_dir: Path, sop_uid: str, series_uid: str, rel: str) ->
         fs.remove(path)
     except FileNotFoundError:
         return Outcome(sop_uid, series_uid, DONE, "the file was already gone",
-                       {"path": absolute})
+                       {"path": absolute, "file_removed": False})
     except OSError as exc:
         return failed(f"could not remove the file: {exc.strerror or exc}; its row is deleted, "
                       "remove it by hand", absolute)
-    return Outcome(sop_uid, series_uid, DONE, "", {"path": absolute})
+    return Outcome(sop_uid, series_uid, DONE, "row and file deleted",
+                   {"path": absolute, "file_removed": True})
 
 
 # -- Python API ----------------------------------------------------------------------------

@@ -92,13 +92,32 @@ def run(name: str, args: argparse.Namespace) -> int:
         if args.workers < 1:
             print("conquest-run rebuild: --workers must be at least 1", file=sys.stderr)
             return 2
-        result = archive.rebuild(patients=args.patient, mode=mode, workers=args.workers,
-                                 progress=sys.stderr.isatty())
+        from ..commandlog import recorded_command
+        from ..report import FAILED, Outcome
+        with recorded_command(
+                archive, "rebuild", " ".join([f"--mode {mode}"] + [
+                    f"--patient {p}" for p in args.patient or ()])) as finish:
+            result = archive.rebuild(patients=args.patient, mode=mode, workers=args.workers,
+                                     progress=sys.stderr.isatty())
+            finish(True, {"mode": mode, "indexed": result.indexed, "removed": result.removed,
+                          "bad": len(result.bad)},
+                   [Outcome(None, None, FAILED, b.reason, {"path": b.path}) for b in result.bad])
         _report_bad(result.bad)
         print(result.summary())
         return 0
     if name == "store":
-        result = archive.store(args.paths, move=args.move)
+        from ..commandlog import recorded_command
+        from ..report import DONE, FAILED, Outcome
+        with recorded_command(
+                archive, "store", " ".join(map(str, args.paths)) + (" --move" if args.move
+                                                                     else "")) as finish:
+            result = archive.store(args.paths, move=args.move)
+            finish(not result.bad, {"stored": len(result.stored), "bad": len(result.bad)},
+                   [Outcome(f.sop_uid, None, DONE, "replaced" if f.replaced else "stored",
+                            {"path": f.object_file, "source": f.source,
+                             "patient_id": f.patient_id}) for f in result.stored]
+                   + [Outcome(None, None, FAILED, b.reason, {"path": b.path})
+                      for b in result.bad])
         _report_bad(result.bad)
         print(result.summary())
         return 1 if result.bad else 0

@@ -43,6 +43,9 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
                              "JSON on stdout; a list when several jobs run")
     parser.add_argument("--force", action="store_true",
                         help="send: resend what the journal says a peer already confirmed")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="confirm destructive (delete) steps without asking; needed when "
+                             "no terminal is attached")
     parser.add_argument("--echo", action="store_true",
                         help="with --dry-run: C-ECHO the send peers (the only network traffic)")
     add_archive_flags(parser, defaults=False)
@@ -135,6 +138,8 @@ def print_report(report, console) -> None:
                          overflow="fold")
     for s in report.steps:
         t = s.totals()
+        if s.step_failed:
+            t["failed"] += 1        # the whole step failed: counted, its reason in the note
         note = s.error or ""
         for key in ("manifest", "file", "peer"):
             if not note and s.summary.get(key):
@@ -151,6 +156,45 @@ def print_report(report, console) -> None:
                           f"{escape(o.reason)}")
     status = "[green]all done[/green]" if report.ok else "[red]some work failed[/red]"
     console.print(f"{'Dry run' if report.dry_run else 'Run'} {report.run_id}: {status}")
+
+
+# -- confirmation -----------------------------------------------------------------------------
+def _removal(step) -> str:
+    from ..expect import plan_counts
+    n = plan_counts(step)
+    files = step.options.get("files") is True
+    return (f"step {step.index} ({step.name}) removes {_plural(n['patients'], 'patient')}, "
+            f"{n['series']} series, {_plural(n['instances'], 'instance')} from the index"
+            + (f" and deletes {_plural(n['instances'], 'file')} ({_size(step.bytes)})" if files
+               else " (files kept)"))
+
+
+def confirmed(plan, args) -> int | None:
+    """None to go on; an exit code when a destructive step is not confirmed.
+
+    ``--yes`` confirms; on a terminal the removal is shown and ``yes`` must be typed; without a
+    terminal a destructive step needs ``--yes``.
+    """
+    steps = [s for s in plan.steps if s.destructive and s.instance_count]
+    if args.dry_run or args.yes or not steps:
+        return None
+    if not sys.stdin.isatty():
+        print(f"{plan.job_path}: refusing to run destructive steps without confirmation: "
+              + "; ".join(_removal(s) for s in steps)
+              + ". Pass --yes to confirm (no terminal to ask on); nothing was done.",
+              file=sys.stderr)
+        return 2
+    for s in steps:
+        print(f"{plan.job_path}: {_removal(s)}", file=sys.stderr)
+    print("Type yes to go on: ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, EOFError):
+        answer = ""
+    if answer.strip() != "yes":
+        print("not confirmed: nothing was done", file=sys.stderr)
+        return 1
+    return None
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -185,6 +229,18 @@ def _validate(args, err) -> int:
 
 
 def run(name: str | None, args: argparse.Namespace) -> int:
+    """SIGTERM is handled like Ctrl-C: the run is recorded as interrupted, then exit 143."""
+    from ..runner import RunInterrupted, sigterm_interrupts
+    try:
+        with sigterm_interrupts():
+            return _run(name, args)
+    except RunInterrupted as exc:
+        print(f"interrupted ({exc})", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _run(name: str | None, args: argparse.Namespace) -> int:
+    from ..expect import check_expectations, selected_nothing
     from ..jobs import check_job_sql, load_job
     from ..planner import build_plan, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan
@@ -233,6 +289,9 @@ def run(name: str | None, args: argparse.Namespace) -> int:
             return exc.exit_code
         if not args.json:
             print_plan(plan, out, dry_run=args.dry_run)
+        refused = confirmed(plan, args)
+        if refused is not None:
+            return refused
         report = run_plan(plan, archive, dry_run=args.dry_run, force=args.force,
                           echo=args.echo, progress=progress)
         if args.json:
@@ -263,6 +322,9 @@ def run(name: str | None, args: argparse.Namespace) -> int:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")
             plan = build_plan(job, arc, named=archive)
+            check_expectations(job, plan)
+            for text in selected_nothing(job, plan):
+                notice(text)
             if args.plan_out:
                 save_plan(plan, args.plan_out)
                 if args.json:
@@ -274,6 +336,9 @@ def run(name: str | None, args: argparse.Namespace) -> int:
                 continue
             if not args.json:
                 print_plan(plan, out, dry_run=args.dry_run, notes=notes)
+            refused = confirmed(plan, args)
+            if refused is not None:
+                return max(status, refused)
             report = run_plan(plan, arc, dry_run=args.dry_run, force=args.force, echo=args.echo,
                               progress=progress)
         status = max(status, report.exit_code)

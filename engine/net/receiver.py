@@ -8,6 +8,7 @@ job can read while the receiver writes.  A C-STORE is answered "success" only on
 in place.
 
 Binds 127.0.0.1 unless told otherwise; with ``allow`` only those calling AE titles may associate.
+``limits.ConnectionGuard`` bounds what a peer can make it read, hold or wait for.
 ``Receiver.stop()`` stops accepting, lets the associations in flight finish (bounded), flushes
 the index and closes.
 """
@@ -21,14 +22,15 @@ import io
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ArchiveError, DicomFileError, NetworkError
-from .glue import pynetdicom_config, tune_connection
+from .glue import pynetdicom_config
+from .limits import ConnectionGuard
 from .settings import QUIET, VERIFICATION_SOP_CLASS
 
 TRANSFER_SYNTAXES = (
@@ -61,12 +63,24 @@ class ReceiverSettings:
     allow: tuple[str, ...] = ()            # calling AE titles allowed; empty: any
     timeout: float = 60.0                  # network / DIMSE timeout of an association
     stop_timeout: float = 30.0             # how long stop() waits for associations in flight
+    acse_timeout: float = 5.0              # ARTIM: a complete A-ASSOCIATE-RQ within this
+    max_associations: int = 10             # simultaneous associations
+    max_pdu: int = 4 * 1024 * 1024         # our maximum PDU length (bytes)
 
     def __post_init__(self) -> None:
+        from ..errors import ConquestRunError
         from .settings import check_ae_title
         check_ae_title(self.aet, "our AE title (--aet)")
         for title in self.allow:
             check_ae_title(title, "the allowed calling AE title")
+        for name, value, low, high in (("timeout", self.timeout, 0.1, 86400),
+                                       ("ACSE timeout", self.acse_timeout, 0.1, 3600),
+                                       ("maximum number of associations",
+                                        self.max_associations, 1, 1000),
+                                       ("maximum PDU length", self.max_pdu, 4096, 1 << 30)):
+            if not low <= value <= high:
+                raise ConquestRunError(f"the {name} must be between {low} and {high}, "
+                                       f"not {value}")
 
 
 def storage_contexts() -> list[Any]:
@@ -150,13 +164,15 @@ class Receiver:
     """A storage SCP; :func:`listen` makes and starts one."""
 
     def __init__(self, data_dir: str | Path, settings: ReceiverSettings,
-                 sink: Sink | None = None) -> None:
+                 sink: Sink | None = None, log: Callable[[str], None] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self.sink: Sink = sink if sink is not None else FileSink(self.data_dir)
         self.received = 0
         self.failed = 0
         self.errors: list[str] = []        # the first few reasons of failed stores
+        self.refusals: list[str] = []      # the first few peers refused by the guards
+        self._log = log
         self._server: Any = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -171,11 +187,14 @@ class Receiver:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=s.aet)
         ae.supported_contexts = storage_contexts()
-        ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = s.timeout
-        ae.maximum_pdu_size = 0            # unlimited: a sender may put a dataset in one PDU
+        ae.network_timeout = ae.dimse_timeout = s.timeout
+        ae.acse_timeout = s.acse_timeout
+        ae.maximum_pdu_size = s.max_pdu
+        ae.maximum_associations = s.max_associations
         if s.allow:
             ae.require_calling_aet = list(s.allow)
-        handlers = [(evt.EVT_CONN_OPEN, tune_connection),
+        guard = ConnectionGuard(s.acse_timeout, s.max_pdu, self.notice)
+        handlers = [*guard.handlers(),
                     (evt.EVT_C_STORE, self._on_c_store),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
         # no per-message log handlers on the acceptor associations (most of their CPU time)
@@ -236,6 +255,14 @@ class Receiver:
         with self._lock:
             self.received += 1
         return STATUS_SUCCESS
+
+    def notice(self, message: str) -> None:
+        """A peer refused or a request failed: kept (the first few) and logged."""
+        with self._lock:
+            if len(self.refusals) < 20:
+                self.refusals.append(message)
+        if self._log is not None:
+            self._log(message)
 
     def _failure(self, status: int, exc: BaseException) -> int:
         with self._lock:
@@ -306,13 +333,16 @@ def _after_patient_id(tag: Any, vr: Any, length: Any) -> bool:
 def listen(data_dir: str | Path, port: int, *, database: str | Path | None = None,
            dicom_sql: str | Path | None = None, index: bool = True, host: str = "127.0.0.1",
            aet: str = "CONQUEST", allow: Sequence[str] = (), timeout: float = 60.0,
-           stop_timeout: float = 30.0) -> Receiver:
+           stop_timeout: float = 30.0, acse_timeout: float = 5.0, max_associations: int = 10,
+           max_pdu: int = 4 * 1024 * 1024, log: Callable[[str], None] | None = None) -> Receiver:
     """Start a storage SCP writing into ``data_dir`` (and indexing into ``database`` unless
     ``index`` is false or no database is given); returns the running :class:`Receiver`
     (``.stop()`` it, or use it as a context manager)."""
     settings = ReceiverSettings(port=port, host=host, aet=aet, allow=tuple(allow),
-                                timeout=timeout, stop_timeout=stop_timeout)
+                                timeout=timeout, stop_timeout=stop_timeout,
+                                acse_timeout=acse_timeout, max_associations=max_associations,
+                                max_pdu=max_pdu)
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     sink: Sink = ArchiveSink(data_dir, database, dicom_sql) \
         if index and database is not None else FileSink(data_dir)
-    return Receiver(data_dir, settings, sink).start()
+    return Receiver(data_dir, settings, sink, log).start()

@@ -166,3 +166,40 @@ def test_part10_bytes_are_pynetdicoms_file_format_byte_for_byte(tmp_path, outgoi
         assert got.file_meta.MediaStorageSOPClassUID == sent.SOPClassUID
         assert got.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
         assert dataset_bytes(stored) == dataset_bytes(source)       # the peer's bytes
+
+
+def test_a_c_store_naming_another_instance_is_refused_with_a900(tmp_path, outgoing):
+    """pynetdicom sends a file's dataset under its file meta's UID (chunked mode): a file whose
+    meta names another instance than its dataset makes a real mismatched C-STORE."""
+    from pynetdicom import AE, _config
+
+    source = next(p for p in outgoing.values() if "CT" in str(pydicom.dcmread(p).Modality))
+    ds = pydicom.dcmread(source)
+    honest_uid = str(ds.SOPInstanceUID)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.999"
+    lying = tmp_path / "lying.dcm"
+    ds.save_as(lying)                           # enforce_file_format would mend the meta
+    written = pydicom.dcmread(lying)
+    assert str(written.SOPInstanceUID) == honest_uid
+    assert str(written.file_meta.MediaStorageSOPInstanceUID) == "1.2.826.0.1.3680043.8.498.999"
+    notices: list[str] = []
+    data, db = tmp_path / "data", tmp_path / "conquest.db"
+    with listen(data, free_port(), database=db, log=notices.append) as rx:
+        ae = AE(ae_title="LIAR")
+        ae.add_requested_context(ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID))
+        assoc = ae.associate("127.0.0.1", rx.port, ae_title="CONQUEST")
+        assert assoc.is_established
+        saved = _config.STORE_SEND_CHUNKED_DATASET
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            lied = assoc.send_c_store(lying)
+            honest = assoc.send_c_store(source)
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = saved
+            assoc.release()
+    assert lied.Status == 0xA900
+    assert honest.Status == 0x0000
+    assert [p.name for p in data.rglob("*.dcm")] == [f"{honest_uid}.dcm"]
+    assert set(_rows(db)) == {honest_uid}
+    assert any("1.2.826.0.1.3680043.8.498.999 is not the dataset's SOP Instance UID" in n
+               for n in notices)

@@ -13,7 +13,7 @@ Each refusal is reported through ``log`` (one sentence naming the peer).
 
 from __future__ import annotations
 
-__all__ = ["ConnectionGuard", "MAX_ASSOCIATE_RQ", "PDU_HEADROOM"]
+__all__ = ["ConnectionGuard", "MAX_ASSOCIATE_RQ", "PDU_HEADROOM", "peer_name"]
 
 import time
 from collections.abc import Callable
@@ -42,7 +42,7 @@ class ConnectionGuard:
 
     def on_open(self, event: Any) -> None:
         tune_connection(event)
-        peer = _peer(event)
+        peer = peer_name(event)
         deadline = time.monotonic() + self.acse_timeout
 
         def check(nr_bytes: int, associating: bool) -> str | None:
@@ -67,13 +67,14 @@ class ConnectionGuard:
     def on_requested(self, event: Any) -> None:
         contexts = len(event.assoc.requestor.requested_contexts)
         if contexts > MAX_CONTEXTS:
-            self.log(f"{_peer(event)}: an association request with {contexts:,} presentation "
+            self.log(f"{peer_name(event)}: an association request with {contexts:,} presentation "
                      f"contexts refused (at most {MAX_CONTEXTS})")
             event.assoc.acse.send_reject(0x01, 0x01, 0x01)     # permanent, no reason given
             wait_sent(event.assoc)
 
 
-def _peer(event: Any) -> str:
+def peer_name(event: Any) -> str:
+    """``HOST:PORT`` of the peer of an association event."""
     try:
         address = event.assoc.requestor.address_info
         return f"{address.address}:{address.port}"

@@ -205,7 +205,7 @@ def bench_receive(work: Path, repeat: int, baseline: Path | None = None) -> dict
         cmd = [sys.executable, __file__, "--null-scp", str(port)] if extra is None else \
             [sys.executable, "-m", "conquest_run", "serve", "--port", str(port),
              "--data", str(root / "data"), "--database", str(root / "conquest.db"), *extra]
-        env = None if tree is None else {**os.environ, "PYTHONPATH": str(_as_package(tree))}
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(_as_package(tree, work))}
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env)
         try:
@@ -239,10 +239,12 @@ def bench_receive(work: Path, repeat: int, baseline: Path | None = None) -> dict
     return rates
 
 
-def _as_package(tree: Path) -> Path:
-    """A folder holding ``conquest_run`` -> ``tree/engine``, for PYTHONPATH."""
-    folder = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
-    (folder / "conquest_run").symlink_to(tree.resolve() / "engine")
+def _as_package(tree: Path, work: Path) -> Path:
+    """A folder in ``work`` holding ``conquest_run`` -> ``tree/engine``, for PYTHONPATH."""
+    folder = work / "baseline_package"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "conquest_run").symlink_to(tree.resolve() / "engine")
     return folder
 
 

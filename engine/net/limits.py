@@ -8,12 +8,14 @@
   connection is closed at once, before any of it is buffered.
 * At most ``max_associations`` associations at a time (``--max-associations``).
 
+* A C-STORE whose dataset is another instance than its request names is refused (0xA900).
+
 Each refusal is reported through ``log`` (one sentence naming the peer).
 """
 
 from __future__ import annotations
 
-__all__ = ["ConnectionGuard", "MAX_ASSOCIATE_RQ", "PDU_HEADROOM", "peer_name"]
+__all__ = ["ConnectionGuard", "MAX_ASSOCIATE_RQ", "PDU_HEADROOM", "dataset_mismatch", "peer_name"]
 
 import time
 from collections.abc import Callable
@@ -80,3 +82,26 @@ def peer_name(event: Any) -> str:
         return f"{address.address}:{address.port}"
     except (AttributeError, ValueError):
         return "a peer"
+
+
+def dataset_mismatch(encoded: bytes, sop_class: str, sop_uid: str) -> str | None:
+    """What makes a received dataset (Part-10 bytes) another instance than its C-STORE request
+    names (Affected SOP Instance / Class UID), or None.  Reads the header up to (0008,0018)."""
+    import io
+
+    from pydicom.filereader import read_partial
+
+    ds = read_partial(io.BytesIO(encoded), stop_when=_after_sop_instance)
+    own_uid = str(ds.get("SOPInstanceUID", "") or "")
+    own_class = str(ds.get("SOPClassUID", "") or "")
+    if own_uid != sop_uid:
+        return (f"the Affected SOP Instance UID {sop_uid} is not the dataset's SOP Instance UID "
+                f"{own_uid or '(none)'}")
+    if own_class and own_class != sop_class:
+        return (f"the Affected SOP Class UID {sop_class} is not the dataset's SOP Class UID "
+                f"{own_class}")
+    return None
+
+
+def _after_sop_instance(tag: Any, vr: Any, length: Any) -> bool:
+    return tag > 0x00080018

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from ..errors import ArchiveError, DicomFileError, NetworkError
 from .glue import pynetdicom_config
-from .limits import ConnectionGuard, peer_name
+from .limits import ConnectionGuard, dataset_mismatch, peer_name
 from .settings import QUIET, VERIFICATION_SOP_CLASS
 
 TRANSFER_SYNTAXES = (
@@ -280,7 +280,7 @@ class Receiver:
             sop_class = str(request.AffectedSOPClassUID)
             encoded = part10_bytes(sop_class, sop_uid, str(event.context.transfer_syntax),
                                    request.DataSet.getvalue())
-            mismatch = _mismatch(encoded, sop_class, sop_uid)
+            mismatch = dataset_mismatch(encoded, sop_class, sop_uid)
             if mismatch:
                 self.notice(f"{peer_name(event)}: C-STORE refused (0xA900): {mismatch}")
                 return self._failure(STATUS_DATASET_MISMATCH, DicomFileError(mismatch))
@@ -366,26 +366,6 @@ def _patient_id(encoded: bytes) -> str:
 
     ds = read_partial(io.BytesIO(encoded), stop_when=_after_patient_id)
     return str(ds.get("PatientID", "") or "")
-
-
-def _mismatch(encoded: bytes, sop_class: str, sop_uid: str) -> str | None:
-    """What makes the dataset another instance than the C-STORE request names, or None."""
-    from pydicom.filereader import read_partial
-
-    ds = read_partial(io.BytesIO(encoded), stop_when=_after_sop_instance)
-    own_uid = str(ds.get("SOPInstanceUID", "") or "")
-    own_class = str(ds.get("SOPClassUID", "") or "")
-    if own_uid != sop_uid:
-        return (f"the Affected SOP Instance UID {sop_uid} is not the dataset's SOP Instance UID "
-                f"{own_uid or '(none)'}")
-    if own_class and own_class != sop_class:
-        return (f"the Affected SOP Class UID {sop_class} is not the dataset's SOP Class UID "
-                f"{own_class}")
-    return None
-
-
-def _after_sop_instance(tag: Any, vr: Any, length: Any) -> bool:
-    return tag > 0x00080018
 
 
 def _after_patient_id(tag: Any, vr: Any, length: Any) -> bool:

@@ -12,6 +12,10 @@ ACKs); pynetdicom's app cannot set it.  Each fast measurement is the best of ``-
 (the machine is shared).  ``--record`` replaces the "Network" section of ``bench/RESULTS.md``.
 
     python bench/bench_net.py [--small 600] [--large 100] [--repeat 2] [--record]
+    python bench/bench_net.py --receive-only [--baseline OLD_TREE]   # serve now vs a checkout
+
+``--baseline`` adds ``conquest-run serve`` run from another checkout's ``engine/`` (e.g. ``git
+archive COMMIT | tar -x -C OLD_TREE``) as a contender taking turns with today's.
 """
 
 from __future__ import annotations
@@ -180,7 +184,7 @@ def bench_send(work: Path, kind: str, count: int, repeat: int, parallel: int,
     return rates
 
 
-def bench_receive(work: Path, repeat: int) -> dict[str, float]:
+def bench_receive(work: Path, repeat: int, baseline: Path | None = None) -> dict[str, float]:
     data = work / "small" / "data"
     n = sum(1 for _ in data.rglob("*.dcm"))
     storescu = [STORESCU, "-R", "+sd", "+r", "-nh", "-aec", "CONQUEST", "127.0.0.1"]
@@ -191,8 +195,9 @@ def bench_receive(work: Path, repeat: int) -> dict[str, float]:
         scp.clear()
         return timed(storescu + [str(scp.port), str(data)], NODELAY)
 
-    def into_serve(extra: list[str] | None = ()) -> float:
-        """``conquest-run serve [extra]``; ``extra=None``: this script's no-op SCP instead."""
+    def into_serve(extra: list[str] | None = (), tree: Path | None = None) -> float:
+        """``conquest-run serve [extra]`` (from the checkout ``tree`` if given); ``extra=None``:
+        this script's no-op SCP instead."""
         root = work / "serve"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir()
@@ -200,7 +205,9 @@ def bench_receive(work: Path, repeat: int) -> dict[str, float]:
         cmd = [sys.executable, __file__, "--null-scp", str(port)] if extra is None else \
             [sys.executable, "-m", "conquest_run", "serve", "--port", str(port),
              "--data", str(root / "data"), "--database", str(root / "conquest.db"), *extra]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(_as_package(tree, work))}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env)
         try:
             wait_port(port)
             seconds = timed(storescu + [str(port), str(data)], NODELAY)
@@ -217,15 +224,28 @@ def bench_receive(work: Path, repeat: int) -> dict[str, float]:
             if got != n:
                 raise RuntimeError(f"serve --no-index stored {got} of {n}")
         return seconds
+    runs = {
+        "storescu -> dcmtk storescp": into_storescp,
+        "storescu -> conquest-run serve (indexing)": into_serve,
+        "storescu -> conquest-run serve --no-index": lambda: into_serve(["--no-index"]),
+        "storescu -> the same SCP storing nothing (pynetdicom's ceiling)":
+            lambda: into_serve(None)}
+    if baseline is not None:
+        runs[f"storescu -> baseline serve (indexing), {baseline.name}"] = \
+            lambda: into_serve((), baseline)
     with scp:
-        times = best_interleaved(repeat, {
-            "storescu -> dcmtk storescp": into_storescp,
-            "storescu -> conquest-run serve (indexing)": into_serve,
-            "storescu -> conquest-run serve --no-index": lambda: into_serve(["--no-index"]),
-            "storescu -> the same SCP storing nothing (pynetdicom's ceiling)":
-                lambda: into_serve(None)})
+        times = best_interleaved(repeat, runs)
     rates.update({name: n / seconds for name, seconds in times.items()})
     return rates
+
+
+def _as_package(tree: Path, work: Path) -> Path:
+    """A folder in ``work`` holding ``conquest_run`` -> ``tree/engine``, for PYTHONPATH."""
+    folder = work / "baseline_package"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "conquest_run").symlink_to(tree.resolve() / "engine")
+    return folder
 
 
 class _Discard:
@@ -397,6 +417,21 @@ def record(section: str) -> None:
     RESULTS.write_text(text)
 
 
+def receive_only(small: int, repeat: int, baseline: Path | None) -> int:
+    load_before = load()
+    with tempfile.TemporaryDirectory(prefix="bench_net_") as tmp:
+        work = Path(tmp)
+        make_archive(work / "small", "small", small)
+        rx = bench_receive(work, repeat, baseline)
+    scp = rx["storescu -> dcmtk storescp"]
+    print(f"Receive, {rx['files']} small files, best of {repeat}; load {load_before} before, "
+          f"{load()} after\n\n| receiver | files/s | vs storescp |\n|---|---:|---:|")
+    for k, v in rx.items():
+        if k != "files":
+            print(f"| {k} | {v:,.0f} | {v / scp:.2f}x |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=600)
@@ -405,6 +440,10 @@ def main() -> int:
     ap.add_argument("--associations", type=int, default=2, help="the parallel case")
     ap.add_argument("--no-pynetdicom-app", action="store_true")
     ap.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
+    ap.add_argument("--receive-only", action="store_true",
+                    help="only the receive table (printed, never recorded)")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="with --receive-only: also serve from this checkout, taking turns")
     ap.add_argument("--null-scp", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.null_scp is not None:
@@ -413,6 +452,8 @@ def main() -> int:
         if not Path(binary).is_file():
             print(f"{binary} is not installed (apt-get install dcmtk)", file=sys.stderr)
             return 2
+    if args.receive_only:
+        return receive_only(args.small, args.repeat, args.baseline)
     started = time.perf_counter()
     load_before = load()
     with tempfile.TemporaryDirectory(prefix="bench_net_") as tmp:

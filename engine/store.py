@@ -114,22 +114,30 @@ class StoreWriteError(ArchiveError, OSError):
 
 def atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
                   move: bool = False) -> None:
-    """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace."""
+    """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace; the
+    file and then its folder are fsync'ed before this returns (durable, not just in place)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if move and source is not None and not source.is_symlink():
         try:
             os.replace(source, target)   # same file system: one atomic rename
-            return
         except OSError:
             pass
+        else:
+            _fsync(target)
+            _fsync(target.parent)
+            return
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         if data is not None:
             with open(tmp, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
         else:
             shutil.copyfile(source, tmp)
+            _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(target.parent)
     except BaseException:
         try:
             tmp.unlink()
@@ -141,6 +149,14 @@ def atomic_write(target: Path, data: bytes | None = None, source: Path | None = 
             os.unlink(source)
         except OSError as exc:   # stored all the same: the caller reports the original kept
             raise _SourceKept(exc.strerror or str(exc)) from None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Placer:

@@ -166,3 +166,111 @@ def test_part10_bytes_are_pynetdicoms_file_format_byte_for_byte(tmp_path, outgoi
         assert got.file_meta.MediaStorageSOPClassUID == sent.SOPClassUID
         assert got.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
         assert dataset_bytes(stored) == dataset_bytes(source)       # the peer's bytes
+
+
+def test_a_c_store_naming_another_instance_is_refused_with_a900(tmp_path, outgoing):
+    """pynetdicom sends a file's dataset under its file meta's UID (chunked mode): a file whose
+    meta names another instance than its dataset makes a real mismatched C-STORE."""
+    from pynetdicom import AE, _config
+
+    source = next(p for p in outgoing.values() if "CT" in str(pydicom.dcmread(p).Modality))
+    ds = pydicom.dcmread(source)
+    honest_uid = str(ds.SOPInstanceUID)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.999"
+    lying = tmp_path / "lying.dcm"
+    ds.save_as(lying)                           # enforce_file_format would mend the meta
+    written = pydicom.dcmread(lying)
+    assert str(written.SOPInstanceUID) == honest_uid
+    assert str(written.file_meta.MediaStorageSOPInstanceUID) == "1.2.826.0.1.3680043.8.498.999"
+    notices: list[str] = []
+    data, db = tmp_path / "data", tmp_path / "conquest.db"
+    with listen(data, free_port(), database=db, log=notices.append) as rx:
+        ae = AE(ae_title="LIAR")
+        ae.add_requested_context(ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID))
+        assoc = ae.associate("127.0.0.1", rx.port, ae_title="CONQUEST")
+        assert assoc.is_established
+        saved = _config.STORE_SEND_CHUNKED_DATASET
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            lied = assoc.send_c_store(lying)
+            honest = assoc.send_c_store(source)
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = saved
+            assoc.release()
+    assert lied.Status == 0xA900
+    assert honest.Status == 0x0000
+    assert [p.name for p in data.rglob("*.dcm")] == [f"{honest_uid}.dcm"]
+    assert set(_rows(db)) == {honest_uid}
+    assert any("1.2.826.0.1.3680043.8.498.999 is not the dataset's SOP Instance UID" in n
+               for n in notices)
+
+
+def _store_responses(stdout: str) -> dict[str, str]:
+    """storescu -v output -> {SOP Instance UID (the file name): response text}."""
+    out, current = {}, None
+    for line in stdout.splitlines():
+        if "Sending file: " in line:
+            current = Path(line.split("Sending file: ", 1)[1].strip()).stem
+        elif "Received Store Response" in line and current is not None:
+            out[current] = line.split("Received Store Response", 1)[1].strip()
+            current = None
+    return out
+
+
+def test_a_failed_commit_fails_its_c_stores_and_nothing_acknowledged_is_missing(tmp_path):
+    """Durable before acknowledged: with the database held by another writer past the
+    receiver's busy timeout, storescu gets a failure status for every file whose rows could not
+    be committed; once the writer lets go, the rows are committed (retried) and every instance
+    storescu was told Success for is in the index."""
+    from _net_support import STORESCU, NODELAY, require
+
+    require(STORESCU)
+    src = tmp_path / "src"
+    write_patient(src, seed=5, patient_id="DUR001", ct_slices=4, rt=False)
+    data, db = tmp_path / "data", tmp_path / "conquest.db"
+    notices: list[str] = []
+
+    def push() -> dict[str, str]:
+        done = subprocess.run([STORESCU, "-v", "-R", "+sd", "+r", "-nh", "-aec", "CONQUEST",
+                               "127.0.0.1", str(rx.port), str(src)], env=NODELAY,
+                              capture_output=True, text=True, timeout=60)
+        return _store_responses(done.stdout + done.stderr)
+
+    with listen(data, free_port(), database=db, busy_timeout=0.2, log=notices.append) as rx:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")          # another writer holds the database
+        try:
+            refused = push()
+            assert len(refused) == 4
+            assert all("OutOfResources" in r for r in refused.values()), refused
+            assert _rows(db) == {}
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        deadline = time.monotonic() + 10            # the flusher retries the kept rows
+        while len(_rows(db)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(_rows(db)) == set(refused)
+        accepted = push()
+        assert all(r == "(Success)" for r in accepted.values()), accepted
+        assert set(accepted) <= set(_rows(db))    # acknowledged, so already committed
+    assert any("database is locked" in n for n in notices)
+
+
+def test_each_acknowledged_file_and_its_folder_are_fsynced(tmp_path, outgoing, monkeypatch):
+    """A spy on os.fsync (the real one still runs): one file and one folder per C-STORE."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    with listen(tmp_path / "data", free_port(), database=tmp_path / "conquest.db") as rx:
+        done = storescu(rx.port, next(iter(outgoing.values())).parents[1])
+        assert done.returncode == 0, done.stderr
+    assert synced.count("file") >= len(outgoing) and synced.count("dir") >= len(outgoing)

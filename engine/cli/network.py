@@ -1,7 +1,8 @@
 """``conquest-run serve`` (a storage SCP into the archive) and ``conquest-run echo`` (C-ECHO).
 
     conquest-run serve --port P [--host 127.0.0.1] [--aet CONQUEST] [--allow AE ...]
-                       [--no-index] [--data data] [--database conquest.db] [--dicom-sql F]
+                       [--no-index] [--acse-timeout 5] [--max-associations 10]
+                       [--data data] [--database conquest.db] [--dicom-sql F]
     conquest-run echo HOST PORT [--aet CONQUEST_RUN] [--called-ae ANY-SCP] [--timeout S]
 """
 
@@ -29,6 +30,26 @@ def _port(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"out of range 0.1..3600 seconds: {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"out of range 1..1000: {value}")
+    return value
+
+
 def register(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "serve":
         parser.description = ("Receive DICOM (C-STORE, C-ECHO) into the archive's "
@@ -41,6 +62,11 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                             help="accept only these calling AE titles")
         parser.add_argument("--no-index", action="store_true",
                             help="store files without indexing them into the database")
+        parser.add_argument("--acse-timeout", type=_seconds, default=5.0, metavar="S",
+                            help="a peer must complete its association request within S "
+                                 "seconds of connecting (default 5)")
+        parser.add_argument("--max-associations", type=_count, default=10, metavar="N",
+                            help="simultaneous associations (default 10)")
         add_archive_flags(parser)
     else:
         parser.description = "Send a C-ECHO to a DICOM peer."
@@ -80,7 +106,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         receiver = listen(data, args.port, database=args.database, dicom_sql=args.dicom_sql,
                           index=not args.no_index, host=args.host, aet=args.aet,
-                          allow=args.allow)
+                          allow=args.allow, acse_timeout=args.acse_timeout,
+                          max_associations=args.max_associations,
+                          log=lambda message: print(f"conquest-run serve: {message}",
+                                                    file=sys.stderr, flush=True))
         print(f"conquest-run serve: {args.aet} listening on {args.host}:{receiver.port}, "
               f"storing into {data}" + ("" if args.no_index else f", indexing into "
                                                                   f"{args.database}"),

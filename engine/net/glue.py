@@ -5,10 +5,11 @@ A test fails if these internals change (``tests/test_net_workers.py``).
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -125,3 +126,103 @@ def pynetdicom_config(**flags: Any) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(_config, name, value)
+
+
+def guard_reads(assoc: Any, check: Callable[[int, bool], str | None],
+                deadline: Callable[[], float], refused: Callable[[str], None]) -> bool:
+    """Put a guard in front of every read of an acceptor association's DUL reactor.
+
+    pynetdicom reads each PDU as a 6-byte header and then ``recv(length)`` of whatever length
+    the peer claims, growing a buffer as the bytes arrive, with no bound on the length and no
+    deadline before the association exists (``AssociationSocket.recv``, ``DULServiceProvider.
+    _read_pdu_data``).  The guard asks ``check(nr_bytes, associating)`` first (``associating``:
+    the DUL is still waiting for, or answering, the A-ASSOCIATE-RQ: ``Sta1``-``Sta3``); a reason
+    closes the connection at once and hands pynetdicom a short read (its "connection closed").
+    While associating, reads must complete by ``deadline()`` (a ``time.monotonic`` value), so
+    a peer dripping bytes cannot hold the reactor in ``recv``.  Returns ``False`` (no guard)
+    when the internals are not as expected.
+    """
+    dul = getattr(assoc, "dul", None)
+    transport = getattr(dul, "socket", None)
+    original = getattr(transport, "recv", None)
+    machine = getattr(dul, "state_machine", None)
+    if not callable(original) or not isinstance(getattr(transport, "socket", None),
+                                                socket.socket) or machine is None:
+        return False
+
+    def recv(nr_bytes: int) -> bytearray:
+        associating = getattr(machine, "current_state", "") in ("Sta1", "Sta2", "Sta3")
+        problem = check(nr_bytes, associating)
+        if problem is None and not associating:
+            return original(nr_bytes)
+        sock = transport.socket
+        data = bytearray()
+        if problem is None and sock is not None:
+            data, problem = _read_by(sock, nr_bytes, deadline())
+        if problem is not None:
+            refused(problem)
+            hang_up(sock)
+        return data
+
+    transport.recv = recv
+    return True
+
+
+def _read_by(sock: socket.socket, nr_bytes: int, deadline: float) -> tuple[bytearray, str | None]:
+    data = bytearray()
+    while len(data) < nr_bytes:
+        remaining = deadline - time.monotonic()
+        try:
+            ready = remaining > 0 and select.select([sock], [], [], remaining)[0]
+            chunk = sock.recv(min(nr_bytes - len(data), 65536)) if ready else None
+        except (OSError, ValueError):
+            return data, None                  # closed under us: pynetdicom sees a short read
+        if chunk is None:
+            return data, "no complete A-ASSOCIATE-RQ within the ACSE timeout"
+        if not chunk:
+            return data, None
+        data += chunk
+    return data, None
+
+
+def hang_up(sock: socket.socket | None) -> None:
+    """Shut a connection both ways at once (the peer sees it closed)."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def wake_acceptor(assoc: Any) -> None:
+    """``EVT_CONN_CLOSE`` handler: an acceptor whose connection closed before its A-ASSOCIATE-RQ
+    arrived stops waiting at once.
+
+    pynetdicom's acceptor thread waits ``acse_timeout`` for the request on the DUL's
+    ``to_user_queue`` even after the DUL saw the connection close (``Sta2`` + ``Evt17``), and it
+    counts against ``maximum_associations`` all that time: ten connect-and-close calls locked
+    every peer out for a minute.  A ``None`` on that queue is what its own timeout returns, so
+    the thread ends as if the ACSE timer had run out.
+    """
+    dul = getattr(assoc, "dul", None)
+    waiting = getattr(dul, "to_user_queue", None)
+    requestor = getattr(assoc, "requestor", None)
+    if waiting is None or getattr(assoc, "is_established", True) or \
+            getattr(requestor, "primitive", True) is not None:
+        return
+    waiting.put(None)
+
+
+def wait_sent(assoc: Any, limit: float = 1.0) -> None:
+    """Wait (at most ``limit`` s) until the DUL has sent what the association queued for the peer.
+
+    An A-ASSOCIATE-RJ sent from an ``EVT_REQUESTED`` handler is only queued
+    (``dul.to_provider_queue``); the acceptor then closes the socket at once, usually before the
+    reactor sent it.  Does nothing if the queue is not there.
+    """
+    queued = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    deadline = time.monotonic() + limit
+    while queued is not None and not queued.empty() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.01)                           # the reactor writes the PDU after dequeuing it

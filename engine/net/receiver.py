@@ -2,12 +2,13 @@
 
 Each received dataset is written as received (file meta + the peer's encoded bytes, never
 decoded and re-encoded) into ``data/<safe PatientID>/<SOPInstanceUID>.dcm`` through a temporary
-file and a rename (``store.DatasetStore``), and its index rows are committed in batches (every
-``BATCH_FILES`` files, or by a flusher thread every ``BATCH_SECONDS``) on a WAL connection, so a
-job can read while the receiver writes.  A C-STORE is answered "success" only once the file is
-in place.
+file and a rename (``store.DatasetStore``), and its index rows are committed on a WAL connection,
+so a job can read while the receiver writes.  A C-STORE is answered "success" only once the file
+and its folder are fsync'ed and its rows committed (commits grouped across associations); one
+whose commit fails is answered 0xA700 and its rows are retried by a flusher thread.
 
 Binds 127.0.0.1 unless told otherwise; with ``allow`` only those calling AE titles may associate.
+``limits.ConnectionGuard`` bounds what a peer can make it read, hold or wait for.
 ``Receiver.stop()`` stops accepting, lets the associations in flight finish (bounded), flushes
 the index and closes.
 """
@@ -21,14 +22,15 @@ import io
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ArchiveError, DicomFileError, NetworkError
-from .glue import pynetdicom_config, tune_connection
+from .glue import pynetdicom_config
+from .limits import ConnectionGuard, dataset_mismatch, peer_name
 from .settings import QUIET, VERIFICATION_SOP_CLASS
 
 TRANSFER_SYNTAXES = (
@@ -46,11 +48,11 @@ TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.91",   # JPEG 2000
     "1.2.840.10008.1.2.5",      # RLE Lossless
 )
-BATCH_FILES = 200
-BATCH_SECONDS = 0.2
+BATCH_SECONDS = 0.2                    # the flusher retries rows whose commit failed
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DATASET_MISMATCH = 0xA900       # "Data Set does not match SOP Class", as storescp says
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,25 @@ class ReceiverSettings:
     allow: tuple[str, ...] = ()            # calling AE titles allowed; empty: any
     timeout: float = 60.0                  # network / DIMSE timeout of an association
     stop_timeout: float = 30.0             # how long stop() waits for associations in flight
+    acse_timeout: float = 5.0              # ARTIM: a complete A-ASSOCIATE-RQ within this
+    max_associations: int = 10             # simultaneous associations
+    max_pdu: int = 4 * 1024 * 1024         # our maximum PDU length (bytes)
+    busy_timeout: float | None = None      # SQLite busy timeout (s); None: db.connect's
 
     def __post_init__(self) -> None:
+        from ..errors import ConquestRunError
         from .settings import check_ae_title
         check_ae_title(self.aet, "our AE title (--aet)")
         for title in self.allow:
             check_ae_title(title, "the allowed calling AE title")
+        for name, value, low, high in (("timeout", self.timeout, 0.1, 86400),
+                                       ("ACSE timeout", self.acse_timeout, 0.1, 3600),
+                                       ("maximum number of associations",
+                                        self.max_associations, 1, 1000),
+                                       ("maximum PDU length", self.max_pdu, 4096, 1 << 30)):
+            if not low <= value <= high:
+                raise ConquestRunError(f"the {name} must be between {low} and {high}, "
+                                       f"not {value}")
 
 
 def storage_contexts() -> list[Any]:
@@ -112,11 +127,18 @@ class FileSink:
 
 
 class ArchiveSink:
-    """Files and index rows, through the archive core's ``DatasetStore`` (one WAL connection,
-    rows committed every ``BATCH_FILES`` datasets or on ``flush()``)."""
+    """Files and index rows, through the archive core's ``DatasetStore`` on one WAL connection.
+
+    Durable before acknowledged: ``put()`` returns only once the file is fsync'ed and renamed,
+    its folder fsync'ed (``store.atomic_write``) and its index rows committed.  Commits are
+    grouped: whoever commits takes every row written so far, so the associations waiting
+    meanwhile return without a commit of their own.  A commit that fails raises
+    (``ArchiveError``: the C-STORE fails with 0xA700) and keeps its rows for the next one, which
+    the flusher retries every ``BATCH_SECONDS``.
+    """
 
     def __init__(self, data_dir: str | Path, database: str | Path,
-                 dicom_sql: str | Path | None = None) -> None:
+                 dicom_sql: str | Path | None = None, busy_timeout: float | None = None) -> None:
         from ..db import connect, ensure_schema
         from ..schema import load_schema
         from ..store import DatasetStore
@@ -124,20 +146,44 @@ class ArchiveSink:
         schema = load_schema(dicom_sql)
         self.conn = connect(database)
         try:
+            if busy_timeout is not None:
+                self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             ensure_schema(self.conn, schema)
         except BaseException:
             self.conn.close()
             raise
-        self.store = DatasetStore(self.conn, schema, data_dir, batch_size=BATCH_FILES)
-        self.lock = threading.Lock()
+        self.store = DatasetStore(self.conn, schema, data_dir, batch_size=1 << 30)
+        self.lock = threading.Lock()       # the connection and the store
+        self.commit_lock = threading.Lock()
+        self.written = 0                   # rows handed to the store so far
+        self.committed = 0                 # ... of which committed
 
     def put(self, encoded: bytes, sop_uid: str) -> str:
         with self.lock:
-            return self.store.store(encoded).object_file
+            object_file = self.store.store(encoded).object_file
+            self.written += 1
+            mine = self.written
+        self._commit(mine)
+        return object_file
+
+    def _commit(self, upto: int) -> None:
+        import sqlite3
+
+        with self.commit_lock:
+            if self.committed >= upto:     # in another association's commit meanwhile
+                return
+            with self.lock:
+                written, pending = self.written, dict(self.store.pending)
+                try:
+                    self.store.flush()
+                except (sqlite3.Error, OSError) as exc:
+                    self.store.pending = {**pending, **self.store.pending}
+                    raise ArchiveError(f"the index rows could not be committed ({exc}); "
+                                       "kept for the next commit") from None
+                self.committed = written
 
     def flush(self) -> None:
-        with self.lock:
-            self.store.flush()
+        self._commit(self.written)
 
     def close(self) -> None:
         try:
@@ -150,13 +196,15 @@ class Receiver:
     """A storage SCP; :func:`listen` makes and starts one."""
 
     def __init__(self, data_dir: str | Path, settings: ReceiverSettings,
-                 sink: Sink | None = None) -> None:
+                 sink: Sink | None = None, log: Callable[[str], None] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self.sink: Sink = sink if sink is not None else FileSink(self.data_dir)
         self.received = 0
         self.failed = 0
         self.errors: list[str] = []        # the first few reasons of failed stores
+        self.refusals: list[str] = []      # the first few peers refused by the guards
+        self._log = log
         self._server: Any = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -171,11 +219,14 @@ class Receiver:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=s.aet)
         ae.supported_contexts = storage_contexts()
-        ae.network_timeout = ae.dimse_timeout = ae.acse_timeout = s.timeout
-        ae.maximum_pdu_size = 0            # unlimited: a sender may put a dataset in one PDU
+        ae.network_timeout = ae.dimse_timeout = s.timeout
+        ae.acse_timeout = s.acse_timeout
+        ae.maximum_pdu_size = s.max_pdu
+        ae.maximum_associations = s.max_associations
         if s.allow:
             ae.require_calling_aet = list(s.allow)
-        handlers = [(evt.EVT_CONN_OPEN, tune_connection),
+        guard = ConnectionGuard(s.acse_timeout, s.max_pdu, self.notice)
+        handlers = [*guard.handlers(),
                     (evt.EVT_C_STORE, self._on_c_store),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
         # no per-message log handlers on the acceptor associations (most of their CPU time)
@@ -226,9 +277,14 @@ class Receiver:
         try:
             request = event.request
             sop_uid = str(request.AffectedSOPInstanceUID)
-            self.sink.put(part10_bytes(str(request.AffectedSOPClassUID), sop_uid,
-                                       str(event.context.transfer_syntax),
-                                       request.DataSet.getvalue()), sop_uid)
+            sop_class = str(request.AffectedSOPClassUID)
+            encoded = part10_bytes(sop_class, sop_uid, str(event.context.transfer_syntax),
+                                   request.DataSet.getvalue())
+            mismatch = dataset_mismatch(encoded, sop_class, sop_uid)
+            if mismatch:
+                self.notice(f"{peer_name(event)}: C-STORE refused (0xA900): {mismatch}")
+                return self._failure(STATUS_DATASET_MISMATCH, DicomFileError(mismatch))
+            self.sink.put(encoded, sop_uid)
         except (OSError, ArchiveError) as exc:
             return self._failure(STATUS_OUT_OF_RESOURCES, exc)
         except Exception as exc:           # DicomFileError and whatever a damaged dataset raises
@@ -236,6 +292,14 @@ class Receiver:
         with self._lock:
             self.received += 1
         return STATUS_SUCCESS
+
+    def notice(self, message: str) -> None:
+        """A peer refused or a request failed: kept (the first few) and logged."""
+        with self._lock:
+            if len(self.refusals) < 20:
+                self.refusals.append(message)
+        if self._log is not None:
+            self._log(message)
 
     def _failure(self, status: int, exc: BaseException) -> int:
         with self._lock:
@@ -246,11 +310,16 @@ class Receiver:
         return status
 
     def _flush_loop(self) -> None:
+        """Retry the rows whose commit failed (their C-STOREs were answered 0xA700)."""
+        last = ""
         while not self._stopping.wait(BATCH_SECONDS):
             try:
                 self.sink.flush()
-            except Exception as exc:       # the files are stored; a rebuild can index them
-                self._failure(0, exc)
+                last = ""
+            except Exception as exc:
+                if str(exc) != last:       # once per distinct reason, not every 0.2 s
+                    last = str(exc)
+                    self.notice(f"{exc}; retrying")
 
 
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
@@ -306,13 +375,17 @@ def _after_patient_id(tag: Any, vr: Any, length: Any) -> bool:
 def listen(data_dir: str | Path, port: int, *, database: str | Path | None = None,
            dicom_sql: str | Path | None = None, index: bool = True, host: str = "127.0.0.1",
            aet: str = "CONQUEST", allow: Sequence[str] = (), timeout: float = 60.0,
-           stop_timeout: float = 30.0) -> Receiver:
+           stop_timeout: float = 30.0, acse_timeout: float = 5.0, max_associations: int = 10,
+           max_pdu: int = 4 * 1024 * 1024, busy_timeout: float | None = None,
+           log: Callable[[str], None] | None = None) -> Receiver:
     """Start a storage SCP writing into ``data_dir`` (and indexing into ``database`` unless
     ``index`` is false or no database is given); returns the running :class:`Receiver`
     (``.stop()`` it, or use it as a context manager)."""
     settings = ReceiverSettings(port=port, host=host, aet=aet, allow=tuple(allow),
-                                timeout=timeout, stop_timeout=stop_timeout)
+                                timeout=timeout, stop_timeout=stop_timeout,
+                                acse_timeout=acse_timeout, max_associations=max_associations,
+                                max_pdu=max_pdu, busy_timeout=busy_timeout)
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    sink: Sink = ArchiveSink(data_dir, database, dicom_sql) \
+    sink: Sink = ArchiveSink(data_dir, database, dicom_sql, busy_timeout) \
         if index and database is not None else FileSink(data_dir)
-    return Receiver(data_dir, settings, sink).start()
+    return Receiver(data_dir, settings, sink, log).start()

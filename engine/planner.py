@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 from .db import connect_reader
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
-from .sqlcheck import CheckedQuery, check_query, run_query
+from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column
 
 _MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
 _CHUNK = 500
@@ -225,17 +225,9 @@ class _Resolver:
 
 
 def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int | None,
-                col: int | None) -> set[str]:
+                col: int | None, limits: QueryLimits = QueryLimits()) -> set[str]:
     with closing(_reader(archive)) as conn:
-        names, rows = run_query(conn, checked, file=file, line=line, col=col)
-    lower = [n.lower() for n in names]
-    try:
-        index = lower.index(checked.column.lower())
-    except ValueError:
-        raise JobError(f"the query returned no {checked.column} column (it returned "
-                       f"{', '.join(names) or 'nothing'})", file=file, line=line,
-                       column=col) from None
-    return {str(r[index]) for r in rows if r[index] is not None}
+        return query_column(conn, checked, limits=limits, file=file, line=line, col=col)
 
 
 def _needs_series(action: str, options: dict[str, Any]) -> bool:
@@ -245,7 +237,8 @@ def _needs_series(action: str, options: dict[str, Any]) -> bool:
 def plan_step(archive, conn, *, index: int, name: str, action: str, options: dict[str, Any],
               select: dict[str, Any] | None, checked: CheckedQuery | None = None,
               line: int | None = None, file: str | None = None,
-              query_line: int | None = None, query_col: int | None = None) -> PlanStep:
+              query_line: int | None = None, query_col: int | None = None,
+              limits: QueryLimits = QueryLimits()) -> PlanStep:
     """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection."""
     from .jobs import Selection
     sel = Selection.from_dict(select) if select else Selection()
@@ -256,8 +249,8 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
     if sel.empty and not _needs_series(action, options):
         series: tuple[PlannedSeries, ...] = ()
     else:
-        uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col)
-                if checked is not None else None)
+        uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col,
+                            limits=limits) if checked is not None else None)
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality)
     level = checked.level if checked is not None else "series"
@@ -276,7 +269,8 @@ def _absolute(path: Any) -> str:
     return str(Path(path).absolute())
 
 
-def build_plan(job, archive, *, schema=None, named=None) -> Plan:
+def build_plan(job, archive, *, schema=None, named=None,
+               limits: QueryLimits = QueryLimits()) -> Plan:
     """The plan of a validated ``Job`` over ``archive`` (read-only; SQL checked again).
 
     ``named``: the archive the plan names (targets, paths) when ``archive`` is a stand-in, e.g.
@@ -298,7 +292,7 @@ def build_plan(job, archive, *, schema=None, named=None) -> Plan:
                 archive, conn, index=step.index, name=step.name, action=step.action,
                 options=options, select=step.select.to_dict() if step.select else None,
                 checked=checked, line=step.line, file=job.path, query_line=qpos.line,
-                query_col=qpos.column)
+                query_col=qpos.column, limits=limits)
             if named is not archive:
                 planned = replace(planned, target=step_target(step.action, options, named))
             _refuse_use_after_delete(job, step, planned, steps)

@@ -50,3 +50,103 @@ def test_a_control_character_in_a_job_file_is_a_located_error(tmp_path, monkeypa
     code, _, err = run_cli(capsys, "--validate", "esc.yml")
     assert code == 2
     assert err.startswith("esc.yml:2:9: ") and "U+001B" in err, err
+
+
+# -- job SQL ----------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """tmp_path as the current directory, with the sample archive in data/ (not indexed)."""
+    import shutil
+    src = REPO / "examples" / "sample" / "data"
+    if not src.is_dir():
+        pytest.skip("examples/sample/data has not been generated")
+    shutil.copytree(src, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def query_job(name: str, sql: str, action: str = "{copy: {destination: out}}") -> str:
+    import json
+    Path(name).write_text("version: 1\nname: t\narchive: {data: data, database: conquest.db}\n"
+                          f"select:\n  query: {json.dumps(sql)}\naction: {action}\n")
+    return name
+
+
+def test_four_hundred_nested_parentheses_are_a_located_error(scratch, capsys):
+    query_job("paren.yml", "select SeriesInst from DICOMSeries where "
+              + "(" * 400 + "1" + ")" * 400)
+    code, _, err = run_cli(capsys, "--validate", "paren.yml")
+    assert code == 2
+    assert err.startswith("paren.yml:5:") and "parentheses" in err, err
+
+
+def test_a_recursive_cte_is_refused_before_it_runs(scratch, capsys):
+    query_job("rec.yml", "with recursive c as (select 1 as x union all select x + 1 from c) "
+                         "select SeriesInst from DICOMSeries, c")
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, "--dry-run", "rec.yml")
+    assert time.monotonic() - started < 10
+    assert code == 2
+    assert err.startswith("rec.yml:5:") and "recursive CTE c" in err, err
+
+
+def test_a_recursive_cte_with_a_small_literal_limit_runs(scratch, capsys):
+    query_job("rec.yml", "with recursive c as (select 1 as x union all select x + 1 from c "
+                         "limit 5) select SeriesInst from DICOMSeries, c where x = 3 and "
+                         "Modality = 'RTPLAN'")
+    code, out, err = run_cli(capsys, "--dry-run", "rec.yml")
+    assert code == 0, err
+    assert "4 series" in out
+
+
+@pytest.mark.parametrize("sql", [
+    "select SeriesInst, printf('%.*c', 50000000, 'x') from DICOMSeries",
+    "select SeriesInst, printf('%50000000c', 'x') from DICOMSeries",
+    "select SeriesInst, format(SeriesDesc, 'x') from DICOMSeries",
+])
+def test_printf_padding_is_refused(scratch, capsys, sql):
+    query_job("pf.yml", sql)
+    code, _, err = run_cli(capsys, "--validate", "pf.yml")
+    assert code == 2
+    assert err.startswith("pf.yml:5:") and ("width" in err or "literal" in err), err
+
+
+def test_a_self_join_explosion_stops_at_the_query_timeout(scratch, capsys):
+    query_job("join.yml", "select a.SeriesInst from DICOMImages a, DICOMImages b, "
+                          "DICOMImages c, DICOMImages d, DICOMImages e")
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, "--dry-run", "--query-timeout", "1", "join.yml")
+    assert time.monotonic() - started < 15
+    assert code == 2
+    assert "join.yml:5:" in err and "longer than 1 s (--query-timeout)" in err, err
+
+
+def test_a_value_larger_than_the_reader_cap_fails_clearly(tmp_path):
+    from conquest_run import db
+    from conquest_run.schema import load_schema
+    from conquest_run.sqlcheck import check_query, run_query
+    from conquest_run.errors import SqlCheckError
+    schema = load_schema()
+    conn = db.connect(tmp_path / "c.db")
+    db.ensure_schema(conn, schema)
+    conn.execute("INSERT INTO DICOMSeries (SeriesInst) VALUES ('1.2')")
+    conn.close()
+    grow = "SeriesInst"
+    for _ in range(23):                      # each replace doubles the 1s: 2**23 > the cap
+        grow = f"replace({grow}, '1', '11')"
+    checked = check_query(f"select SeriesInst, {grow} from DICOMSeries", schema)
+    started = time.monotonic()
+    with pytest.raises(SqlCheckError, match="too big"):
+        run_query(db.connect_readonly(tmp_path / "c.db"), checked)
+    assert time.monotonic() - started < 5
+
+
+def test_the_query_timeout_option_is_checked(scratch, capsys):
+    query_job("ok.yml", "select SeriesInst from DICOMSeries")
+    with pytest.raises(SystemExit) as exc:
+        main(["--dry-run", "--query-timeout", "0", "ok.yml"])
+    assert exc.value.code == 2
+    assert "must be more than 0" in capsys.readouterr().err

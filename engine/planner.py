@@ -13,7 +13,7 @@ planned series gained or lost instances since.
 from __future__ import annotations
 
 __all__ = ["build_plan", "plan_selection", "plan_step", "verify_plan", "save_plan", "load_plan",
-           "step_target", "resolve_options"]
+           "step_target", "resolve_options", "check_plan_sql"]
 
 import json
 import os
@@ -447,12 +447,29 @@ def _plan_problem(data: Any) -> str | None:
         if step["action"] == "send":
             options.pop("node", None)   # the plan holds the node's settings, resolved
         if step["action"] == "dump":
-            options.pop("params", None)
+            params = options.pop("params", None)
+            if params is not None and not (isinstance(params, list) and all(
+                    v is None or isinstance(v, (str, int, float)) for v in params)):
+                return f"steps[{i}].options.params: must be a list of values (strings or numbers)"
         error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(
             {"$defs": defs, "$ref": f"#/$defs/{step['action']}"}).iter_errors(options))
         if error is not None:
             return f"steps[{i}].options{where(error) and '.' + where(error)}{error.message}"
     return None
+
+
+def check_plan_sql(plan: Plan, schema, plan_file: str) -> None:
+    """``--apply``: a plan is editable text, so each step's query passes the job check again."""
+    from .errors import SqlCheckError
+    for step in plan.steps:
+        if step.query is None:
+            continue
+        try:
+            check_query(step.query, schema)
+        except SqlCheckError as exc:
+            raise JobError(f"step {step.index} ({step.name}): its query is refused: "
+                           f"{exc.message} (query line {exc.line}, column {exc.column})",
+                           file=plan_file) from None
 
 
 def verify_plan(plan: Plan, archive) -> None:

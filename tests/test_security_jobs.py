@@ -150,3 +150,53 @@ def test_the_query_timeout_option_is_checked(scratch, capsys):
         main(["--dry-run", "--query-timeout", "0", "ok.yml"])
     assert exc.value.code == 2
     assert "must be more than 0" in capsys.readouterr().err
+
+
+# -- query and --apply -------------------------------------------------------------------------------
+@pytest.mark.parametrize("sql", ["ATTACH 'elsewhere.db' AS e", "VACUUM INTO 'elsewhere.db'"])
+def test_query_creates_no_file_and_is_refused(scratch, capsys, sql):
+    assert run_cli(capsys, "rebuild")[0] == 0
+    before = sorted(p.name for p in scratch.iterdir())
+    code, _, err = run_cli(capsys, "query", sql)
+    assert code == 2
+    assert err.startswith("SQL:1:1: only a read-only query (SELECT)"), err
+    assert sorted(p.name for p in scratch.iterdir()) == before
+
+
+def test_query_reads_only_the_archive_tables_and_any_columns(scratch, capsys):
+    assert run_cli(capsys, "rebuild")[0] == 0
+    code, out, _ = run_cli(capsys, "query", "select count(*) as n from DICOMPatients where "
+                           "PatientID like ?", "--param", "%", "--no-header")
+    assert code == 0 and int(out.strip()) > 0
+    code, _, err = run_cli(capsys, "query", "select name from sqlite_master")
+    assert code == 2 and "unknown table sqlite_master" in err
+
+
+def _dump_plan(capsys) -> dict:
+    import json
+    query_job("dump.yml", "select SeriesInst, Modality from DICOMSeries",
+              "{dump: {file: out/series.csv}}")
+    code, _, err = run_cli(capsys, "--plan-out", "plan.json", "dump.yml")
+    assert code == 0, err
+    return json.loads(Path("plan.json").read_text())
+
+
+def test_apply_checks_the_sql_of_a_hand_edited_plan(scratch, capsys):
+    import json
+    plan = _dump_plan(capsys)
+    plan["steps"][0]["query"] = "select name as SeriesInst, sql from sqlite_master"
+    Path("plan.json").write_text(json.dumps(plan))
+    code, _, err = run_cli(capsys, "--apply", "plan.json")
+    assert code == 2
+    assert err.startswith("plan.json: step 1") and "sqlite_master" in err, err
+    assert not Path("out/series.csv").exists()
+
+
+def test_apply_refuses_params_that_are_not_a_list(scratch, capsys):
+    import json
+    plan = _dump_plan(capsys)
+    plan["steps"][0]["options"]["params"] = 5
+    Path("plan.json").write_text(json.dumps(plan))
+    code, _, err = run_cli(capsys, "--apply", "plan.json")
+    assert code == 2
+    assert err.startswith("plan.json: ") and "params: must be a list" in err, err

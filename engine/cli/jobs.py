@@ -205,7 +205,7 @@ def _validate(args, err) -> int:
 
 def run(name: str | None, args: argparse.Namespace) -> int:
     from ..jobs import check_job_sql, load_job
-    from ..planner import build_plan, load_plan, save_plan, verify_plan
+    from ..planner import build_plan, check_plan_sql, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan
     from ..sqlcheck import QueryLimits
 
@@ -247,6 +247,7 @@ def run(name: str | None, args: argparse.Namespace) -> int:
         archive = Archive(args.data or plan.data_dir, args.database or plan.database,
                           args.dicom_sql or plan.dicom_sql)
         try:
+            check_plan_sql(plan, archive.schema, args.apply)
             verify_plan(plan, archive)
         except ConquestRunError as exc:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)

@@ -200,3 +200,53 @@ def test_apply_refuses_params_that_are_not_a_list(scratch, capsys):
     code, _, err = run_cli(capsys, "--apply", "plan.json")
     assert code == 2
     assert err.startswith("plan.json: ") and "params: must be a list" in err, err
+
+
+# -- copy never writes into the archive ---------------------------------------------------------------
+def _series_desc_job(layout: str, destination: str = ".", archive: bool = True) -> str:
+    Path("copy.yml").write_text(
+        "version: 1\nname: t\n"
+        + ("archive: {data: data, database: conquest.db}\n" if archive else "")
+        + "select: {modality: RTPLAN}\n"
+        f"action: {{copy: {{destination: {destination!r}, layout: {layout!r}, "
+        "overwrite: if_different}}\n")
+    return "copy.yml"
+
+
+def _name_a_series_conquest_db(scratch, capsys) -> None:
+    import sqlite3
+    assert run_cli(capsys, "rebuild")[0] == 0
+    conn = sqlite3.connect("conquest.db")
+    with conn:
+        conn.execute("UPDATE DICOMSeries SET SeriesDesc = 'conquest.db' WHERE SeriesInst = "
+                     "(SELECT min(SeriesInst) FROM DICOMSeries WHERE Modality = 'RTPLAN')")
+    conn.close()
+
+
+@pytest.mark.parametrize("layout", ["{SeriesDesc}", "data/{PatientID}/copy-{SOPInstanc}.dcm"])
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_copy_into_the_archive_is_refused_and_changes_nothing(scratch, capsys, layout, dry):
+    from _jobs_support import tree_state
+    _name_a_series_conquest_db(scratch, capsys)
+    job = _series_desc_job(layout, archive=False)     # the archive named on the command line
+    before = tree_state(scratch)
+    code, out, err = run_cli(capsys, *(["--dry-run"] if dry else []), "--data", "data",
+                             "--database", "conquest.db", job)
+    assert code == 1, out + err
+    assert "contains the archive's" in out, out
+    after = tree_state(scratch)
+    # a real run writes its audit rows into the database; the files themselves stay
+    assert {k: v for k, v in after.items() if not k.startswith("conquest.db")} == \
+        {k: v for k, v in before.items() if not k.startswith("conquest.db")}
+    import sqlite3
+    assert sqlite3.connect("conquest.db").execute("select count(*) from DICOMSeries").fetchone()[0]
+
+
+def test_validate_refuses_a_destination_that_contains_the_archive(scratch, capsys):
+    job = _series_desc_job("{SeriesDesc}")
+    code, _, err = run_cli(capsys, "--validate", job)
+    assert code == 2
+    assert err.startswith("copy.yml:5:") and "contains the archive's data directory" in err, err
+    _series_desc_job("patient", destination="data/exports")
+    code, _, err = run_cli(capsys, "--validate", job)
+    assert code == 2 and "inside the archive's data directory" in err, err

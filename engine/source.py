@@ -229,7 +229,10 @@ class _Builder:
             raise JobError("a mapping key must be a plain value, not a list or mapping",
                            file=self.path, line=node.start_mark.line + 1,
                            column=node.start_mark.column + 1)
-        key = self.loader.construct_object(node, deep=True)
+        try:
+            key = self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise _yaml_error(exc, self.path) from None
         if not isinstance(key, str):
             # keys are names: keep the text as written (``1: x`` has key "1")
             key = node.value

@@ -8,7 +8,7 @@ when the database is not in WAL mode yet).
 from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
-           "write_refused", "BUSY_TIMEOUT_MS"]
+           "write_refused", "BUSY_TIMEOUT_MS", "MAX_VALUE_BYTES"]
 
 import os
 import sqlite3
@@ -19,6 +19,13 @@ from .errors import ArchiveError
 from .schema import Schema
 
 BUSY_TIMEOUT_MS = 30_000
+# the largest string or blob a reader connection may produce: every indexed value is far
+# smaller, and a query that pads or repeats text (printf, replace) fails at once past it
+MAX_VALUE_BYTES = 4_000_000
+
+
+def _cap_values(conn: sqlite3.Connection) -> None:
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
 
 
 def _not_a_file(path: Path) -> None:
@@ -59,6 +66,7 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = 1")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        _cap_values(conn)
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
     return conn
@@ -87,6 +95,7 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = 1")
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        _cap_values(conn)
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
     return conn

@@ -457,6 +457,12 @@ def _reference_errors(job: Job) -> list[JobError]:
         if step.action == "copy":
             if p := _path_problem(opts["destination"]):
                 errs.append(job.error(f"{_dotted(base + ('destination',))} {p}", base + ("destination",)))
+            elif job.archive.data is not None or job.archive.database is not None:
+                from .actions.copy import destination_problem
+                if p := destination_problem(opts["destination"], job.archive.data,
+                                            job.archive.database):
+                    errs.append(job.error(f"{_dotted(base + ('destination',))} {p}",
+                                          base + ("destination",)))
             layout = opts.get("layout")
             if layout is not None and layout not in ("patient", "series", "flat"):
                 if p := _template_problem(layout):

@@ -13,7 +13,7 @@ planned series gained or lost instances since.
 from __future__ import annotations
 
 __all__ = ["build_plan", "plan_selection", "plan_step", "verify_plan", "save_plan", "load_plan",
-           "step_target", "resolve_options"]
+           "step_target", "resolve_options", "check_plan_sql"]
 
 import json
 import os
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 from .db import connect_reader
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
-from .sqlcheck import CheckedQuery, check_query, run_query
+from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column
 
 _MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
 _CHUNK = 500
@@ -253,17 +253,9 @@ class _Resolver:
 
 
 def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int | None,
-                col: int | None) -> set[str]:
+                col: int | None, limits: QueryLimits = QueryLimits()) -> set[str]:
     with closing(_reader(archive)) as conn:
-        names, rows = run_query(conn, checked, file=file, line=line, col=col)
-    lower = [n.lower() for n in names]
-    try:
-        index = lower.index(checked.column.lower())
-    except ValueError:
-        raise JobError(f"the query returned no {checked.column} column (it returned "
-                       f"{', '.join(names) or 'nothing'})", file=file, line=line,
-                       column=col) from None
-    return {str(r[index]) for r in rows if r[index] is not None}
+        return query_column(conn, checked, limits=limits, file=file, line=line, col=col)
 
 
 def _needs_series(action: str, options: dict[str, Any]) -> bool:
@@ -273,7 +265,8 @@ def _needs_series(action: str, options: dict[str, Any]) -> bool:
 def plan_step(archive, conn, *, index: int, name: str, action: str, options: dict[str, Any],
               select: dict[str, Any] | None, checked: CheckedQuery | None = None,
               line: int | None = None, file: str | None = None,
-              query_line: int | None = None, query_col: int | None = None) -> PlanStep:
+              query_line: int | None = None, query_col: int | None = None,
+              limits: QueryLimits = QueryLimits()) -> PlanStep:
     """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection."""
     from .jobs import Selection
     sel = Selection.from_dict(select) if select else Selection()
@@ -284,8 +277,8 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
     if sel.empty and not _needs_series(action, options):
         series: tuple[PlannedSeries, ...] = ()
     else:
-        uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col)
-                if checked is not None else None)
+        uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col,
+                            limits=limits) if checked is not None else None)
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality)
     level = checked.level if checked is not None else "series"
@@ -304,7 +297,8 @@ def _absolute(path: Any) -> str:
     return str(Path(path).absolute())
 
 
-def build_plan(job, archive, *, schema=None, named=None) -> Plan:
+def build_plan(job, archive, *, schema=None, named=None,
+               limits: QueryLimits = QueryLimits()) -> Plan:
     """The plan of a validated ``Job`` over ``archive`` (read-only; SQL checked again).
 
     ``named``: the archive the plan names (targets, paths) when ``archive`` is a stand-in, e.g.
@@ -326,7 +320,7 @@ def build_plan(job, archive, *, schema=None, named=None) -> Plan:
                 archive, conn, index=step.index, name=step.name, action=step.action,
                 options=options, select=step.select.to_dict() if step.select else None,
                 checked=checked, line=step.line, file=job.path, query_line=qpos.line,
-                query_col=qpos.column)
+                query_col=qpos.column, limits=limits)
             if named is not archive:
                 planned = replace(planned, target=step_target(step.action, options, named))
             _refuse_use_after_delete(job, step, planned, steps)
@@ -483,7 +477,10 @@ def _plan_problem(data: Any) -> str | None:
         if step["action"] == "send":
             options.pop("node", None)   # the plan holds the node's settings, resolved
         if step["action"] == "dump":
-            options.pop("params", None)
+            params = options.pop("params", None)
+            if params is not None and not (isinstance(params, list) and all(
+                    v is None or isinstance(v, (str, int, float)) for v in params)):
+                return f"steps[{i}].options.params: must be a list of values (strings or numbers)"
         error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(
             {"$defs": defs, "$ref": f"#/$defs/{step['action']}"}).iter_errors(options))
         if error is not None:
@@ -540,6 +537,20 @@ def _file_changes(plan: Plan, archive, conn) -> list[str]:
                     if h.hexdigest() != hashes[inst.sop_uid]:
                         out.append(f"{where} does not have the SHA-256 the index holds")
     return out
+
+
+def check_plan_sql(plan: Plan, schema, plan_file: str) -> None:
+    """``--apply``: a plan is editable text, so each step's query passes the job check again."""
+    from .errors import SqlCheckError
+    for step in plan.steps:
+        if step.query is None:
+            continue
+        try:
+            check_query(step.query, schema)
+        except SqlCheckError as exc:
+            raise JobError(f"step {step.index} ({step.name}): its query is refused: "
+                           f"{exc.message} (query line {exc.line}, column {exc.column})",
+                           file=plan_file) from None
 
 
 def verify_plan(plan: Plan, archive) -> None:

@@ -35,6 +35,9 @@ PathKey = tuple[Union[str, int], ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # deeper than any job needs, shallow enough for every later recursive stage (schema, JSON)
 MAX_DEPTH = 64
+# values an alias may repeat, over the whole document: a job reuses a few small blocks; an
+# "alias bomb" (aliases of aliases) repeats millions
+MAX_ALIAS_VALUES = 1000
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
@@ -149,6 +152,17 @@ def _yaml_error(exc: yaml.MarkedYAMLError, path: str) -> JobError:
     return JobError(message, file=path, line=mark.line + 1, column=mark.column + 1)
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str, path: str) -> JobError:
+    """A character YAML does not accept (a control character), located."""
+    index = max(0, min(exc.position, len(text)))
+    line = text.count("\n", 0, index) + 1
+    col = index - (text.rfind("\n", 0, index) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+    return JobError(f"YAML does not allow the control character U+{char:04X} here; remove it "
+                    "(inside double quotes it can be written as an escape such as \\x1b)",
+                    file=path, line=line, column=col)
+
+
 class _Builder:
     """Python values from composed nodes, recording positions on the way."""
 
@@ -159,8 +173,26 @@ class _Builder:
         self.values: dict[PathKey, Position] = {}
         self.scalars: dict[PathKey, ScalarInfo] = {}
         self._active: set[int] = set()
+        self._built: set[int] = set()
+        self._repeated = 0
+
+    def _count_repeat(self, node: Node, path: PathKey) -> None:
+        """Count a node built a second time (through an alias); refuse past the budget."""
+        if id(node) not in self._built:
+            self._built.add(id(node))
+            return
+        self._repeated += 1
+        if self._repeated > MAX_ALIAS_VALUES:
+            where = tuple(path)
+            while where and where not in self.keys:
+                where = where[:-1]
+            pos = self.keys.get(where, _pos(node.start_mark))
+            raise JobError(f"YAML aliases here repeat more than {MAX_ALIAS_VALUES} values in "
+                           "all (aliases of aliases multiply); write the values out or use "
+                           "fewer aliases", file=self.path, line=pos.line, column=pos.column)
 
     def build(self, node: Node, path: PathKey) -> Any:
+        self._count_repeat(node, path)
         self.values.setdefault(path, _pos(node.start_mark))
         if len(path) > MAX_DEPTH:
             raise JobError(f"the YAML is nested more than {MAX_DEPTH} levels deep",
@@ -197,7 +229,10 @@ class _Builder:
             raise JobError("a mapping key must be a plain value, not a list or mapping",
                            file=self.path, line=node.start_mark.line + 1,
                            column=node.start_mark.column + 1)
-        key = self.loader.construct_object(node, deep=True)
+        try:
+            key = self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise _yaml_error(exc, self.path) from None
         if not isinstance(key, str):
             # keys are names: keep the text as written (``1: x`` has key "1")
             key = node.value
@@ -250,10 +285,15 @@ def parse_source(text: str, path: str = "<string>", *, sha256: str | None = None
     """Parse one YAML document (``safe_load`` semantics) keeping node positions."""
     if sha256 is None:
         sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, path) from None
     try:
         try:
             node = loader.get_single_node()
+        except yaml.reader.ReaderError as exc:
+            raise _reader_error(exc, text, path) from None
         except yaml.MarkedYAMLError as exc:
             raise _yaml_error(exc, path) from None
         except yaml.YAMLError as exc:

@@ -8,40 +8,36 @@ inside the job file:
 * tables and columns the archive's schema does not have (every scope is walked: sqlglot's
   ``qualify`` alone lets an unknown joined table through);
 * functions outside an allow-list (no ``load_extension``, ``readfile``, ``writefile`` ...);
-* a result without a ``SeriesInst`` (series level) or ``SOPInstanc`` (instance level) column.
+* a result without a ``SeriesInst`` (series level) or ``SOPInstanc`` (instance level) column
+  (``require_column=False`` for ``conquest-run query``);
+* nesting deeper than ``MAX_NESTING`` parentheses; a recursive CTE, unless its own SELECT ends
+  in a literal ``LIMIT`` of at most ``MAX_RECURSIVE_ROWS`` rows; a ``printf``/``format`` whose
+  format is not a string literal or asks for a ``*`` or multi-digit width or precision.
 
-``run_query`` is the second wall: the query runs on a read-only connection whose SQLite
-authorizer allows only SELECT, reading, and the allow-listed functions.
+``run_query`` / ``query_column`` are the second wall: the query runs on a read-only connection
+whose SQLite authorizer allows only SELECT, reading, and the allow-listed functions, bounded by
+``QueryLimits`` (wall time and SQLite VM steps through the progress handler, result rows; the
+reader connections of ``db`` cap every value at ``db.MAX_VALUE_BYTES``).
 """
 
 from __future__ import annotations
 
-__all__ = ["CheckedQuery", "check_query", "run_query", "authorizer", "ALLOWED_FUNCTIONS",
-           "SERIES_COLUMN", "INSTANCE_COLUMN"]
+__all__ = ["CheckedQuery", "check_query", "run_query", "query_column", "authorizer",
+           "ALLOWED_FUNCTIONS", "SERIES_COLUMN", "INSTANCE_COLUMN", "QueryLimits",
+           "DEFAULT_QUERY_TIMEOUT", "limited"]
 
 import logging
 import re
-import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .errors import SqlCheckError
+from .sqlrun import (ALLOWED_FUNCTIONS, DEFAULT_QUERY_TIMEOUT, QueryLimits, authorizer, limited,
+                     query_column, run_query)
 
 SERIES_COLUMN = "SeriesInst"
 INSTANCE_COLUMN = "SOPInstanc"
-
-# SQLite's own names of the functions a job query may call (the authorizer sees these).
-ALLOWED_FUNCTIONS = frozenset("""
-abs avg count group_concat string_agg max min sum total
-coalesce ifnull iif nullif likely unlikely likelihood typeof
-length octet_length lower upper trim ltrim rtrim substr substring replace instr printf format
-char unicode hex quote concat concat_ws soundex glob like
-round sign trunc floor ceil ceiling exp ln log log10 log2 pow power sqrt mod pi random
-date time datetime julianday strftime unixepoch timediff
-row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
-json json_extract json_array_length json_type json_valid json_quote
-""".split())
 
 # sqlglot's classes for those functions (it parses many into typed nodes).
 _ALLOWED_NODES = frozenset("""
@@ -54,6 +50,8 @@ Cast TryCast Case Least Greatest Left Right JSONExtract JSONExtractScalar ParseJ
 ArrayLength Like Glob Anonymous Collate Cbrt Quantile DateStrToDate Upper
 """.split())
 
+MAX_NESTING = 64               # parentheses; sqlglot recurses once per level
+MAX_RECURSIVE_ROWS = 10_000   # the largest literal LIMIT a recursive CTE may have
 _BAD_ROOT_WORDS = {"insert", "update", "delete", "replace", "pragma", "attach", "detach",
                    "create", "drop", "alter", "vacuum", "reindex", "analyze", "begin", "commit",
                    "rollback", "savepoint", "release", "explain", "end"}
@@ -153,6 +151,15 @@ class _Checker:
         if len(starts) > 1:
             raise self.error("only one SQL statement is allowed; this is a second one",
                              starts[1])
+        depth = 0
+        for tok in tokens:
+            if tok.token_type == TokenType.L_PAREN:
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise self.error(f"the query nests parentheses more than {MAX_NESTING} "
+                                     "deep; write it flatter", tok.start)
+            elif tok.token_type == TokenType.R_PAREN:
+                depth = max(0, depth - 1)
         first_word = tokens[0].text.lower()
         if first_word in _BAD_ROOT_WORDS:
             raise self.error(f"only a read-only query (SELECT) is allowed, not "
@@ -219,6 +226,42 @@ class _Checker:
                     found = self.sql.lower().rfind(name.lower(), 0, offset + 1)
                     offset = found if found >= 0 else offset
                 raise self.error(f"function {name}() is not allowed in a job query", offset)
+
+    def check_recursion(self, tree) -> None:
+        """A CTE that reads itself runs until it stops producing rows: refused unless its own
+        SELECT carries a literal LIMIT small enough to bound it."""
+        from sqlglot import exp
+        for cte in tree.find_all(exp.CTE):
+            name = cte.alias.lower()
+            if not any(t.name.lower() == name and not t.args.get("db")
+                       for t in cte.this.find_all(exp.Table)):
+                continue
+            limit = cte.this.args.get("limit")
+            count = limit.args.get("expression") if limit is not None else None
+            if (isinstance(count, exp.Literal) and not count.is_string
+                    and count.this.isdigit() and int(count.this) <= MAX_RECURSIVE_ROWS):
+                continue
+            raise self.error(f"the recursive CTE {cte.alias} could run forever; end its SELECT "
+                             f"with LIMIT n (n at most {MAX_RECURSIVE_ROWS})",
+                             self.offset_of(cte.args.get("alias")) or self.offset_of(cte))
+
+    def check_formats(self, tree) -> None:
+        """printf/format may not pad or repeat text to a size chosen by the query."""
+        from sqlglot import exp
+        for node in tree.walk():
+            if isinstance(node, exp.Anonymous) and node.name.lower() in ("printf", "format"):
+                fmt = node.expressions[0] if node.expressions else None
+            elif isinstance(node, exp.Format):
+                fmt = node.this
+            else:
+                continue
+            name = node.name if isinstance(node, exp.Anonymous) else "format"
+            if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+                raise self.error(f"{name}() needs a string literal as its format",
+                                 self.offset_of(node))
+            if re.search(r"%[-+ #0,!]*(\*|\d{2,})|%[-+ #0,!]*\d*\.(\*|\d{2,})", fmt.this):
+                raise self.error(f"{name}(): a '*' or a width or precision of more than one "
+                                 "digit is not allowed in a job query", self.offset_of(fmt))
 
     def check_names(self, tree) -> None:
         from sqlglot import exp
@@ -331,15 +374,26 @@ class _Checker:
             raise self.error(f"the query cannot be resolved: {msg}", offset) from None
         return list(q.named_selects)
 
-    def run(self) -> CheckedQuery:
+    def run(self, require_column: bool = True) -> CheckedQuery:
+        try:
+            return self._run(require_column)
+        except RecursionError:
+            raise self.error("the query is nested too deeply to check; write it flatter",
+                             self.first_token_offset()) from None
+
+    def _run(self, require_column: bool) -> CheckedQuery:
         from sqlglot import exp
         tree = self.parse()
         self.check_kind(tree)
         self.check_functions(tree)
+        self.check_formats(tree)
+        self.check_recursion(tree)
         self.check_names(tree)
         names = self.output_columns(tree)
         lower = [n.lower() for n in names]
-        if INSTANCE_COLUMN.lower() in lower:
+        if not require_column:
+            level, column = "rows", ""
+        elif INSTANCE_COLUMN.lower() in lower:
             level, column = "instance", INSTANCE_COLUMN
         elif SERIES_COLUMN.lower() in lower:
             level, column = "series", SERIES_COLUMN
@@ -404,42 +458,12 @@ def _suggest(name: str, candidates: list[str], source: str | None) -> str:
 
 
 def check_query(sql: str, schema, *, file: str | None = None, line: int = 1, col: int = 1,
-                locate: Callable[[int], tuple[int, int]] | None = None) -> CheckedQuery:
+                locate: Callable[[int], tuple[int, int]] | None = None,
+                require_column: bool = True) -> CheckedQuery:
     """Check one job query against ``schema`` (a ``Schema``); raise ``SqlCheckError``.
 
     ``line``/``col`` is where the SQL text starts in ``file``; ``locate`` (optional) maps a
     character offset of ``sql`` to (line, col) in the file, for block and folded scalars.
+    ``require_column=False`` (``conquest-run query``): any columns; the level is ``"rows"``.
     """
-    return _Checker(sql, schema, file, line, col, locate).run()
-
-
-def authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
-               trigger: str | None) -> int:
-    """SQLite authorizer for job queries: SELECT, READ and allow-listed functions only."""
-    if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ,
-                  getattr(sqlite3, "SQLITE_RECURSIVE", 33)):
-        return sqlite3.SQLITE_OK
-    if action == getattr(sqlite3, "SQLITE_FUNCTION", 31):
-        return sqlite3.SQLITE_OK if (arg2 or "").lower() in ALLOWED_FUNCTIONS else sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_DENY
-
-
-def run_query(conn: sqlite3.Connection, checked: CheckedQuery, *,
-              file: str | None = None, line: int | None = None,
-              col: int | None = None) -> tuple[list[str], list[tuple]]:
-    """Run a checked query under the authorizer; (column names, rows).
-
-    Use a fresh read-only connection (``db.connect_readonly``): SQLite consults the authorizer
-    when it prepares a statement, and a connection's statement cache could skip that.
-    """
-    conn.set_authorizer(authorizer)
-    try:
-        cur = conn.execute(checked.sql)
-        names = [d[0] for d in cur.description or ()]
-        rows = cur.fetchall()
-    except (sqlite3.Error, sqlite3.Warning) as exc:
-        raise SqlCheckError(f"the query failed: {exc}", file=file, line=line,
-                            column=col) from None
-    finally:
-        conn.set_authorizer(None)
-    return names, rows
+    return _Checker(sql, schema, file, line, col, locate).run(require_column)

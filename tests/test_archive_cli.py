@@ -48,11 +48,11 @@ def test_query_cannot_write(archive_dir, capsys):
     capsys.readouterr()
     assert main(["query", "DELETE FROM DICOMImages"]) == 2
     err = capsys.readouterr().err
-    assert "readonly" in err and "Traceback" not in err
+    assert "read-only query (SELECT)" in err and "Traceback" not in err
     assert main(["query", "SELECT count(*) FROM DICOMImages", "--no-header"]) == 0
     assert capsys.readouterr().out.strip() == "5"
     assert main(["query", "SELECT 1; DROP TABLE DICOMImages"]) == 2
-    assert "one statement" in capsys.readouterr().err
+    assert "one SQL statement" in capsys.readouterr().err
 
 
 def test_store_command(archive_dir, tmp_path, capsys):

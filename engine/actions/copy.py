@@ -7,7 +7,9 @@ Options (from the job's ``action: copy: {...}``):
   (``<SeriesUID>/<SOPUID>.dcm``), ``flat`` (``<SOPUID>.dcm``), or a template such as
   ``"{PatientID}/{Modality}_{SeriesInst}/{SOPInstanc}.dcm"`` whose fields are index columns.
   Every value is made safe for paths (patient IDs the way Conquest names patient folders) and the
-  resolved path must stay under the destination.
+  resolved path must stay under the destination, outside the data directory, and be neither the
+  database nor its ``-wal``/``-shm``/``-journal``.  A destination that is, or contains, or lies
+  in the archive (data directory or database) is refused before anything is copied.
 * ``overwrite``: ``never`` (default: a different file already there fails, an identical one is
   skipped), ``if_different`` (a different one is replaced, an identical one skipped) or
   ``always`` (every file written again).
@@ -21,7 +23,8 @@ archive gives the same files and the same manifest entries; only its time differ
 
 from __future__ import annotations
 
-__all__ = ["run", "copy_series", "check_layout", "LAYOUTS", "OVERWRITE_MODES", "MANIFEST_FORMATS"]
+__all__ = ["run", "copy_series", "check_layout", "destination_problem", "LAYOUTS",
+           "OVERWRITE_MODES", "MANIFEST_FORMATS"]
 
 import csv
 import json
@@ -34,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 from ..audit import now_iso
 from ..errors import ActionError, ArchiveError, JobError
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
-from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside, os_reason,
-                     progress,
-                     safe_component, safe_patient_dir, sha256_file, source_path)
+from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
+                     is_database_file, os_reason, progress, safe_component, safe_patient_dir,
+                     sha256_file, source_path)
 
 if TYPE_CHECKING:
     from ..plan import PlannedInstance, PlannedSeries, PlanStep
@@ -115,6 +118,26 @@ def check_layout(layout: str, schema: "Schema") -> Layout:
     if not fields:
         raise JobError(f"copy: layout {template!r} names no field: every file would collide")
     return Layout(template, tuple(fields), columns)
+
+
+def destination_problem(destination: "str | os.PathLike", data_dir: "str | os.PathLike | None",
+                        database: "str | os.PathLike | None") -> str | None:
+    """Why a copy may not write into ``destination`` (None: it may): it is, contains or lies
+    in the data directory, or it contains the database (symlinks followed)."""
+    dest = Path(os.path.realpath(destination))
+    if data_dir is not None:
+        data = Path(os.path.realpath(data_dir))
+        if dest == data or dest.is_relative_to(data):
+            return "is inside the archive's data directory; choose a folder outside it"
+        if data.is_relative_to(dest):
+            return ("contains the archive's data directory; choose a folder that holds "
+                    "neither the data directory nor the database")
+    if database is not None:
+        db_path = Path(os.path.realpath(database))
+        if db_path == dest or db_path.is_relative_to(dest):
+            return ("contains the archive's database; choose a folder that holds neither "
+                    "the data directory nor the database")
+    return None
 
 
 def _safe(field: str, value: Any) -> str:
@@ -207,9 +230,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return rec.fail_step(exc.message)
     dest = Path(destination)
     dest_abs = Path(os.path.abspath(dest))
-    if dest_abs == Path(os.path.abspath(facts.data_dir)) or inside(facts.data_dir, dest_abs):
-        return rec.fail_step(f"copy: the destination {destination} is inside the archive's "
-                             "data directory; choose a folder outside it")
+    if problem := destination_problem(dest_abs, facts.data_dir, facts.database):
+        return rec.fail_step(f"copy: the destination {destination} {problem}")
     if os.path.lexists(dest_abs) and not dest_abs.is_dir():
         return rec.fail_step(f"copy: the destination {destination} exists and is not a folder")
     fs = filesystem(ctx.dry_run)
@@ -231,7 +253,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                 indexed = (_index_values(conn, facts.schema, layout, series.series_uid)
                            if conn is not None else {})
                 for inst in series.instances:
-                    outcome = _copy_one(fs, facts.data_dir, dest_abs, layout, series, inst,
+                    outcome = _copy_one(fs, facts, dest_abs, layout, series, inst,
                                         indexed.get(inst.sop_uid, {}), overwrite, used,
                                         manifest_name)
                     rec.add(outcome)
@@ -259,7 +281,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     return rec.finish(**summary)
 
 
-def _copy_one(fs, data_dir: Path, dest: Path, layout: Layout, series: "PlannedSeries",
+def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
               inst: "PlannedInstance", indexed: dict[str, Any], overwrite: str,
               used: dict[str, str], manifest_name: str | None) -> Outcome:
     def failed(reason: str, **detail: Any) -> Outcome:
@@ -267,7 +289,7 @@ def _copy_one(fs, data_dir: Path, dest: Path, layout: Layout, series: "PlannedSe
 
     try:
         rel = _relative_path(layout, series, inst, indexed)
-        src = source_path(data_dir, inst.path)
+        src = source_path(facts.data_dir, inst.path)
     except ActionError as exc:
         return failed(exc.message)
     if rel == manifest_name:
@@ -279,6 +301,12 @@ def _copy_one(fs, data_dir: Path, dest: Path, layout: Layout, series: "PlannedSe
     target = dest / rel
     if not inside(dest, target):
         return failed(f"the layout path {rel} leaves the destination", path=rel)
+    if is_database_file(target, facts.database):
+        return failed(f"the layout path {rel} is the archive's database (or one of its "
+                      "-wal/-shm/-journal files); refused", path=rel)
+    if inside(facts.data_dir, target):
+        return failed(f"the layout path {rel} lies in the archive's data directory; refused",
+                      path=rel)
     if not src.is_file():
         return failed(f"source file missing: {inst.path}", source=inst.path, path=rel)
     try:

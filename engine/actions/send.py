@@ -60,6 +60,26 @@ def peer_settings(options: dict[str, Any]) -> PeerSettings:
 
 
 def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
+    """A real send holds the (job, target) lock (``locks.py``): a second one at once fails."""
+    if ctx.dry_run:
+        return _run(step, ctx)
+    from contextlib import ExitStack
+
+    from ..locks import run_lock
+    with ExitStack() as held:
+        try:
+            held.enter_context(run_lock(ctx.archive.database, ctx.plan.job_path, step.target,
+                                        "send"))
+        except ActionError as exc:   # another run holds it, or the lock file cannot be made
+            report = StepReport(step.index, step.name, ACTION, step.target, ctx.dry_run,
+                                started=now_iso())
+            report.error = str(exc)
+            report.ended = now_iso()
+            return report
+        return _run(step, ctx)
+
+
+def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     report = StepReport(step.index, step.name, ACTION, step.target, ctx.dry_run, started=now_iso())
     try:
         settings = peer_settings(step.options)

@@ -48,6 +48,8 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--param", action="append", default=[], metavar="VALUE",
                             help="a value for the next '?' (repeatable)")
         parser.add_argument("--no-header", action="store_true", help="no column names line")
+        from .jobs import add_query_timeout
+        add_query_timeout(parser)
 
 
 def _archive(args: argparse.Namespace) -> Archive:
@@ -83,6 +85,22 @@ def _print_table(title: str, header: list[str], rows: list[tuple], show_header: 
         print("\t".join(header))
     for r in rows:
         print("\t".join(_text(v) for v in r))
+
+
+_QUERY_MAX_ROWS = 1_000_000
+
+
+def _checked_query(archive: Archive, args: argparse.Namespace) -> tuple[list[str], list[tuple]]:
+    """``query``: the same check as a job's SQL (one read-only SELECT, known names, allowed
+    functions; any columns), then run bounded on a connection that cannot write."""
+    from contextlib import closing
+
+    from ..sqlcheck import QueryLimits, check_query, run_query
+    checked = check_query(args.sql, archive.schema, file="SQL", require_column=False)
+    archive.ensure_indexed()
+    limits = QueryLimits(timeout=args.query_timeout, max_rows=_QUERY_MAX_ROWS)
+    with closing(archive.connect_readonly()) as conn:
+        return run_query(conn, checked, params=args.param, limits=limits, file="SQL")
 
 
 def run(name: str, args: argparse.Namespace) -> int:
@@ -130,7 +148,7 @@ def run(name: str, args: argparse.Namespace) -> int:
                        s.date, s.instances, s.bytes) for s in rows])
         return 0
     if name == "query":
-        header, rows = archive.query_with_names(args.sql, args.param)
+        header, rows = _checked_query(archive, args)
         _print_table(f"{len(rows)} rows", header, rows, not args.no_header)
         return 0
     raise AssertionError(name)

@@ -48,7 +48,26 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
                              "no terminal is attached")
     parser.add_argument("--echo", action="store_true",
                         help="with --dry-run: C-ECHO the send peers (the only network traffic)")
+    add_query_timeout(parser)
     add_archive_flags(parser, defaults=False)
+
+
+def add_query_timeout(parser: argparse.ArgumentParser) -> None:
+    """--query-timeout: how long one user query may run (a stopped query exits 2)."""
+    from ..sqlcheck import DEFAULT_QUERY_TIMEOUT
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not 0 < value <= 86400:
+            raise argparse.ArgumentTypeError("must be more than 0 and at most 86400 seconds")
+        return value
+    parser.add_argument("--query-timeout", type=seconds, default=DEFAULT_QUERY_TIMEOUT,
+                        metavar="SECONDS",
+                        help=f"stop a job's SQL query after this long (default "
+                             f"{DEFAULT_QUERY_TIMEOUT:g})")
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -242,8 +261,9 @@ def run(name: str | None, args: argparse.Namespace) -> int:
 def _run(name: str | None, args: argparse.Namespace) -> int:
     from ..expect import check_expectations, selected_nothing
     from ..jobs import check_job_sql, load_job
-    from ..planner import build_plan, load_plan, save_plan, verify_plan
+    from ..planner import build_plan, check_plan_sql, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan
+    from ..sqlcheck import QueryLimits
 
     err = _console(stderr=True)
     out = _console()
@@ -283,6 +303,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         archive = Archive(args.data or plan.data_dir, args.database or plan.database,
                           args.dicom_sql or plan.dicom_sql)
         try:
+            check_plan_sql(plan, archive.schema, args.apply)
             verify_plan(plan, archive)
         except ConquestRunError as exc:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)
@@ -321,7 +342,8 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")
-            plan = build_plan(job, arc, named=archive)
+            plan = build_plan(job, arc, named=archive,
+                              limits=QueryLimits(timeout=args.query_timeout))
             check_expectations(job, plan)
             for text in selected_nothing(job, plan):
                 notice(text)

@@ -94,3 +94,14 @@ def linked_rt(tmp_path: Path):
     data = tmp_path / "data"
     info = synthetic.write_linked_rt_set(data, seed=7, patient_id="RT^01", ct_slices=3)
     return data, info
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """tmp_path as the current directory, with the sample archive in data/ (not indexed)."""
+    src = REPO / "examples" / "sample" / "data"
+    if not src.is_dir():
+        pytest.skip("examples/sample/data has not been generated")
+    shutil.copytree(src, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

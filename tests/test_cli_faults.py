@@ -24,15 +24,6 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """tmp_path as the current directory, with the sample archive in data/ (not indexed)."""
-    src = REPO / "examples" / "sample" / "data"
-    if not src.is_dir():
-        pytest.skip("examples/sample/data has not been generated")
-    shutil.copytree(src, tmp_path / "data")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 # -- job files ------------------------------------------------------------------------------------

@@ -53,19 +53,6 @@ def test_a_control_character_in_a_job_file_is_a_located_error(tmp_path, monkeypa
 
 
 # -- job SQL ----------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """tmp_path as the current directory, with the sample archive in data/ (not indexed)."""
-    import shutil
-    src = REPO / "examples" / "sample" / "data"
-    if not src.is_dir():
-        pytest.skip("examples/sample/data has not been generated")
-    shutil.copytree(src, tmp_path / "data")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def query_job(name: str, sql: str, action: str = "{copy: {destination: out}}") -> str:

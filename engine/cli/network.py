@@ -20,34 +20,22 @@ from . import add_archive_flags
 from ..errors import ArchiveError
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {value}")
-    return value
+def _bounded(convert, low, high, what: str, unit: str = "", prefix: str = ""):
+    """An argparse type: ``convert(text)`` within ``low..high``, or a sentence naming the range."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{prefix}out of range {low}..{high}{unit}: {value}")
+        return value
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"out of range 0.1..3600 seconds: {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"out of range 1..1000: {value}")
-    return value
+_port = _bounded(int, 0, 65535, "a port number", prefix="port ")
+_seconds = _bounded(float, 0.1, 3600, "a number of seconds", " seconds")
+_count = _bounded(int, 1, 1000, "a whole number")
 
 
 def register(name: str, parser: argparse.ArgumentParser) -> None:

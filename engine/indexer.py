@@ -20,7 +20,7 @@ writing happens in the calling process, ``batch_size`` files per transaction.
 
 from __future__ import annotations
 
-__all__ = ["IndexResult", "data_dir_error", "BadFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
+__all__ = ["IndexResult", "data_dir_error", "BadFile", "FlaggedFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
            "DEVICE_NAME"]
 
 import collections
@@ -55,6 +55,14 @@ class BadFile:
     reason: str
 
 
+@dataclass(frozen=True)
+class FlaggedFile:
+    """A file indexed with warnings: RTExtras.Flags (e.g. ``meta-mismatch\\no-pixel-data``)."""
+
+    path: str      # relative to the data directory (as given, for store)
+    flags: str
+
+
 @dataclass
 class IndexResult:
     """What one indexing run did."""
@@ -65,6 +73,8 @@ class IndexResult:
     skipped: int = 0                  # hidden / temporary / database files not looked at
     bad: list[BadFile] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # files whose SOP UID another file had
+    flagged: list[FlaggedFile] = field(default_factory=list)   # indexed, with warnings
+    facts_filled: int = 0             # of ``indexed``: only RTExtras written (Conquest's rows kept)
     seconds: float = 0.0
 
     @property
@@ -78,6 +88,10 @@ class IndexResult:
             text += f", {self.removed} removed"
         if self.duplicates:
             text += f", {len(self.duplicates)} duplicate SOP UIDs"
+        if self.facts_filled:
+            text += f" ({self.facts_filled} already in Conquest's tables: RTExtras filled)"
+        if self.flagged:
+            text += f", {len(self.flagged)} flagged"
         return text + f" in {self.seconds:.1f} s"
 
 
@@ -283,6 +297,9 @@ class _Writer:
         self.affected_series: set[str] = set()
         self.duplicates: list[str] = []
         self.rejected: list[BadFile] = []
+        self.flagged: list[FlaggedFile] = []
+        self.facts_only: dict[str, str] = {}   # ObjectFile -> indexed SOP UID: RTExtras only
+        self.facts_written = 0
         self.written = 0
         self.sql: dict[str, str] = {}
         for table in (schema.patients, schema.studies, schema.series, schema.images):
@@ -311,6 +328,24 @@ class _Writer:
 
     def add(self, record: HeaderRecord) -> None:
         self.pending.append(record)
+
+    def _write_facts_only(self, records: list[HeaderRecord]) -> list[HeaderRecord]:
+        """Write the RTExtras rows of files already indexed without one (keyed by the SOP UID
+        the index holds for the file); the other records are returned to be written fully."""
+        rest, facts = [], []
+        for r in records:
+            sop = self.facts_only.get(r.object_file)
+            if sop is None:
+                rest.append(r)
+            else:
+                extras = dict(r.extras, SOPInstanc=sop)
+                facts.append(self.extras_row(extras))
+                if r.extras.get("Flags"):
+                    self.flagged.append(FlaggedFile(r.object_file, r.extras["Flags"]))
+        if facts:
+            self.conn.executemany(self.sql[EXTRAS_TABLE], facts)
+            self.facts_written += len(facts)
+        return rest
 
     def _existing(self, sql: str, keys: list[str]) -> list[tuple]:
         out: list[tuple] = []
@@ -341,6 +376,8 @@ class _Writer:
         extras_row = self.extras_row
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            if self.facts_only:
+                records = self._write_facts_only(records)
             records = self._accept(records)
             patients: dict[str, tuple] = {}
             studies: dict[str, list] = {}
@@ -386,6 +423,8 @@ class _Writer:
             self.conn.execute("ROLLBACK")
             raise
         self.written += len(records)
+        self.flagged += [FlaggedFile(r.object_file, r.extras["Flags"]) for r in records
+                         if r.extras.get("Flags")]
 
     def delete_images(self, sops: list[str]) -> int:
         """Drop image rows (and their extras) by SOP UID; remember their series for cascade()."""
@@ -468,12 +507,13 @@ class Indexer:
             self.excluded.update({p, p + "-wal", p + "-shm", p + "-journal"})
 
     # -- what is indexed now -------------------------------------------------------------------
-    def _known(self, patients: list[str] | None) -> dict[str, tuple[str, Any, Any]]:
-        """ObjectFile -> (SOP UID, FileSize, FileMtime) of this data directory's rows (of the
-        given patients' studies only, when patients are given)."""
+    def _known(self, patients: list[str] | None) -> dict[str, tuple[str, Any, Any, bool]]:
+        """ObjectFile -> (SOP UID, FileSize, FileMtime, has an RTExtras row) of this data
+        directory's rows (of the given patients' studies only, when patients are given)."""
         sc = self.schema
         im, se, st = sc.images, sc.series, sc.studies
-        sql = (f"SELECT i.ObjectFile, i.{im.key}, e.FileSize, e.FileMtime FROM {im.name} i "
+        sql = (f"SELECT i.ObjectFile, i.{im.key}, e.FileSize, e.FileMtime, "
+               f"e.SOPInstanc IS NOT NULL FROM {im.name} i "
                f"LEFT JOIN {EXTRAS_TABLE} e ON e.SOPInstanc = i.{im.key} ")
         where = "WHERE (i.DeviceName = ? OR i.DeviceName IS NULL)"
         rows: list[tuple] = []
@@ -486,10 +526,10 @@ class Indexer:
                 rows += self.conn.execute(
                     sql + where + f" AND t.{st.link} IN ({','.join('?' * len(part))})",
                     [DEVICE_NAME, *part]).fetchall()
-        out: dict[str, tuple[str, Any, Any]] = {}
-        for objfile, sop, size, mtime in rows:
+        out: dict[str, tuple[str, Any, Any, bool]] = {}
+        for objfile, sop, size, mtime, has_extras in rows:
             if objfile:
-                out[objfile.replace("\\", "/")] = (sop, size, mtime)
+                out[objfile.replace("\\", "/")] = (sop, size, mtime, bool(has_extras))
         return out
 
     def _clear_all(self) -> None:
@@ -543,11 +583,17 @@ class Indexer:
             if plist is None:
                 self._clear_all()
             else:
-                writer.delete_images([sop for sop, _, _ in known.values()])
+                writer.delete_images([k[0] for k in known.values()])
                 writer.cascade()
             todo = sorted(seen)
         elif mode == "missing":
             todo = sorted(rel for rel in seen if rel not in known)
+            # indexed (by Conquest, say) but without conquest-run's facts: those are read
+            # and only their RTExtras row is written; Conquest's rows stay as they are
+            facts_only = {rel: known[rel][0] for rel in seen
+                          if rel in known and not known[rel][3]}
+            todo = sorted(todo + list(facts_only))
+            writer.facts_only = facts_only
             result.unchanged = len(seen) - len(todo)
         else:
             changed_sops = []
@@ -555,13 +601,16 @@ class Indexer:
                 old = known.get(rel)
                 if old is None:
                     todo.append(rel)
+                elif not old[3]:        # no facts to compare with: filled, rows kept
+                    todo.append(rel)
+                    writer.facts_only[rel] = old[0]
                 elif old[1] != st.st_size or old[2] != st.st_mtime_ns:
                     todo.append(rel)
                     changed_sops.append(old[0])
                 else:
                     result.unchanged += 1
             todo.sort()
-            vanished = [sop for rel, (sop, _, _) in known.items() if rel not in seen]
+            vanished = [k[0] for rel, k in known.items() if rel not in seen]
             writer.delete_images(changed_sops)
             result.removed = writer.delete_images(vanished)
             writer.cascade()            # before re-reading, so changed files start clean
@@ -585,10 +634,12 @@ class Indexer:
 
     @staticmethod
     def _finish(result: IndexResult, writer: _Writer, started: float) -> IndexResult:
-        result.indexed = writer.written
+        result.indexed = writer.written + writer.facts_written
+        result.facts_filled = writer.facts_written
         result.bad.extend(writer.rejected)
         result.bad.sort(key=lambda b: b.path)
         result.duplicates = writer.duplicates
+        result.flagged = sorted(writer.flagged, key=lambda f: f.path)
         result.seconds = time.perf_counter() - started
         return result
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from _net_support import NODELAY, STORESCU, require, storescp
-from conquest_run.cli import main
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_charset_files, get_testdata_files  # noqa: E402

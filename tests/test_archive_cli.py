@@ -167,3 +167,22 @@ def test_flags_are_warnings_only_exit_code_zero(archive_dir, capsys):
     assert [b["path"] for b in report["bad"]] == [str(store_in / "junk.txt")]
     (store_in / "junk.txt").unlink()
     assert main(["store", str(store_in)]) == 0          # flagged only: exit 0
+
+
+def test_a_job_selects_by_flags(archive_dir, capsys):
+    import json
+    _bad_and_flagged(archive_dir, count=0)
+    assert main(["rebuild"]) == 0
+    job = archive_dir / "flagged.yml"
+    job.write_text("version: 1\nname: flagged\n"
+                   "select: {query: \"select SOPInstanc from RTExtras "
+                   "where Flags like '%no-pixel-data%'\"}\n"
+                   "action: {copy: {destination: out}}\n")
+    capsys.readouterr()
+    assert main(["--json", "--dry-run", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):]) and "header_only.dcm" in out
+    assert main([str(job)]) == 0
+    copied = list((archive_dir / "out").rglob("*.dcm"))
+    assert [p.read_bytes() for p in copied] == [
+        (archive_dir / "data" / "CLI1" / "header_only.dcm").read_bytes()]

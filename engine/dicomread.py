@@ -46,6 +46,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
 from .errors import DicomFileError
+from .fileflags import FLAG_TOKENS, fragments_damaged, meta_mismatch, syntax_mismatch
 from .rtextras import rt_extras
 from .schema import EXTRAS_COLUMNS, Schema
 
@@ -69,11 +70,6 @@ _ROWS, _BITS_ALLOCATED = 0x00280010, 0x00280100
 _TRANSFER_SYNTAX = 0x00020010
 _IMPLICIT_LE, _EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 _UID_TEXT = re.compile(r"[0-9]+(\.[0-9]+)*")
-_MEDIA_CLASS, _MEDIA_INSTANCE, _SOP_INSTANCE = 0x00020002, 0x00020003, 0x00080018
-_ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
-_VR_NAMES = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
-                      b"TM UC UI UL UN UR US UT UV".split())
-FLAG_TOKENS = ("bad-fragments", "meta-mismatch", "no-meta", "no-pixel-data", "syntax-mismatch")
 
 
 @dataclass(frozen=True)
@@ -208,23 +204,6 @@ def _is_image_class(elements: dict) -> bool:
         return False
 
 
-def _fragments_damaged(data: bytes, pos: int, little: bool) -> bool:
-    """Whether the encapsulated pixel data from ``pos`` (its first item) has an odd-length
-    fragment or something other than an item before the sequence delimiter.  Reads only the
-    item headers."""
-    order = "<" if little else ">"
-    end = len(data)
-    while pos + 8 <= end:
-        group, element, length = struct.unpack_from(order + "HHI", data, pos)
-        tag = group << 16 | element
-        if tag == _SEQ_DELIMITER:
-            return False
-        if tag != _ITEM or length == _UNDEFINED or length % 2:
-            return True
-        pos += 8 + length
-    return True
-
-
 def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
                     implicit: bool, flags: set[str]) -> None:
     """Raise if the header's last element or the pixel data is cut short; add ``no-pixel-data``
@@ -268,7 +247,7 @@ def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
                 delimiter = b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd"
                 if data.rfind(delimiter, pos) < 0:
                     raise DicomFileError("truncated: the encapsulated pixel data has no end")
-                if _fragments_damaged(data, pos + start, little):
+                if fragments_damaged(data, pos + start, little):
                     flags.add("bad-fragments")
             return
         if pos + start + length > len(data):
@@ -311,18 +290,9 @@ def _fast_parse(data: bytes) -> tuple[Any, int, bool, Any, tuple[bool, bool]] | 
         return None
     implicit = syntax == _IMPLICIT_LE
     little = syntax != _EXPLICIT_BE
-    mismatch = _syntax_mismatch(data, fp.tell(), implicit)
+    mismatch = syntax_mismatch(data, fp.tell(), implicit)
     ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
     return ds, fp.tell(), mismatch, meta, (implicit != mismatch, little)
-
-
-def _syntax_mismatch(data: bytes, pos: int, implicit: bool) -> bool:
-    """Whether the first data set element contradicts the declared VR encoding (pydicom's
-    own test: a valid VR name where the 4-byte length should be, or none where the VR goes)."""
-    vr = data[pos + 4:pos + 6]
-    if len(vr) < 2:
-        return False
-    return (vr in _VR_NAMES) == implicit
 
 
 def _parse(data: bytes, flags: set[str]) -> tuple[Any, int, Any, Any]:
@@ -351,23 +321,6 @@ def _parse(data: bytes, flags: set[str]) -> tuple[Any, int, Any, Any]:
     if meta is None or _TRANSFER_SYNTAX not in meta:
         flags.add("no-meta")
     return ds, fp.tell(), meta, None
-
-
-def _meta_mismatch(meta: Any, elements: dict) -> bool:
-    """Whether the meta's Media Storage SOP instance or class UID differs from the data set's."""
-    if meta is None:
-        return False
-    for meta_tag, tag in ((_MEDIA_INSTANCE, _SOP_INSTANCE), (_MEDIA_CLASS, _SOP_CLASS)):
-        declared = meta.get(meta_tag)
-        own = elements.get(tag)
-        if declared is None or own is None:
-            continue
-        a, b = declared.value, own.value
-        a = a.rstrip(b" \0").decode("latin-1") if isinstance(a, bytes) else str(a or "")
-        b = b.rstrip(b" \0").decode("latin-1") if isinstance(b, bytes) else str(b or "")
-        if a and b and a != b:
-            return True
-    return False
 
 
 def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
@@ -411,7 +364,7 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
             tsyntax = tsyntax.rstrip(b" \0").decode("latin-1")
         if str(tsyntax or "") not in _DEFLATED:
             _check_complete(elements, data, stopped_at, little, implicit, flags)
-        if _meta_mismatch(meta, elements):
+        if meta_mismatch(meta, elements):
             flags.add("meta-mismatch")
         decode = _decoder(elements)
         values = [_value(elements, tag, dtype, length, decode, little)

@@ -41,7 +41,13 @@ class SeriesInfo:
     description: str | None
     date: str | None
     instances: int
-    bytes: int
+    bytes: int | None          # None when no instance has conquest-run's facts (Conquest-made)
+    flags: str | None = None   # the union of the instances' RTExtras.Flags, sorted, '\\'-joined
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? "
+                        "COLLATE NOCASE", (name,)).fetchone() is not None
 
 
 def _column(schema: Schema, table: str, tag: int) -> str | None:
@@ -165,9 +171,13 @@ class Archive:
             raise ArchiveError(f"the query has no column {column} (it has {len(names)})")
         return [r[column] for r in rows]
 
-    def series_summary(self) -> list[SeriesInfo]:
+    def series_summary(self, notice: Callable[[str], None] | None = None) -> list[SeriesInfo]:
         """One entry per series: patient, study, series UID, modality, description, date,
-        number of instances and bytes on disk (as indexed)."""
+        number of instances, bytes on disk (as indexed) and the instances' flags.
+
+        On a database Conquest made (no RTExtras table, or instances without a row there) the
+        bytes and flags of those instances are unknown; ``notice`` gets one sentence naming
+        the command that fills them (``conquest-run rebuild --only-missing``)."""
         self.ensure_indexed()
         sc = self.schema
         se, st, im = sc.series, sc.studies, sc.images
@@ -178,21 +188,40 @@ class Archive:
         date = _column(sc, se.name, _SERIES_DATE)
         date_sql = (f"COALESCE({se.name}.{date}, {col(st.name, _STUDY_DATE)})" if date
                     else col(st.name, _STUDY_DATE))
-        sql = (f"SELECT {st.name}.{st.link}, {se.name}.{se.link}, {se.name}.{se.key}, "
-               f"{col(se.name, _MODALITY)}, {col(se.name, _SERIES_DESC)}, {date_sql}, "
-               f"count({im.name}.{im.key}), COALESCE(sum({EXTRAS_TABLE}.FileSize), 0) "
-               f"FROM {se.name} LEFT JOIN {st.name} ON {se.name}.{se.link} = {st.name}.{st.key} "
-               f"LEFT JOIN {im.name} ON {im.name}.{im.link} = {se.name}.{se.key} "
-               f"LEFT JOIN {EXTRAS_TABLE} ON {EXTRAS_TABLE}.SOPInstanc = {im.name}.{im.key} "
-               f"GROUP BY {se.name}.{se.key} "
-               f"ORDER BY 1, 2, 3")
         with closing(self.connect_readonly()) as conn:
             try:
-                return [SeriesInfo(*row) for row in conn.execute(sql)]
+                have_extras = _has_table(conn, EXTRAS_TABLE)
+                ex = EXTRAS_TABLE
+                facts = (f"sum({ex}.FileSize), group_concat(DISTINCT {ex}.Flags), "
+                         f"count({im.name}.{im.key}) - count({ex}.SOPInstanc) "
+                         if have_extras else f"NULL, NULL, count({im.name}.{im.key}) ")
+                join = (f"LEFT JOIN {ex} ON {ex}.SOPInstanc = {im.name}.{im.key} "
+                        if have_extras else "")
+                sql = (f"SELECT {st.name}.{st.link}, {se.name}.{se.link}, {se.name}.{se.key}, "
+                       f"{col(se.name, _MODALITY)}, {col(se.name, _SERIES_DESC)}, {date_sql}, "
+                       f"count({im.name}.{im.key}), {facts}"
+                       f"FROM {se.name} LEFT JOIN {st.name} "
+                       f"ON {se.name}.{se.link} = {st.name}.{st.key} "
+                       f"LEFT JOIN {im.name} ON {im.name}.{im.link} = {se.name}.{se.key} "
+                       f"{join}GROUP BY {se.name}.{se.key} ORDER BY 1, 2, 3")
+                rows = conn.execute(sql).fetchall()
             except sqlite3.Error as exc:
                 raise ArchiveError(f"cannot read the index: {exc} (is it a Conquest database "
                                    "made from this dicom.sql?)",
                                    file=str(self.database)) from None
+        out = []
+        lacking = 0
+        for *head, instances, size, flags, without in rows:
+            lacking += without
+            tokens = sorted({t for f in (flags or "").split(",") for t in f.split("\\") if t})
+            out.append(SeriesInfo(*head, instances, None if instances and size is None
+                                  else (size or 0), "\\".join(tokens) or None))
+        if lacking and notice is not None:
+            notice(f"{self.database}: {lacking} indexed instances have no conquest-run facts "
+                   f"(sizes, hashes, flags; a database Conquest made); their bytes and flags "
+                   f"show blank. Run 'conquest-run rebuild --only-missing' to fill them from "
+                   f"the files (Conquest's own rows are not rewritten)")
+        return out
 
     # -- actions on selections (delete / copy / dump / send / listen) --------------------------
     # Thin wrappers over the action and network modules (imported when used); add new ones here.

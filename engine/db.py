@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import ArchiveError
-from .schema import Schema
+from .schema import EXTRAS_COLUMNS, EXTRAS_TABLE, Schema
 
 BUSY_TIMEOUT_MS = 30_000
 # the largest string or blob a reader connection may produce: every indexed value is far
@@ -115,6 +115,17 @@ def has_schema(conn: sqlite3.Connection, schema: Schema) -> bool:
     return all(t.lower() in names for t in schema.tables)
 
 
+def _add_missing_extras_columns(conn: sqlite3.Connection) -> bool:
+    """Add the RTExtras columns an older conquest-run did not have (e.g. Flags); True if any."""
+    have = {r[1].lower() for r in conn.execute(f'PRAGMA table_info("{EXTRAS_TABLE}")')}
+    added = False
+    for name, sql_type in EXTRAS_COLUMNS:
+        if name.lower() not in have:
+            conn.execute(f"ALTER TABLE {EXTRAS_TABLE} ADD COLUMN {name} {sql_type}")
+            added = True
+    return added
+
+
 def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
     """Create Conquest's tables, the extras table and the views where they are missing.
 
@@ -144,7 +155,12 @@ def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
                         f"table {table.name} lacks the columns {', '.join(missing)} of "
                         f"{schema.source}; the database was made from another dicom.sql "
                         f"(rebuild it into a new database file)")
-        for stmt in schema.extras_ddl() + schema.views_ddl():
+        for stmt in schema.extras_ddl():
+            conn.execute(stmt)
+        if _add_missing_extras_columns(conn):
+            # the views list the extras columns: made again to show the new ones
+            conn.execute("DROP VIEW IF EXISTS v_seriesRT")
+        for stmt in schema.views_ddl():
             conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:

@@ -14,12 +14,19 @@ The values come from pydicom's *raw* data elements (bytes and length as in the f
 both exact and fast.  Files without the ``DICM`` preamble are read with ``force`` when they start
 like a DICOM data set (Conquest's ``.v2`` files); anything else raises ``DicomFileError`` with a
 short reason.  ``read_header`` also hashes the file bytes (SHA-256) and checks that the file is
-not truncated (last header element and pixel data complete).
+not truncated (cut inside an element: the last header element or the pixel data incomplete).
+
+Files that lie about themselves are indexed and flagged (``HeaderRecord.extras["Flags"]``, the
+sorted tokens joined with ``\\``): ``no-pixel-data`` (an image SOP class without Pixel Data, a
+warning), ``syntax-mismatch`` (the data set does not follow the meta's transfer syntax: explicit
+declared, implicit found or the reverse), ``meta-mismatch`` (the meta's Media Storage SOP
+instance / class UID is not the data set's), ``bad-fragments`` (encapsulated pixel data with an
+odd-length fragment or an item that is not one) and ``no-meta`` (no file meta at all).
 """
 
 from __future__ import annotations
 
-__all__ = ["ReadSpec", "HeaderRecord", "read_header", "KEY_LEVELS"]
+__all__ = ["ReadSpec", "HeaderRecord", "read_header", "KEY_LEVELS", "FLAG_TOKENS"]
 
 import hashlib
 import io
@@ -39,6 +46,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
 from .errors import DicomFileError
+from .fileflags import FLAG_TOKENS, fragments_damaged, meta_mismatch, syntax_mismatch
 from .rtextras import rt_extras
 from .schema import EXTRAS_COLUMNS, Schema
 
@@ -197,8 +205,9 @@ def _is_image_class(elements: dict) -> bool:
 
 
 def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
-                    implicit: bool) -> None:
-    """Raise if the header's last element or the pixel data is cut short."""
+                    implicit: bool, flags: set[str]) -> None:
+    """Raise if the header's last element or the pixel data is cut short; add ``no-pixel-data``
+    or ``bad-fragments`` to ``flags``."""
     if not elements:
         return
     last = elements[max(elements)]
@@ -207,8 +216,12 @@ def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
         raise DicomFileError(f"truncated: element {last.tag} has {len(last.value)} of "
                              f"{last.length} bytes")
     if stopped_at >= len(data):
+        tell = getattr(last, "value_tell", None)
+        if (tell is not None and isinstance(last.value, (bytes, bytearray))
+                and 0 < len(data) - (tell + len(last.value)) < 8):
+            raise DicomFileError("truncated: the file ends inside an element header")
         if (_ROWS in elements and _BITS_ALLOCATED in elements) or _is_image_class(elements):
-            raise DicomFileError("truncated: an image without pixel data")
+            flags.add("no-pixel-data")
         return
     order = "<" if little else ">"
     pos = stopped_at
@@ -234,6 +247,8 @@ def _check_complete(elements: dict, data: bytes, stopped_at: int, little: bool,
                 delimiter = b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd"
                 if data.rfind(delimiter, pos) < 0:
                     raise DicomFileError("truncated: the encapsulated pixel data has no end")
+                if fragments_damaged(data, pos + start, little):
+                    flags.add("bad-fragments")
             return
         if pos + start + length > len(data):
             what = "pixel data" if (group << 16 | element) in _PIXEL_TAGS else \
@@ -260,7 +275,7 @@ def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
     return tag in _PIXEL_TAGS
 
 
-def _fast_parse(data: bytes) -> tuple[Any, int, str] | None:
+def _fast_parse(data: bytes) -> tuple[Any, int, bool, Any, tuple[bool, bool]] | None:
     """Part-10 file: the meta group and then the data set up to the pixel data, with
     pydicom's ``read_dataset`` (skips dcmread's file-object wrapping and meta validation).
     None when the file needs dcmread's general handling (deflate, odd meta)."""
@@ -275,11 +290,14 @@ def _fast_parse(data: bytes) -> tuple[Any, int, str] | None:
         return None
     implicit = syntax == _IMPLICIT_LE
     little = syntax != _EXPLICIT_BE
+    mismatch = syntax_mismatch(data, fp.tell(), implicit)
     ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
-    return ds, fp.tell(), syntax
+    return ds, fp.tell(), mismatch, meta, (implicit != mismatch, little)
 
 
-def _parse(data: bytes) -> tuple[Any, int]:
+def _parse(data: bytes, flags: set[str]) -> tuple[Any, int, Any, Any]:
+    """(data set up to the pixel data, where it stopped, the file meta or None, the
+    (implicit, little endian) encoding found, or None to take pydicom's)."""
     fp = io.BytesIO(data)
     if data[128:132] == b"DICM":
         try:
@@ -287,13 +305,22 @@ def _parse(data: bytes) -> tuple[Any, int]:
         except Exception:
             fast = None
         if fast is not None:
-            return fast[0], fast[1]
-        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            if fast[2]:
+                flags.add("syntax-mismatch")
+            return fast[0], fast[1], fast[3], fast[4]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        if any("but found" in str(w.message) for w in caught):
+            flags.add("syntax-mismatch")
     elif _looks_like_dataset(data):
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
     else:
         raise DicomFileError("not DICOM (no 'DICM' marker and no data set at the start)")
-    return ds, fp.tell()
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or _TRANSFER_SYNTAX not in meta:
+        flags.add("no-meta")
+    return ds, fp.tell(), meta, None
 
 
 def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
@@ -317,7 +344,8 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds, stopped_at = _parse(data)
+            flags: set[str] = set()
+            ds, stopped_at, meta, encoding = _parse(data, flags)
         except DicomFileError:
             raise
         except InvalidDicomError as exc:
@@ -327,13 +355,17 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
             raise DicomFileError(f"unreadable DICOM (truncated or damaged): {reason}") from None
         # top-level elements by plain int tag, values as read (raw: bytes and length)
         elements = {int(tag): elem for tag, elem in ds.items()}
-        implicit, little = ds.original_encoding
+        implicit, little = encoding or ds.original_encoding
         if implicit is None:
             implicit, little = True, True
-        meta = getattr(ds, "file_meta", None)
-        tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        tsyntax = meta.get(_TRANSFER_SYNTAX) if meta is not None else None
+        tsyntax = tsyntax.value if tsyntax is not None else None
+        if isinstance(tsyntax, bytes):
+            tsyntax = tsyntax.rstrip(b" \0").decode("latin-1")
         if str(tsyntax or "") not in _DEFLATED:
-            _check_complete(elements, data, stopped_at, little, implicit)
+            _check_complete(elements, data, stopped_at, little, implicit, flags)
+        if meta_mismatch(meta, elements):
+            flags.add("meta-mismatch")
         decode = _decoder(elements)
         values = [_value(elements, tag, dtype, length, decode, little)
                   for tag, dtype, length in spec.fields]
@@ -352,4 +384,5 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
     extras["hash"] = hashlib.sha256(data).hexdigest()
     extras["FileSize"] = len(data)
     extras["FileMtime"] = None if stat is None else stat.st_mtime_ns
+    extras["Flags"] = "\\".join(sorted(flags)) if flags else None
     return HeaderRecord(object_file, rows, modality, sop_class, extras)

@@ -59,6 +59,7 @@ EXTRAS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("hash", "varchar(64)"),           # SHA-256 of the file bytes, hex
     ("FileSize", "int"),               # bytes
     ("FileMtime", "int"),              # st_mtime_ns, for refresh
+    ("Flags", "text"),                 # what the file says wrongly of itself; see dicomread
 )
 
 _CONQUEST_EXTRAS = ("AccessTime  int", "qTimeStamp   int", "qFlags       int",

@@ -86,6 +86,7 @@ class StoredFile:
     sop_uid: str
     patient_id: str | None
     replaced: bool       # the instance was in the archive before
+    flags: str | None = None   # RTExtras.Flags: warnings found when indexing (no-pixel-data, ...)
 
 
 @dataclass
@@ -97,9 +98,16 @@ class StoreResult:
     def replaced(self) -> int:
         return sum(1 for s in self.stored if s.replaced)
 
+    @property
+    def flagged(self) -> list[StoredFile]:
+        return [s for s in self.stored if s.flags]
+
     def summary(self) -> str:
-        return (f"{len(self.stored)} files stored ({self.replaced} replaced), "
+        text = (f"{len(self.stored)} files stored ({self.replaced} replaced), "
                 f"{len(self.bad)} bad")
+        if self.flagged:
+            text += f", {len(self.flagged)} flagged"
+        return text
 
 
 class _SourceKept(Exception):
@@ -270,7 +278,7 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         placer.drop_old_copy(old, rel)
         records.append(placer.finish(record, target, rel))
         result.stored.append(StoredFile(shown, rel, record.sop_uid, record.patient_id,
-                                        old is not None))
+                                        old is not None, record.extras.get("Flags")))
         if len(records) >= 500:
             result.bad += indexer.add_records(records)
             records = []

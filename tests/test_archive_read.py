@@ -232,3 +232,58 @@ def test_truncated_files_are_refused(tmp_path, cut):
     path.write_bytes(src[:cut])
     with pytest.raises(DicomFileError, match="truncated|unreadable|no SOP|not DICOM"):
         read_header(path, "cut.dcm", ReadSpec.from_schema(load_schema(None)))
+
+
+
+def _read(path):
+    return read_header(path, path.name, ReadSpec.from_schema(load_schema(None)))
+
+
+def test_a_cut_between_elements_is_a_header_only_image(tmp_path):
+    # CT_small cut at byte 2994 ends exactly after a complete element (3000 is 6 bytes into the
+    # next element's header, refused above): nothing is cut inside an element, so it reads as a
+    # complete header without pixel data (flagged, not refused)
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(pydicom_file("CT_small.dcm").read_bytes()[:2994])
+    assert _read(path).extras["Flags"] == "no-pixel-data"
+
+
+@pytest.mark.parametrize("name, flags", [
+    ("CT_small.dcm", None),
+    ("rtplan.dcm", "meta-mismatch"),                # meta's SOP instance UID is not the data set's
+    ("SC_rgb_jpeg.dcm", "syntax-mismatch"),         # meta says explicit VR, the data is implicit
+    ("ExplVR_LitEndNoMeta.dcm", "no-meta"),
+    ("rtstruct.dcm", "no-meta"),
+])
+def test_files_that_lie_about_themselves_are_flagged(name, flags):
+    record = _read(pydicom_file(name))
+    assert record.extras["Flags"] == flags
+    if name == "rtplan.dcm":      # the index keeps the data set's UID, not the meta's
+        import pydicom
+        ds = pydicom.dcmread(pydicom_file(name), stop_before_pixels=True)
+        assert record.sop_uid == ds.SOPInstanceUID != ds.file_meta.MediaStorageSOPInstanceUID
+
+
+def _encapsulated(tmp_path, fragments: list[bytes]):
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\0" * 6 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "enc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    good = b"".join(b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in fragments)
+    pixel = b"\xe0\x7f\x10\x00OB\0\0\xff\xff\xff\xff"
+    start = data.rindex(pixel) + len(pixel)          # the basic offset table item follows
+    path.write_bytes(data[:start] + b"\xfe\xff\x00\xe0\0\0\0\0" + good
+                     + b"\xfe\xff\xdd\xe0\0\0\0\0")
+    return path
+
+
+def test_odd_or_damaged_fragments_are_flagged(tmp_path):
+    assert _read(_encapsulated(tmp_path, [b"\xff\xd8\xff\xd9"])).extras["Flags"] is None
+    assert _read(_encapsulated(tmp_path, [b"\xff\xd8\x00\xff\xd9"])).extras["Flags"] == \
+        "bad-fragments"

@@ -215,3 +215,22 @@ def test_views_return_rt_rows(tmp_path):
     assert sorted(conn.execute("SELECT SeriesInst FROM v_series").fetchall()) == [
         ("se1",), ("se2",)]
     assert isinstance(conn, sqlite3.Connection)
+
+
+def test_ensure_schema_adds_the_flags_column_to_an_older_extras_table(tmp_path):
+    schema = load_schema(None)
+    path = tmp_path / "old.db"
+    conn = db.connect(path)
+    for stmt in schema.conquest_ddl():
+        conn.execute(stmt)
+    old = ", ".join(f"{n} {t}" for n, t in EXTRAS_COLUMNS if n != "Flags")
+    conn.execute(f"CREATE TABLE {EXTRAS_TABLE} ({old})")
+    conn.execute(f"INSERT INTO {EXTRAS_TABLE} (SOPInstanc, FileSize) VALUES ('1.2', 10)")
+    for stmt in schema.views_ddl():       # the views as an older version made them
+        conn.execute(stmt.replace(f", {EXTRAS_TABLE}.Flags", ""))
+    db.ensure_schema(conn, schema)
+    assert conn.execute(f"SELECT SOPInstanc, FileSize, Flags FROM {EXTRAS_TABLE}").fetchall() == \
+        [("1.2", 10, None)]
+    names = [d[0] for d in conn.execute("SELECT * FROM v_seriesRT").description]
+    assert "Flags" in names
+    conn.close()

@@ -7,7 +7,9 @@ them as ``options["patients"]`` (a list, possibly empty); without it the patient
 planned series are used, and a step with neither rebuilds everything.
 
 Files the indexer cannot read (not DICOM, truncated, damaged) are failed outcomes with their
-path and reason, so the audit log lists them.  A dry run changes nothing: it reports the mode,
+path and reason, so the audit log lists them (and the job exits 1, as ``conquest-run rebuild``
+does); files indexed with flags (``no-pixel-data``, ...) are counted as ``flagged``, warnings that
+fail nothing.  A dry run changes nothing: it reports the mode,
 the patients and how many files the scope holds on disk.
 """
 
@@ -89,6 +91,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         rec.add(Outcome(None, None, FAILED, f"not indexed: {bad.reason}", {"path": bad.path}))
     counts = {"indexed": result.indexed, "unchanged": result.unchanged,
               "removed": result.removed, "skipped": result.skipped, "bad": len(result.bad),
-              "duplicates": len(result.duplicates), "seconds": round(result.seconds, 3)}
+              "duplicates": len(result.duplicates), "flagged": len(result.flagged),
+              "facts_filled": result.facts_filled, "seconds": round(result.seconds, 3)}
     rec.add(Outcome(None, None, DONE, result.summary(), counts))
     return rec.finish(**summary, **counts)

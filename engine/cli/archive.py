@@ -1,12 +1,19 @@
 """The archive subcommands: ``rebuild``, ``store``, ``summary``, ``query``.
 
     conquest-run rebuild [--patient ID ...] [--only-missing | --refresh] [--workers N]
-    conquest-run store PATH... [--move]
+                         [--json | --verbose]
+    conquest-run store PATH... [--move] [--json | --verbose]
     conquest-run summary
     conquest-run query "SELECT ..." [--param VALUE ...] [--no-header]
 
 Each takes the archive flags ``--data``, ``--database``, ``--dicom-sql``.  A progress bar shows
-only on a terminal; the result is one line on stdout; bad files are listed on stderr.
+only on a terminal; the result is one line on stdout; bad files are listed on stderr (the
+first 20; ``--verbose``: all of them, and every flagged file), or, with ``--json``, one JSON
+object on stdout with every bad file and its reason and every flagged file and its flags.
+
+Exit code of rebuild and store (and, through its failed outcomes, of a rebuild job): 1 when some
+file could not be indexed (or stored), 0 when every file was; flags (warnings such as
+``no-pixel-data``) do not change it.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from __future__ import annotations
 __all__ = ["register", "run"]
 
 import argparse
+import collections
+import json
 import sys
 
 from ..archive import Archive
 from . import add_archive_flags
-from ..indexer import BadFile
+from ..indexer import BadFile, FlaggedFile
 
 _SHOW_BAD = 20
 
@@ -36,12 +45,15 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                           help="re-index changed files, drop rows of vanished files")
         parser.add_argument("--workers", type=int, default=1, metavar="N",
                             help="parse in N worker processes (default 1)")
+        _add_listing_flags(parser)
     elif name == "store":
         parser.description = "Copy files or folders into data/<PatientID>/ and index them."
         parser.add_argument("paths", nargs="+", metavar="PATH")
         parser.add_argument("--move", action="store_true", help="move instead of copy")
+        _add_listing_flags(parser)
     elif name == "summary":
-        parser.description = "One line per series: patient, modality, instances, size."
+        parser.description = ("One line per series: patient, modality, instances, size, and the "
+                              "flags of its files (no-pixel-data, meta-mismatch, ...).")
     elif name == "query":
         parser.description = "Run one read-only SQL statement against the index."
         parser.add_argument("sql", metavar="SQL")
@@ -56,11 +68,42 @@ def _archive(args: argparse.Namespace) -> Archive:
     return Archive(args.data, args.database, args.dicom_sql)
 
 
-def _report_bad(bad: list[BadFile]) -> None:
-    for b in bad[:_SHOW_BAD]:
+def _add_listing_flags(parser: argparse.ArgumentParser) -> None:
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true",
+                       help="one JSON object on stdout: every bad file with its reason, every "
+                            "flagged file with its flags")
+    shown.add_argument("--verbose", action="store_true",
+                       help="list every bad file (not only the first 20) and every flagged file")
+
+
+def _report(args: argparse.Namespace, command: str, summary: str, bad: list[BadFile],
+            flagged: list[FlaggedFile], counts: dict[str, object]) -> int:
+    """Print the outcome (text or JSON); the exit code: 1 when some file was not indexed."""
+    code = 1 if bad else 0
+    if args.json:
+        print(json.dumps({
+            "command": command, "summary": summary, **counts,
+            "bad": [{"path": b.path, "reason": b.reason} for b in bad],
+            "flagged": [{"path": f.path, "flags": f.flags.split("\\")} for f in flagged],
+            "exit_code": code}, indent=2, ensure_ascii=False))
+        return code
+    shown = bad if args.verbose else bad[:_SHOW_BAD]
+    for b in shown:
         print(f"{b.path}: {b.reason}", file=sys.stderr)
-    if len(bad) > _SHOW_BAD:
-        print(f"... and {len(bad) - _SHOW_BAD} more bad files", file=sys.stderr)
+    if len(bad) > len(shown):
+        print(f"... and {len(bad) - len(shown)} more bad files (--verbose or --json lists "
+              f"them all)", file=sys.stderr)
+    if args.verbose:
+        for f in flagged:
+            print(f"{f.path}: indexed, flagged {f.flags.replace(chr(92), ', ')}", file=sys.stderr)
+    elif flagged:
+        tokens = collections.Counter(t for f in flagged for t in f.flags.split("\\"))
+        listed = ", ".join(f"{t} {n}" for t, n in sorted(tokens.items()))
+        print(f"{len(flagged)} files indexed with flags ({listed}); --verbose lists them",
+              file=sys.stderr)
+    print(summary)
+    return code
 
 
 def _text(value: object) -> str:
@@ -111,18 +154,18 @@ def run(name: str, args: argparse.Namespace) -> int:
             print("conquest-run rebuild: --workers must be at least 1", file=sys.stderr)
             return 2
         from ..commandlog import recorded_command
-        from ..report import FAILED, Outcome
+        from ..report import DONE, FAILED, Outcome
         with recorded_command(
                 archive, "rebuild", " ".join([f"--mode {mode}"] + [
                     f"--patient {p}" for p in args.patient or ()])) as finish:
             result = archive.rebuild(patients=args.patient, mode=mode, workers=args.workers,
-                                     progress=sys.stderr.isatty())
+                                     progress=sys.stderr.isatty() and not args.json)
             finish(True, {"mode": mode, "indexed": result.indexed, "removed": result.removed,
                           "bad": len(result.bad)},
                    [Outcome(None, None, FAILED, b.reason, {"path": b.path}) for b in result.bad])
-        _report_bad(result.bad)
-        print(result.summary())
-        return 0
+        return _report(args, "rebuild", result.summary(), result.bad, result.flagged,
+                       {"indexed": result.indexed, "unchanged": result.unchanged,
+                        "removed": result.removed, "skipped": result.skipped})
     if name == "store":
         from ..commandlog import recorded_command
         from ..report import DONE, FAILED, Outcome
@@ -136,16 +179,21 @@ def run(name: str, args: argparse.Namespace) -> int:
                              "patient_id": f.patient_id}) for f in result.stored]
                    + [Outcome(None, None, FAILED, b.reason, {"path": b.path})
                       for b in result.bad])
-        _report_bad(result.bad)
-        print(result.summary())
-        return 1 if result.bad else 0
+        flagged = [FlaggedFile(s.source, s.flags) for s in result.flagged]
+        return _report(args, "store", result.summary(), result.bad, flagged,
+                       {"stored": len(result.stored), "replaced": result.replaced,
+                        "files": [{"path": s.source, "object_file": s.object_file,
+                                   "sop_uid": s.sop_uid, "replaced": s.replaced,
+                                   "flags": s.flags.split("\\") if s.flags else []}
+                                  for s in result.stored]})
     if name == "summary":
-        rows = archive.series_summary()
+        rows = archive.series_summary(
+            notice=lambda text: print(f"note: {text}", file=sys.stderr))
         header = ["PatientID", "Study", "Series", "Modality", "Description", "Date",
-                  "Instances", "Bytes"]
+                  "Instances", "Bytes", "Flags"]
         _print_table(f"{len(rows)} series in {archive.database}", header,
                      [(s.patient_id, s.study_uid, s.series_uid, s.modality, s.description,
-                       s.date, s.instances, s.bytes) for s in rows])
+                       s.date, s.instances, s.bytes, s.flags) for s in rows])
         return 0
     if name == "query":
         header, rows = _checked_query(archive, args)

@@ -124,13 +124,19 @@ def test_the_index_flags_reach_the_plan_and_make_the_sender_re_encode(tmp_path):
 
     archive = make_archive(tmp_path / "archive", patients=1, ct_slices=3)
     options = {"host": "127.0.0.1", "port": 1}
+    conn = sqlite3.connect(archive.database)
+    with conn:                                  # a database from before the Flags column
+        conn.execute("DROP VIEW IF EXISTS v_seriesRT")
+        conn.execute("ALTER TABLE RTExtras DROP COLUMN Flags")
+    conn.close()
     before = plan_selection(archive, {"modality": "CT"}, "send", options)     # no Flags column
     sops = [i.sop_uid for s in before.steps[0].series for i in s.instances]
     assert len(sops) == 3 and all(i.flags == () for s in before.steps[0].series
                                   for i in s.instances)
     conn = sqlite3.connect(archive.database)
     with conn:
-        conn.execute("ALTER TABLE RTExtras ADD COLUMN Flags TEXT")
+        if "Flags" not in {r[1] for r in conn.execute("PRAGMA table_info(RTExtras)")}:
+            conn.execute("ALTER TABLE RTExtras ADD COLUMN Flags TEXT")
         conn.execute("UPDATE RTExtras SET Flags = ? WHERE SOPInstanc = ?",
                      ("bad-fragments\\syntax-mismatch", sops[1]))
     conn.close()

@@ -358,7 +358,7 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
         implicit, little = encoding or ds.original_encoding
         if implicit is None:
             implicit, little = True, True
-        tsyntax = meta.get(_TRANSFER_SYNTAX) if meta is not None else None
+        tsyntax = meta.get_item(_TRANSFER_SYNTAX) if meta is not None else None
         tsyntax = tsyntax.value if tsyntax is not None else None
         if isinstance(tsyntax, bytes):
             tsyntax = tsyntax.rstrip(b" \0").decode("latin-1")

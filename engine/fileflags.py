@@ -51,7 +51,7 @@ def meta_mismatch(meta: Any, elements: dict) -> bool:
     if meta is None:
         return False
     for meta_tag, tag in ((_MEDIA_INSTANCE, _SOP_INSTANCE), (_MEDIA_CLASS, _SOP_CLASS)):
-        declared = meta.get(meta_tag)
+        declared = meta.get_item(meta_tag)     # raw: no value conversion (hot path)
         own = elements.get(tag)
         if declared is None or own is None:
             continue

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import db
 from .errors import ArchiveError
+from .fileflags import flag_tokens, flags_cell
 from .indexer import Indexer, IndexResult, data_dir_error
 from .schema import EXTRAS_TABLE, Schema, load_schema
 from .store import DatasetStore, StoredFile, StoreResult, resolve_inside, store
@@ -213,9 +214,10 @@ class Archive:
         lacking = 0
         for *head, instances, size, flags, without in rows:
             lacking += without
-            tokens = sorted({t for f in (flags or "").split(",") for t in f.split("\\") if t})
             out.append(SeriesInfo(*head, instances, None if instances and size is None
-                                  else (size or 0), "\\".join(tokens) or None))
+                                  else (size or 0),
+                                  flags_cell(t for f in (flags or "").split(",")
+                                             for t in flag_tokens(f))))
         if lacking and notice is not None:
             notice(f"{self.database}: {lacking} indexed instances have no conquest-run facts "
                    f"(sizes, hashes, flags; a database Conquest made); their bytes and flags "

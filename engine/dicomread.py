@@ -46,7 +46,8 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
 from .errors import DicomFileError
-from .fileflags import FLAG_TOKENS, fragments_damaged, meta_mismatch, syntax_mismatch
+from .fileflags import (FLAG_TOKENS, flags_cell, fragments_damaged, meta_mismatch,
+                        syntax_mismatch)
 from .rtextras import rt_extras
 from .schema import EXTRAS_COLUMNS, Schema
 
@@ -384,5 +385,5 @@ def read_header(path: str | Path, object_file: str, spec: ReadSpec, *,
     extras["hash"] = hashlib.sha256(data).hexdigest()
     extras["FileSize"] = len(data)
     extras["FileMtime"] = None if stat is None else stat.st_mtime_ns
-    extras["Flags"] = "\\".join(sorted(flags)) if flags else None
+    extras["Flags"] = flags_cell(flags)
     return HeaderRecord(object_file, rows, modality, sop_class, extras)

@@ -6,9 +6,11 @@ reading."""
 
 from __future__ import annotations
 
-__all__ = ["FLAG_TOKENS", "fragments_damaged", "syntax_mismatch", "meta_mismatch"]
+__all__ = ["FLAG_TOKENS", "flags_cell", "flag_tokens", "fragments_damaged", "syntax_mismatch",
+           "meta_mismatch"]
 
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 FLAG_TOKENS = ("bad-fragments", "meta-mismatch", "no-meta", "no-pixel-data", "syntax-mismatch")
@@ -18,6 +20,16 @@ _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 _VR_NAMES = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV "
                       b"TM UC UI UL UN UR US UT UV".split())
+
+
+def flags_cell(tokens: Iterable[str]) -> str | None:
+    """The ``RTExtras.Flags`` cell of a set of tokens: sorted, joined with ``\\``; None if none."""
+    return "\\".join(sorted(set(tokens))) or None
+
+
+def flag_tokens(cell: str | None) -> tuple[str, ...]:
+    """The sorted tokens of a ``RTExtras.Flags`` cell (NULL or empty: none)."""
+    return tuple(sorted({t for t in (cell or "").split("\\") if t}))
 
 
 def fragments_damaged(data: bytes, pos: int, little: bool) -> bool:

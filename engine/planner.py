@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from .db import connect_reader
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
+from .fileflags import flag_tokens
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
 from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column
 
@@ -204,7 +205,7 @@ class _Resolver:
                 continue
             rel = (rel or "").replace("\\", "/")
             out.append(PlannedInstance(sop, cls, rel, self.size_of(rel),
-                                       tuple(sorted(filter(None, (flags or "").split("\\")))),
+                                       flag_tokens(flags),
                                        self.mtime_of(rel)))
         return tuple(out)
 

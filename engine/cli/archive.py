@@ -27,6 +27,7 @@ import sys
 
 from ..archive import Archive
 from . import add_archive_flags
+from ..fileflags import flag_tokens
 from ..indexer import BadFile, FlaggedFile
 
 _SHOW_BAD = 20
@@ -85,7 +86,7 @@ def _report(args: argparse.Namespace, command: str, summary: str, bad: list[BadF
         print(json.dumps({
             "command": command, "summary": summary, **counts,
             "bad": [{"path": b.path, "reason": b.reason} for b in bad],
-            "flagged": [{"path": f.path, "flags": f.flags.split("\\")} for f in flagged],
+            "flagged": [{"path": f.path, "flags": list(flag_tokens(f.flags))} for f in flagged],
             "exit_code": code}, indent=2, ensure_ascii=False))
         return code
     shown = bad if args.verbose else bad[:_SHOW_BAD]
@@ -98,7 +99,7 @@ def _report(args: argparse.Namespace, command: str, summary: str, bad: list[BadF
         for f in flagged:
             print(f"{f.path}: indexed, flagged {f.flags.replace(chr(92), ', ')}", file=sys.stderr)
     elif flagged:
-        tokens = collections.Counter(t for f in flagged for t in f.flags.split("\\"))
+        tokens = collections.Counter(t for f in flagged for t in flag_tokens(f.flags))
         listed = ", ".join(f"{t} {n}" for t, n in sorted(tokens.items()))
         print(f"{len(flagged)} files indexed with flags ({listed}); --verbose lists them",
               file=sys.stderr)
@@ -184,7 +185,7 @@ def run(name: str, args: argparse.Namespace) -> int:
                        {"stored": len(result.stored), "replaced": result.replaced,
                         "files": [{"path": s.source, "object_file": s.object_file,
                                    "sop_uid": s.sop_uid, "replaced": s.replaced,
-                                   "flags": s.flags.split("\\") if s.flags else []}
+                                   "flags": list(flag_tokens(s.flags))}
                                   for s in result.stored]})
     if name == "summary":
         rows = archive.series_summary(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..fileflags import syntax_mismatch
 from ..report import FAILED, Outcome
 
 if TYPE_CHECKING:
@@ -143,9 +144,7 @@ def read_send_item(path: Path, sop_uid: str, series_uid: str | None,
 
 
 REENCODE_FLAGS = frozenset({"syntax-mismatch", "meta-mismatch", "bad-fragments"})
-_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
-        b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"} | _LONG_VRS
-_NOT_PLAIN = {IMPLICIT_LE, "1.2.840.10008.1.2.1.99"}       # implicit, deflated: not checked
+_DEFLATED = "1.2.840.10008.1.2.1.99"         # its data set is compressed: not checked
 
 
 def _dataset_uids(path: Path) -> tuple[str, str]:
@@ -169,12 +168,9 @@ def _syntax_lies(path: Path, declared: str) -> bool:
         first = fh.read(8)
     if len(first) < 8:
         return False
-    explicit_bytes = first[4:6] in _VRS
-    if declared == IMPLICIT_LE:
-        return explicit_bytes
-    if declared in _NOT_PLAIN:
+    if declared == _DEFLATED:
         return False
-    return not explicit_bytes
+    return syntax_mismatch(first, 0, declared == IMPLICIT_LE)
 
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

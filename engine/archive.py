@@ -110,14 +110,15 @@ class Archive:
         narrows it to those PatientIDs.  ``progress``: True for a bar on stderr, or a
         callback(done, total)."""
         self._require_data()
+        from .indexswap import rebuild_atomically
         with closing(self.connect()) as conn:
-            indexer = Indexer(conn, self.schema, self.data_dir, exclude=[self.database])
+            def run(cb: Callable[[int, int], None] | None) -> IndexResult:
+                return rebuild_atomically(conn, self.database, self.schema, self.data_dir,
+                                          mode=mode, patients=patients, workers=workers,
+                                          progress=cb)
             if progress is True:
-                return _with_progress_bar(
-                    lambda cb: indexer.run(mode=mode, patients=patients, workers=workers,
-                                           progress=cb))
-            return indexer.run(mode=mode, patients=patients, workers=workers,
-                               progress=progress or None)
+                return _with_progress_bar(run)
+            return run(progress or None)
 
     def ensure_indexed(self) -> IndexResult | None:
         """Index the data directory first when the database does not exist yet."""

@@ -34,7 +34,7 @@ from typing import Any
 from .dicomread import HeaderRecord, ReadSpec
 from .errors import ArchiveError
 from .indexwalk import BadFile, FlaggedFile, read_all, read_one, shown_name, storable_name, walk
-from .indexwriter import DEVICE_NAME, LinkChecker, Writer, chunks, merge_modality
+from .indexwriter import DEVICE_NAME, LinkChecker, Writer, chunks, merge_modality, write_transaction
 from .schema import EXTRAS_TABLE, Schema
 
 MODES = ("all", "missing", "refresh")
@@ -93,6 +93,7 @@ class Indexer:
         self.spec = ReadSpec.from_schema(schema)
         self.batch_size = batch_size
         self.excluded = set()
+        self.walked: dict[str, os.stat_result] = {}   # what the last run() found on disk
         for p in exclude:
             p = str(Path(p).absolute())
             self.excluded.update({p, p + "-wal", p + "-shm", p + "-journal"})
@@ -125,15 +126,10 @@ class Indexer:
 
     def _clear_all(self) -> None:
         sc = self.schema
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self.conn):
             for t in (sc.images, sc.series, sc.studies, sc.patients):
                 self.conn.execute(f"DELETE FROM {t.name}")
             self.conn.execute(f"DELETE FROM {EXTRAS_TABLE}")
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, *, mode: str = "all", patients: Iterable[str] | None = None, workers: int = 1,
@@ -168,6 +164,7 @@ class Indexer:
                         seen[rel] = os.stat(self.data_dir / rel)
                     except OSError:
                         pass
+        self.walked = seen
         writer = Writer(self.conn, self.schema, int(time.time()))
         todo: list[str] = []
         if mode == "all":

@@ -4,11 +4,13 @@ inconsistent links refused), in one transaction per batch; deletes with Conquest
 
 from __future__ import annotations
 
-__all__ = ["Writer", "LinkChecker", "merge_modality", "chunks", "DEVICE_NAME"]
+__all__ = ["Writer", "LinkChecker", "merge_modality", "chunks", "write_transaction",
+           "rollback_quietly", "DEVICE_NAME"]
 
 import operator
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .dicomread import HeaderRecord
@@ -25,6 +27,38 @@ _SQL_VARS = 500        # parameters per IN (...) query
 def chunks(items: list, size: int = _SQL_VARS) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def rollback_quietly(conn: sqlite3.Connection, savepoint: str | None = None) -> None:
+    """Undo the open transaction (or savepoint) after an error, if SQLite has not already done
+    so itself (it does on a full disk): a failing ROLLBACK must never hide the error that
+    caused it ("cannot rollback - no transaction is active" instead of "database or disk is
+    full")."""
+    if not conn.in_transaction:
+        return
+    try:
+        if savepoint:
+            conn.execute(f"ROLLBACK TO {savepoint}")
+            conn.execute(f"RELEASE {savepoint}")
+        else:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; a savepoint when a transaction is already open (the
+    atomic rebuild's swap catches up through the same writer).  On an error the work is undone
+    and that error is raised as it is."""
+    savepoint = "conquest_run_write" if conn.in_transaction else None
+    conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute(f"RELEASE {savepoint}" if savepoint else "COMMIT")
+    except BaseException:
+        rollback_quietly(conn, savepoint)
+        raise
 
 
 def merge_modality(current: str | None, modality: str | None) -> str | None:
@@ -180,8 +214,7 @@ class Writer:
         at = self.access_time
         sc = self.schema
         extras_row = self.extras_row
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self.conn):
             if self.facts_only:
                 records = self._write_facts_only(records)
             records = self._accept(records)
@@ -224,10 +257,6 @@ class Writer:
             ex(self.sql[sc.series.name], list(series.values()))
             ex(self.sql[im_table.name], list(images.values()))
             ex(self.sql[EXTRAS_TABLE], list(extras.values()))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         self.written += len(records)
         self.flagged += [FlaggedFile(r.object_file, r.extras["Flags"]) for r in records
                          if r.extras.get("Flags")]
@@ -238,8 +267,7 @@ class Writer:
             return 0
         im = self.schema.images
         removed = 0
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self.conn):
             for part in chunks(sops):
                 marks = ",".join("?" * len(part))
                 for (s,) in self.conn.execute(
@@ -251,10 +279,6 @@ class Writer:
                     f"DELETE FROM {im.name} WHERE {im.key} IN ({marks})", part).rowcount
                 self.conn.execute(f"DELETE FROM {EXTRAS_TABLE} WHERE SOPInstanc IN ({marks})",
                                   part)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return removed
 
     def cascade(self) -> None:
@@ -267,8 +291,7 @@ class Writer:
         levels = ((sc.series, sc.images), (sc.studies, sc.series), (sc.patients, sc.studies))
         keys: set[str] = set(self.affected_series)
         self.affected_series = set()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self.conn):
             for table, below in levels:
                 parents: set[str] = set()
                 for part in chunks(sorted(keys)):
@@ -282,8 +305,4 @@ class Writer:
                         f"(SELECT 1 FROM {below.name} "
                         f"WHERE {below.name}.{below.link} = {table.name}.{table.key})", part)
                 keys = parents
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 

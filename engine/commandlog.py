@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = ["recorded_command"]
 
+import sqlite3
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -57,18 +58,26 @@ def recorded_command(archive: Any, command: str, what: str
             log.record(run_id, 1, command, command, str(archive.data_dir), outcome)
         log.end_run(run_id, result["ok"] and not how, result["summary"], **how)
 
+    def end_after_error(**how: Any) -> None:
+        """The run row closed on the way out of an error; when that cannot be written either
+        (a full disk), the error that stopped the command is the one the user sees."""
+        try:
+            end(**how)
+        except (sqlite3.Error, OSError):
+            pass
+
     try:
         yield finish
     except ConquestRunError as exc:      # a user error: the command failed, said why
-        end(state="failed", error=str(exc))
+        end_after_error(state="failed", error=str(exc))
         raise
     except KeyboardInterrupt as exc:
         import signal
         name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
-        end(state=INTERRUPTED, signal=name, error=f"interrupted by {name}")
+        end_after_error(state=INTERRUPTED, signal=name, error=f"interrupted by {name}")
         raise
     except BaseException as exc:
-        end(state=CRASHED, error=f"{type(exc).__name__}: {exc}")
+        end_after_error(state=CRASHED, error=f"{type(exc).__name__}: {exc}")
         raise
     else:
         end()

@@ -8,8 +8,10 @@ when the database is not in WAL mode yet).
 from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
-           "write_refused", "BUSY_TIMEOUT_MS", "MAX_VALUE_BYTES"]
+           "write_refused", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
+           "MAX_VALUE_BYTES"]
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
@@ -101,8 +103,28 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") or the system's ENOSPC / EDQUOT."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or \
+            "disk is full" in str(exc)
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return False
+
+
+def disk_full_message(exc: BaseException) -> str:
+    """A full disk as the user should read it (SQLite's or the system's own words kept)."""
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    return f"the disk is full: {detail}{where}"
+
+
 def write_refused(exc: sqlite3.OperationalError) -> str:
     """Why SQLite would not let us write, as a sentence."""
+    if is_disk_full(exc):
+        return disk_full_message(exc)
     if "locked" in str(exc) or "busy" in str(exc):
         return (f"the database is locked: another process holds a write transaction "
                 f"(waited {BUSY_TIMEOUT_MS // 1000} s); try again when it has finished")

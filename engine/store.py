@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .db import disk_full_message, is_disk_full
 from .dicomread import HeaderRecord, ReadSpec, read_header
 from .errors import ArchiveError, DicomFileError
 from .indexer import BadFile, Indexer, LinkChecker, data_dir_error
@@ -242,6 +243,28 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
     checker = LinkChecker(conn, schema)
     result = StoreResult()
     records: list[HeaderRecord] = []
+    copied: set[str] = set()          # files this run added as copies (their originals kept)
+
+    def commit(batch: list[HeaderRecord]) -> None:
+        """Index a batch; when its rows cannot be written, the copies it added go again (the
+        originals are kept), so the archive holds no file the index does not know."""
+        try:
+            result.bad += indexer.add_records(batch)
+        except (sqlite3.Error, OSError) as exc:
+            lost = {r.object_file for r in batch}
+            undone = _remove_copies(data_dir, lost & copied)
+            result.stored[:] = [f for f in result.stored if f.object_file not in lost]
+            why = disk_full_message(exc) if is_disk_full(exc) else f"cannot write the index: {exc}"
+            kept = len(lost) - len(undone)
+            raise StoreWriteError(
+                f"{why}; the index rows of the last {len(lost)} files could not be written: "
+                + (f"their {len(undone)} copies were removed again (the originals are kept)"
+                   if undone else "")
+                + ("; " if undone and kept else "")
+                + (f"{kept} of them are in the data folder unindexed (run 'conquest-run "
+                   f"rebuild --only-missing' once the index can be written)" if kept else "")
+                + f"; {len(result.stored)} files before them are stored and indexed",
+                file=str(getattr(exc, "filename", None) or data_dir)) from None
     for shown, path in _files_under(paths):
         if not path.exists():
             result.bad.append(BadFile(shown, "a broken symbolic link" if path.is_symlink()
@@ -269,9 +292,10 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
                 result.bad.append(BadFile(shown, f"stored, but the original could not be "
                                                  f"removed ({exc})"))
             except OSError as exc:        # the archive side: read-only, full, ...
-                indexer.add_records(records)   # what is in the archive is in the index
+                commit(records)           # what is in the archive is in the index
+                why = disk_full_message(exc) if is_disk_full(exc) else exc.strerror or exc
                 raise StoreWriteError(
-                    f"cannot store {shown}: {exc.strerror or exc}; stopped after "
+                    f"cannot store {shown}: {why}; stopped after "
                     f"{len(result.stored)} files, which are stored and indexed",
                     file=str(exc.filename or target)) from None
         checker.note(record)
@@ -279,11 +303,24 @@ def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         records.append(placer.finish(record, target, rel))
         result.stored.append(StoredFile(shown, rel, record.sop_uid, record.patient_id,
                                         old is not None, record.extras.get("Flags")))
+        if old is None and not same and not move:
+            copied.add(rel)
         if len(records) >= 500:
-            result.bad += indexer.add_records(records)
+            commit(records)
             records = []
-    result.bad += indexer.add_records(records)
+    commit(records)
     return result
+
+
+def _remove_copies(data_dir: Path, rels: set[str]) -> list[str]:
+    removed = []
+    for rel in sorted(rels):
+        try:
+            os.unlink(data_dir / rel)
+            removed.append(rel)
+        except OSError:
+            pass
+    return removed
 
 
 def _dataset_bytes(data: Any) -> bytes:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 __all__ = ["FileSystem", "DryFileSystem", "filesystem", "StepRecorder", "inside", "source_path",
+           "remove_stale_temp_files", "current_umask",
            "progress", "sha256_file", "archive_facts", "ArchiveFacts", "CHUNK", "safe_component",
            "safe_patient_dir", "plan_series", "api_run", "connect_reader", "os_reason",
            "is_database_file"]
@@ -64,10 +65,73 @@ def is_database_file(path: Path, database: Path) -> bool:
 
 
 def os_reason(exc: OSError) -> str:
-    """An OSError as a sentence that names its file: ``Permission denied: out/x.csv``."""
-    if exc.strerror and exc.filename:
-        return f"{exc.strerror}: {exc.filename}"
-    return exc.strerror or str(exc)
+    """An OSError as a sentence that names its file: ``Permission denied: out/x.csv``; a full
+    disk says so first (``the disk is full: No space left on device: out/x.csv``)."""
+    text = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else \
+        exc.strerror or str(exc)
+    return f"the disk is full: {text}" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else text
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status``; elsewhere the
+    set-and-restore of ``os.umask``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_TEMP_MARK = ".tmp"
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temporary files are ``.<name>.<pid>-<random>.tmp``: the pid tells a later run whether
+    the process that made one is gone (its file is then stale and removed)."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.<name>.<pid>-<random>.tmp``) that a killed copy or dump
+    left in ``folder``; those of running processes stay."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(_TEMP_MARK)):
+            continue
+        stem = name[:-len(_TEMP_MARK)]
+        dot = stem.rfind(".")
+        pid_text = stem[dot + 1:].split("-", 1)[0] if dot > 0 else ""
+        if not pid_text.isdigit() or "-" not in stem[dot + 1:]:
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or _pid_alive(pid) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
 
 
 def _check_folder_path(path: Path) -> None:
@@ -117,9 +181,18 @@ class _NullWriter:
 
 
 class FileSystem:
-    """The real file system: the only place the local actions change files."""
+    """The real file system: the only place the local actions change files.
+
+    Files are written under a temporary name and renamed; they get the mode the umask gives
+    (``0o666 & ~umask``, as ``open`` would), not the 0600 of a temporary file, so that an
+    import service running as another user can read an export.  The first write into a
+    folder removes the temporary files a killed run left there."""
 
     dry_run = False
+
+    def __init__(self) -> None:
+        self.mode = 0o666 & ~current_umask()
+        self.cleaned: set[Path] = set()
 
     def makedirs(self, path: Path) -> None:
         try:
@@ -131,11 +204,16 @@ class FileSystem:
     @contextmanager
     def atomic_open(self, path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
         """Write to a temporary file beside ``path``; rename over it only when all went well."""
+        if path.parent not in self.cleaned:
+            remove_stale_temp_files(path.parent)
+            self.cleaned.add(path.parent)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path),
+                                       suffix=_TEMP_MARK)
         except OSError as exc:       # name the folder, not the temporary file
             raise type(exc)(exc.errno, exc.strerror, str(path.parent)) from None
         try:
+            os.fchmod(fd, self.mode)
             with os.fdopen(fd, mode, **kwargs) as f:
                 yield f
                 f.flush()

@@ -27,6 +27,7 @@ __all__ = ["run", "copy_series", "check_layout", "destination_problem", "LAYOUTS
            "OVERWRITE_MODES", "MANIFEST_FORMATS"]
 
 import csv
+import errno
 import json
 import os
 import string
@@ -326,7 +327,8 @@ def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
         fs.makedirs(target.parent)
         digest, size = fs.copy_verified(src, target)
     except OSError as exc:
-        return failed(f"copy failed: {exc.strerror or exc}", path=rel)
+        full = "the disk is full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return failed(f"copy failed: {full}{exc.strerror or exc}", path=rel)
     return Outcome(inst.sop_uid, series.series_uid, DONE, "",
                    {"path": rel, "size": size, "sha256": digest})
 

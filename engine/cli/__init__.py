@@ -79,15 +79,28 @@ def _main(argv: list[str]) -> int:
     except ConquestRunError as exc:
         print(f"{exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return 1
+    except (sqlite3.OperationalError, OSError) as exc:    # a full disk, said as such
+        from ..db import disk_full_message, is_disk_full
+        if not is_disk_full(exc):
+            if isinstance(exc, sqlite3.DatabaseError):
+                return _unusable(exc)
+            raise
+        print(f"{disk_full_message(exc)}; free some space and run the command again",
+              file=sys.stderr)
+        return 1
     except sqlite3.DatabaseError as exc:  # a damaged file fails at whichever statement meets it
-        print(f"the database cannot be used: {exc} (if it is damaged, check it with sqlite3's "
-              f"PRAGMA integrity_check, or rebuild the index into a new file)", file=sys.stderr)
-        return 2
+        return _unusable(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
+
+
+def _unusable(exc: sqlite3.DatabaseError) -> int:
+    print(f"the database cannot be used: {exc} (if it is damaged, check it with sqlite3's "
+          f"PRAGMA integrity_check, or rebuild the index into a new file)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ __all__ = ["ReceiverSettings", "Receiver", "ArchiveSink", "FileSink", "listen",
            "storage_contexts", "part10_bytes", "TRANSFER_SYNTAXES"]
 
 import io
+import os
 import struct
 import threading
 import time
@@ -157,10 +158,15 @@ class ArchiveSink:
         self.commit_lock = threading.Lock()
         self.written = 0                   # rows handed to the store so far
         self.committed = 0                 # ... of which committed
+        self.data_dir = Path(data_dir)
+        self.new_files: dict[str, str] = {}   # SOP -> ObjectFile of new files not committed
 
     def put(self, encoded: bytes, sop_uid: str) -> str:
         with self.lock:
-            object_file = self.store.store(encoded).object_file
+            stored = self.store.store(encoded)
+            object_file = stored.object_file
+            if not stored.replaced:
+                self.new_files[stored.sop_uid] = object_file
             self.written += 1
             mine = self.written
         self._commit(mine)
@@ -177,17 +183,35 @@ class ArchiveSink:
                 try:
                     self.store.flush()
                 except (sqlite3.Error, OSError) as exc:
+                    from ..db import is_disk_full
                     self.store.pending = {**pending, **self.store.pending}
-                    raise ArchiveError(f"the index rows could not be committed ({exc}); "
+                    full = "the disk is full: " if is_disk_full(exc) else ""
+                    raise ArchiveError(f"{full}the index rows could not be committed ({exc}); "
                                        "kept for the next commit") from None
                 self.committed = written
+                self.new_files = {k: v for k, v in self.new_files.items()
+                                  if k in self.store.pending}
 
     def flush(self) -> None:
         self._commit(self.written)
 
     def close(self) -> None:
+        """The last commit; when it fails (a full disk), the new files whose rows are not in
+        (their C-STOREs were answered 0xA700, so the sender kept them) are removed, and the
+        error is raised: nothing stays in ``data/`` that the index does not know."""
         try:
             self.flush()
+        except ArchiveError:
+            with self.lock:
+                for sop, rel in self.new_files.items():
+                    if sop in self.store.pending:
+                        try:
+                            os.unlink(self.data_dir / rel)
+                        except OSError:
+                            pass
+                self.store.pending = {}
+                self.new_files = {}
+            raise
         finally:
             self.conn.close()
 
@@ -286,6 +310,12 @@ class Receiver:
                 return self._failure(STATUS_DATASET_MISMATCH, DicomFileError(mismatch))
             self.sink.put(encoded, sop_uid)
         except (OSError, ArchiveError) as exc:
+            from ..db import disk_full_message, is_disk_full
+            if is_disk_full(exc):
+                self.notice(f"{peer_name(event)}: C-STORE failed (0xA700): "
+                            f"{disk_full_message(exc)}")
+            elif "the disk is full" in str(exc):
+                self.notice(f"{peer_name(event)}: C-STORE failed (0xA700): {exc}")
             return self._failure(STATUS_OUT_OF_RESOURCES, exc)
         except Exception as exc:           # DicomFileError and whatever a damaged dataset raises
             return self._failure(STATUS_CANNOT_UNDERSTAND, exc)

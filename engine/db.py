@@ -8,7 +8,7 @@ when the database is not in WAL mode yet).
 from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
-           "write_refused", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
+           "write_refused", "read_only_medium", "READ_ONLY_REFUSAL", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
            "MAX_VALUE_BYTES"]
 
 import errno
@@ -49,29 +49,68 @@ def connect(path: str | Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.OperationalError as exc:
+        if path.is_file() and read_only_medium(path):
+            raise ArchiveError(READ_ONLY_REFUSAL, file=str(path)) from None
         raise ArchiveError(write_refused(exc), file=str(path)) from None
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
     return conn
 
 
-def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A connection that cannot write (SQLite ``mode=ro``)."""
-    path = Path(path)
-    _not_a_file(path)
-    if not path.is_file():
-        raise ArchiveError("database not found", file=str(path))
-    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+def read_only_medium(path: Path) -> bool:
+    """True when we cannot write the database there: a read-only file system, or no write
+    permission on the file or its folder (SQLite then cannot make the ``-shm`` of WAL mode)."""
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                               isolation_level=None, check_same_thread=False)
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+    except (OSError, AttributeError):
+        pass
+    return not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
+
+
+def _open_ro(path: Path, immutable: bool) -> sqlite3.Connection:
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
+    try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = 1")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         _cap_values(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A connection that cannot write (SQLite ``mode=ro``).
+
+    On read-only media (a read-only mount, or a file and folder we may not write) a WAL-mode
+    database cannot be opened that way, as SQLite cannot make its ``-shm``; it is then opened
+    ``immutable=1``, as ``sqlite3 -readonly`` manages, since nobody can be writing it there.  A
+    ``-wal`` left beside it with content (an unclean close) is refused: immutable would not see
+    the transactions in it."""
+    path = Path(path)
+    _not_a_file(path)
+    if not path.is_file():
+        raise ArchiveError("database not found", file=str(path))
+    try:
+        return _open_ro(path, immutable=False)
+    except sqlite3.OperationalError as exc:
+        if not read_only_medium(path):
+            raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
-    return conn
+    wal = Path(f"{path}-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise ArchiveError("the database is on read-only media with a write-ahead log beside it "
+                           f"({wal.name}) that SQLite cannot read there; copy both files to "
+                           "writable storage and open the copy", file=str(path))
+    try:
+        return _open_ro(path, immutable=True)
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
 
 
 def connect_reader(path: str | Path) -> sqlite3.Connection:
@@ -88,7 +127,7 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     _not_a_file(path)
     if not path.is_file():
         raise ArchiveError("database not found", file=str(path))
-    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+    if read_only_medium(path):
         return connect_readonly(path)
     uri = "file:" + quote(str(path.resolve())) + "?mode=rw"
     try:
@@ -101,6 +140,11 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise ArchiveError(f"not a usable SQLite database: {exc}", file=str(path)) from None
     return conn
+
+
+READ_ONLY_REFUSAL = ("the archive is on read-only media (a read-only file system, or no write "
+                     "permission on the database or its folder): this command writes to it and "
+                     "is refused; summary, query and --dry-run work")
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -201,17 +201,23 @@ class ArchiveSink:
         error is raised: nothing stays in ``data/`` that the index does not know."""
         try:
             self.flush()
-        except ArchiveError:
+        except ArchiveError as exc:
+            removed = 0
             with self.lock:
                 for sop, rel in self.new_files.items():
                     if sop in self.store.pending:
                         try:
                             os.unlink(self.data_dir / rel)
+                            removed += 1
                         except OSError:
                             pass
+                kept = len(self.store.pending) - removed
                 self.store.pending = {}
                 self.new_files = {}
-            raise
+            raise ArchiveError(
+                f"{exc.message.split('; kept for')[0]} at the end: their {removed} new files "
+                f"were removed (the senders were told 0xA700)"
+                + (f"; {kept} replaced files keep their older rows" if kept else "")) from None
         finally:
             self.conn.close()
 
@@ -288,7 +294,10 @@ class Receiver:
         if self._flusher is not None:
             self._flusher.join(self.settings.stop_timeout)
         self._config.close()
-        self.sink.close()
+        try:
+            self.sink.close()
+        except ArchiveError as exc:        # the last commit failed (a full disk): said once
+            self.notice(str(exc))
 
     def __enter__(self) -> "Receiver":
         return self

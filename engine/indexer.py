@@ -20,13 +20,13 @@ writing happens in the calling process, ``batch_size`` files per transaction.
 
 from __future__ import annotations
 
-__all__ = ["IndexResult", "data_dir_error", "BadFile", "FlaggedFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
+__all__ = ["IndexResult", "TooManyToHold", "data_dir_error", "BadFile", "FlaggedFile", "Indexer", "LinkChecker", "index_tree", "merge_modality",
            "DEVICE_NAME"]
 
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,10 @@ class IndexResult:
 
 
 # -- the indexer ---------------------------------------------------------------------------
+
+class TooManyToHold(Exception):
+    """A one-transaction run would hold more headers in memory than it was allowed."""
+
 
 def data_dir_error(path: str | os.PathLike) -> ArchiveError:
     """Why ``path`` cannot be the data directory: missing, or a file rather than a folder."""
@@ -133,7 +137,10 @@ class Indexer:
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, *, mode: str = "all", patients: Iterable[str] | None = None, workers: int = 1,
-            progress: Progress | None = None) -> IndexResult:
+            progress: Progress | None = None, one_transaction: int | None = None) -> IndexResult:
+        """Index the archive.  ``one_transaction=N``: read the headers first and make every
+        change in one transaction, or raise ``TooManyToHold`` (before any change) when more
+        than N files are to be read."""
         if mode not in MODES:
             raise ArchiveError(f"unknown rebuild mode {mode!r}; expected one of {', '.join(MODES)}")
         if not self.data_dir.is_dir():
@@ -167,12 +174,13 @@ class Indexer:
         self.walked = seen
         writer = Writer(self.conn, self.schema, int(time.time()))
         todo: list[str] = []
+        writes: list[Callable[[], Any]] = []     # the deletes, done before the new rows
         if mode == "all":
             if plist is None:
-                self._clear_all()
+                writes.append(self._clear_all)
             else:
-                writer.delete_images([k[0] for k in known.values()])
-                writer.cascade()
+                writes += [lambda: writer.delete_images([k[0] for k in known.values()]),
+                           writer.cascade]
             todo = sorted(seen)
         elif mode == "missing":
             todo = sorted(rel for rel in seen if rel not in known)
@@ -199,25 +207,56 @@ class Indexer:
                     result.unchanged += 1
             todo.sort()
             vanished = [k[0] for rel, k in known.items() if rel not in seen]
-            writer.delete_images(changed_sops)
-            result.removed = writer.delete_images(vanished)
-            writer.cascade()            # before re-reading, so changed files start clean
-        total = len(todo)
-        done = 0
-        if progress:
-            progress(0, total)
-        for item in read_all(self.data_dir, todo, self.spec, workers):
-            done += 1
+
+            def drop_changed_and_vanished() -> None:
+                writer.delete_images(changed_sops)
+                result.removed = writer.delete_images(vanished)
+                writer.cascade()        # before re-reading, so changed files start clean
+            writes.append(drop_changed_and_vanished)
+        if one_transaction is not None:
+            if len(todo) > one_transaction:
+                raise TooManyToHold(len(todo))
+            return self._write_at_once(result, writer, writes, todo, workers, progress, started)
+        for write in writes:
+            write()
+        for item in self._read(todo, workers, progress):
             if isinstance(item, BadFile):
                 result.bad.append(item)
             else:
                 writer.add(item)
                 if len(writer.pending) >= self.batch_size:
                     writer.flush()
-            if progress and (done % 100 == 0 or done == total):
-                progress(done, total)
         writer.flush()
         writer.cascade()
+        return self._finish(result, writer, started)
+
+    def _read(self, todo: list[str], workers: int,
+              progress: Progress | None) -> Iterator[HeaderRecord | BadFile]:
+        total = len(todo)
+        if progress:
+            progress(0, total)
+        for done, item in enumerate(read_all(self.data_dir, todo, self.spec, workers), 1):
+            yield item
+            if progress and (done % 100 == 0 or done == total):
+                progress(done, total)
+
+    def _write_at_once(self, result: IndexResult, writer: Writer, writes: list, todo: list[str],
+                       workers: int, progress: Progress | None, started: float) -> IndexResult:
+        """Read every header first, then make all the changes in one transaction: readers
+        see the index before or after, never between (the atomic incremental rebuild)."""
+        items = list(self._read(todo, workers, progress))
+        with write_transaction(self.conn):
+            for write in writes:
+                write()
+            for item in items:
+                if isinstance(item, BadFile):
+                    result.bad.append(item)
+                elif os.path.lexists(self.data_dir / item.object_file):  # not deleted since
+                    writer.add(item)
+                    if len(writer.pending) >= self.batch_size:
+                        writer.flush()
+            writer.flush()
+            writer.cascade()
         return self._finish(result, writer, started)
 
     @staticmethod

@@ -1,5 +1,9 @@
-"""Atomic rebuild: the index is built in a shadow database and swapped in with one short
-transaction, so readers see the old index or the new one, never a part of it.
+"""Atomic rebuild: readers see the old index or the new one, never a part of it.
+
+An incremental run (``missing``, ``refresh``, or some patients) with at most ``HOLD_LIMIT`` files
+to read reads their headers first and then makes all its changes in one transaction on the live
+index (``Indexer.run(one_transaction=...)``): the write lock is held only while rows are
+written.  A full rebuild, or a bigger incremental one, goes through a shadow database:
 
 * The shadow is ``.<database>.rebuild-<pid>`` beside the database (hidden, left out of the
   walk), made with the live tables' own DDL (Conquest's four levels and ``RTExtras``) and filled
@@ -29,12 +33,13 @@ from urllib.parse import quote
 
 from .db import BUSY_TIMEOUT_MS, write_refused
 from .errors import ArchiveError
-from .indexer import Indexer, IndexResult
+from .indexer import Indexer, IndexResult, TooManyToHold
 from .indexwalk import BadFile, read_one
 from .indexwriter import DEVICE_NAME, Writer, chunks
 from .schema import EXTRAS_TABLE, Schema
 
 _SUFFIX = ".rebuild-"
+HOLD_LIMIT = 20_000    # files an incremental rebuild reads into memory before its one transaction
 
 
 def shadow_path(database: Path, pid: int | None = None) -> Path:
@@ -175,9 +180,19 @@ def _swap(conn: sqlite3.Connection, schema: Schema) -> None:
 
 def rebuild_atomically(live: sqlite3.Connection, database: Path, schema: Schema,
                        data_dir: Path, *, mode: str, patients, workers: int,
-                       progress: Callable[[int, int], None] | None) -> IndexResult:
-    """Index ``data_dir`` into a shadow of ``database`` and swap it in (see the module)."""
+                       progress: Callable[[int, int], None] | None,
+                       hold_limit: int = HOLD_LIMIT) -> IndexResult:
+    """Re-index atomically (see the module): an incremental run (``missing``, ``refresh``,
+    some patients) of at most ``hold_limit`` files to read in one transaction on the live
+    index, anything bigger through a shadow database swapped in."""
     database = Path(database)
+    if mode != "all" or patients is not None:
+        try:
+            return Indexer(live, schema, data_dir, exclude=[database]).run(
+                mode=mode, patients=patients, workers=workers, progress=progress,
+                one_transaction=hold_limit)
+        except TooManyToHold:
+            pass
     started = time.time()
     clock = time.perf_counter()
     remove_stale_shadows(database)

@@ -113,6 +113,34 @@ def test_killed_refresh_leaves_the_old_or_the_new_index_and_the_next_run_agrees(
     assert "old" in outcomes                # the trials did kill rebuilds midway
 
 
+def test_a_big_refresh_through_the_shadow_gives_the_same_index(tmp_path):
+    """A refresh with more files to read than it may hold goes through the shadow database:
+    the same rows as the one-transaction refresh, no shadow left, the run records kept."""
+    import sqlite3 as sq
+    from conquest_run.audit import AuditLog
+    from conquest_run.indexswap import rebuild_atomically
+
+    data, db, spare = tmp_path / "data", tmp_path / "conquest.db", tmp_path / "spare"
+    synthetic.generate_files(data, 20, seed="shadow")
+    synthetic.generate_files(spare, 30, seed="shadow-spare")
+    archive = Archive(data, db)
+    archive.rebuild()
+    _mutate(data, spare, random.Random(7))
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    archive.rebuild(mode="refresh")                 # few files: one transaction
+    live = sq.connect(copy, isolation_level=None)
+    AuditLog(live).start_run("r1", "a run before the rebuild", "")
+    result = rebuild_atomically(live, copy, archive.schema, data, mode="refresh",
+                                patients=None, workers=1, progress=None, hold_limit=0)
+    live.close()
+    assert result.indexed > 0 and result.removed > 0
+    assert _index(copy) == _index(db)
+    assert {f for f, _ in _index(copy)} == _on_disk(data)
+    assert not list(tmp_path.glob(".copy.db.rebuild-*"))
+    assert _runs(copy) == 1                         # the audit tables are kept
+
+
 def test_a_reader_during_a_rebuild_sees_the_old_count_or_the_new_one(tmp_path):
     data, db = tmp_path / "data", tmp_path / "conquest.db"
     synthetic.generate_files(data, 30, seed="reader")

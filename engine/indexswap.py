@@ -198,7 +198,11 @@ def rebuild_atomically(live: sqlite3.Connection, database: Path, schema: Schema,
     remove_stale_shadows(database)
     path = shadow_path(database)
     at_start = _object_files(live, "main", schema)
-    shadow = _open_shadow(live, path, schema)
+    try:
+        shadow = _open_shadow(live, path, schema)
+    except BaseException:
+        _unlink_shadow(path)
+        raise
     try:
         _attach_live(shadow, database)
         if mode != "all" or patients is not None:

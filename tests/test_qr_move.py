@@ -227,3 +227,31 @@ def test_nodes_files_yaml_and_acrnema_map(tmp_path):
     yml.write_text("nodes:\n  pacs: {host: 10.0.0.7, port: '104', called_ae: PACS}\n")
     with pytest.raises(ConquestRunError, match=r"nodes.yml:2:3: nodes.pacs.port must be"):
         read_nodes_file(yml)
+
+
+def test_a_cancelled_move_stops_after_the_instance_in_flight(server):
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    stored = []
+
+    def slow_store(event):            # a slow destination: the cancel lands mid-move
+        time.sleep(0.3)
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    ae = AE(ae_title="ORIG")
+    ae.supported_contexts = AllStoragePresentationContexts
+    scp = ae.start_server(("127.0.0.1", server["originator"]), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    try:
+        done = run_tool(MOVESCU, server["port"], "-S", "-aem", "ORIG", "--cancel", "1", "-k",
+                        "QueryRetrieveLevel=STUDY", "-k",
+                        f"StudyInstanceUID={server['studies']['NET001']}", aet="MOVESCU")
+    finally:
+        scp.shutdown()
+    assert "Final Move Response (Cancel" in done.stderr, done.stderr
+    assert 1 <= len(stored) < 6
+    summary = [r for r in audit_rows(server["archive"].database, "move")
+               if r["SOPInstanc"] is None and r["Target"].startswith("ORIG@")]
+    assert "cancelled" in summary[-1]["Reason"]

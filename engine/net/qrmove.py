@@ -167,16 +167,24 @@ def serve_move(qr: "QueryRetrieve", assoc: Any, msg: Any, context: Any,
     stop = threading.Event()
 
     def on_outcome(outcome: Outcome) -> None:
+        if stop.is_set() and outcome.status == FAILED and outcome.reason.endswith("interrupted"):
+            return                     # cancelled before it went: one of the remaining
         record(outcome, patients.get(outcome.sop_uid or ""))
         if cancelled():
             stop.set()
         elif move.remaining:
             respond(move.response(PENDING))
 
-    status, comment = _send(qr, items, target, destination_ae, host, port, calling, msg,
-                            on_outcome, stop)
-    if status is None:
-        if stop.is_set() and move.remaining:
+    error = _send(qr, items, destination_ae, host, port, calling, msg, on_outcome, stop)
+    if error:                          # nothing went: each one failed, no pending responses
+        for item in items:
+            record(Outcome(item.sop_uid, item.series_uid, FAILED, f"not sent: {error}", {}),
+                   patients.get(item.sop_uid))
+        status, comment = SUB_OPERATIONS_FAILED, f"destination unreachable: {error}"
+        outcome = f"failed: {comment}"
+    else:
+        comment = ""
+        if stop.is_set():
             status, outcome = CANCELLED, "cancelled"
         elif move.failed and not move.completed and not move.warning:
             status, outcome = SUB_OPERATIONS_FAILED, "failed"
@@ -184,8 +192,6 @@ def serve_move(qr: "QueryRetrieve", assoc: Any, msg: Any, context: Any,
             status, outcome = SUB_OPERATIONS_WARNING, "warning"
         else:
             status, outcome = SUCCESS, "ok"
-    else:
-        outcome = f"failed: {comment}"
     finish(status, comment, outcome, target)
 
 
@@ -210,16 +216,17 @@ def _send_items(qr: "QueryRetrieve", rows: list[tuple],
     return items, patients
 
 
-def _send(qr: "QueryRetrieve", items: list, target: str, destination_ae: str, host: str,
-          port: int, calling: str, msg: Any, on_outcome: Callable[[Outcome], None],
-          stop: threading.Event) -> tuple[int | None, str]:
-    """Send through ``send``'s transport; (None, "") when it ran, else a final failure."""
+def _send(qr: "QueryRetrieve", items: list, destination_ae: str, host: str, port: int,
+          calling: str, msg: Any, on_outcome: Callable[[Outcome], None],
+          stop: threading.Event) -> str:
+    """Send through ``send``'s transport; "" when it ran, else why the destination could not
+    be reached at all (nothing was sent)."""
     from .items import group_associations
     from .sender import DicomTransport
     from .settings import PeerSettings
 
     if not items:
-        return None, ""
+        return ""
     s = qr.settings
     try:
         peer = PeerSettings(host, port, called_ae=destination_ae, calling_ae=s.aet,
@@ -228,7 +235,5 @@ def _send(qr: "QueryRetrieve", items: list, target: str, destination_ae: str, ho
         transport = DicomTransport(peer, stop=stop)
         transport.send(group_associations(items), on_outcome)
     except (NetworkError, ConquestRunError) as exc:
-        for item in items:            # none of them went: all failed
-            on_outcome(Outcome(item.sop_uid, item.series_uid, FAILED, f"not sent: {exc}", {}))
-        return SUB_OPERATIONS_FAILED, f"destination unreachable: {exc}"
-    return None, ""
+        return str(exc)
+    return ""

@@ -239,7 +239,8 @@ def find_query(identifier: Any, schema: Schema, root: str = STUDY_ROOT,
     returns: list[tuple[int, str, int | None]] = []
     for elem in identifier:
         tag = int(elem.tag)
-        if tag in (_LEVEL_TAG, _CHARSET_TAG) or elem.tag.group == 0x0002:
+        if tag in (_LEVEL_TAG, _CHARSET_TAG) or elem.tag.group == 0x0002 or \
+                elem.tag.element == 0:                  # group lengths
             continue
         vr = str(elem.VR)
         if vr == "SQ":

@@ -32,6 +32,7 @@ PENDING, CANCEL = 0xFF00, 0xFE00
 IDENTIFIER_MISMATCH = 0xA900          # "Identifier does not match SOP Class"
 UNABLE_TO_PROCESS = 0xC000
 MAX_SUB_OPERATIONS = 65535            # the counts are US
+_BINARY = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 _NUMERIC = {"US": int, "SS": int, "UL": int, "SL": int, "UV": int, "SV": int,
             "FL": float, "FD": float}
 _C_STORE_RSP = 0x8001
@@ -73,6 +74,8 @@ def keys_of(identifier: Any) -> dict[str, str]:
 def _value(vr: str, value: Any) -> Any:
     if vr == "SQ":
         return []
+    if vr in _BINARY:
+        return b""
     if value is None or value == "":
         return None if vr in _NUMERIC else ""
     if vr in _NUMERIC:

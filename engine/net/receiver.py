@@ -248,10 +248,10 @@ class Receiver:
         except OSError as exc:
             self._config.close()
             self.sink.close()
+            why = f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}"
             if self.audit is not None:
-                self.audit.close(0, 0)
-            raise NetworkError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") \
-                from None
+                self.audit.close(0, 0, error=why)
+            raise NetworkError(why) from None
         self._flusher = threading.Thread(target=self._flush_loop, name="receiver-flush",
                                          daemon=True)
         self._flusher.start()

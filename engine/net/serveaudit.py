@@ -57,6 +57,7 @@ class ServeAudit:
         self.lock = threading.Lock()
         self.open: dict[int, _Association] = {}
         self.associations = 0
+        self.done = False                  # closed: late events write nothing
         context = {k: v for k, v in run_context(None).items() if k != "job_commit"}
         self.log.start_run(self.run_id, f"conquest-run serve {what}".strip(), "", "serve",
                            **context)
@@ -93,7 +94,8 @@ class ServeAudit:
             self._record("associate", f"{a.calling}@{a.address}",
                          Outcome(None, None, DONE if a.ended == "released" else FAILED, reason,
                                  detail))
-            self.log.flush()
+            if not self.done:
+                self.log.flush()
 
     def stored(self, assoc: Any, ok: bool) -> None:
         with self.lock:
@@ -121,7 +123,8 @@ class ServeAudit:
                                               f"C-FIND {model}: {matches} match(es), {status}",
                                               {"requested_by": who, "model": model,
                                                "keys": keys, "matches": matches}))
-            self.log.flush()
+            if not self.done:
+                self.log.flush()
 
     def sub_operation(self, kind: str, destination: str, outcome: Outcome,
                       requested_by: str) -> None:
@@ -141,16 +144,24 @@ class ServeAudit:
                 f"C-{kind.upper()} for {who} to {destination}: {status}; "
                 + ", ".join(f"{k} {v}" for k, v in counts.items()),
                 {"requested_by": who, "keys": keys, **counts, "scope": "request"}))
-            self.log.flush()
+            if not self.done:
+                self.log.flush()
 
     def _record(self, action: str, target: str, outcome: Outcome) -> None:
+        if self.done:
+            return
         self.log.record(self.run_id, *STEP, action, target, outcome)
 
     # -- the end ---------------------------------------------------------------------------
-    def close(self, received: int, failed: int) -> None:
+    def close(self, received: int, failed: int, error: str | None = None) -> None:
+        """End the run: ``ok``, or ``failed`` with ``error`` (it could not listen)."""
         with self.lock:
+            if self.done:
+                return
+            self.done = True
             try:
-                self.log.end_run(self.run_id, True, {"associations": self.associations,
-                                                     "received": received, "failed": failed})
+                self.log.end_run(self.run_id, error is None,
+                                 {"associations": self.associations, "received": received,
+                                  "failed": failed}, error=error)
             finally:
                 self.conn.close()

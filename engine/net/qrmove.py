@@ -4,9 +4,9 @@ A C-MOVE names its destination by AE title; only a destination ``--node`` / ``--
 sent to (else 0xA801, Move Destination Unknown).  The instances the identifier names are read
 (file meta only) into send items and sent by :class:`~.sender.DicomTransport`, streamed as
 stored, over a new association to the destination, each C-STORE carrying the Move Originator
-(our caller's AE title and message ID).  Each confirmed or failed instance is a pending
-C-MOVE-RSP with the counts so far; the final response has the counts and, with any failure,
-the Failed SOP Instance UID List:
+(our caller's AE title and message ID).  Pending C-MOVE-RSPs (optional in DICOM) carry the
+counts so far, at most every ``PENDING_EVERY`` seconds; the final response has the counts and,
+with any failure, the Failed SOP Instance UID List:
 
 * 0x0000 all completed; 0xB000 some failed or warned; 0xA702 every one failed (a destination
   that is down: with an Error Comment saying so); 0xFE00 cancelled (C-CANCEL) after the instance
@@ -21,6 +21,7 @@ from __future__ import annotations
 __all__ = ["serve_move"]
 
 import threading
+import time
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -43,6 +44,7 @@ SUB_OPERATIONS_FAILED = 0xA702        # "Out of resources: unable to perform sub
 SUB_OPERATIONS_WARNING = 0xB000
 CANCELLED = 0xFE00
 SUCCESS = 0x0000
+PENDING_EVERY = 0.1                   # seconds between two pending responses (at most)
 
 
 class _Move:
@@ -165,6 +167,7 @@ def serve_move(qr: "QueryRetrieve", assoc: Any, msg: Any, context: Any,
 
     items, patients = _send_items(qr, rows, record)
     stop = threading.Event()
+    last_pending = [0.0]
 
     def on_outcome(outcome: Outcome) -> None:
         if stop.is_set() and outcome.status == FAILED and outcome.reason.endswith("interrupted"):
@@ -172,7 +175,8 @@ def serve_move(qr: "QueryRetrieve", assoc: Any, msg: Any, context: Any,
         record(outcome, patients.get(outcome.sop_uid or ""))
         if cancelled():
             stop.set()
-        elif move.remaining:
+        elif move.remaining and time.monotonic() - last_pending[0] >= PENDING_EVERY:
+            last_pending[0] = time.monotonic()      # optional: a few a second, not one each
             respond(move.response(PENDING))
 
     error = _send(qr, items, destination_ae, host, port, calling, msg, on_outcome, stop)

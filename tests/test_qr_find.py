@@ -215,3 +215,19 @@ def test_serve_refuses_a_bad_node_with_a_sentence(tmp_path):
     assert done.returncode == 2
     assert "--node DEST=127.0.0.1:notaport: the port 'notaport'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("image_type, count", [("AXIAL", 3), ("PRIM*", 3), ("ORIGINAL\\X", 3),
+                                               ("SECONDARY", 0)])
+def test_a_multi_valued_column_matches_any_of_its_values(server, image_type, count):
+    archive, port, out, _ = server
+    conn = sqlite3.connect(archive.database)
+    study, series = conn.execute("SELECT StudyInsta, SeriesInst FROM DICOMSeries WHERE "
+                                 "SeriesPat = 'NET000' AND Modality = 'CT'").fetchone()
+    conn.close()
+    responses, done = find(port, out, "IMAGE", f"StudyInstanceUID={study}",
+                           f"SeriesInstanceUID={series}", f"ImageType={image_type}",
+                           "SOPInstanceUID")
+    assert done.returncode == 0, done.stderr
+    assert len(responses) == count
+    assert all(list(r.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"] for r in responses)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConquestRunError, NetworkError
 from ..report import DONE, FAILED, Outcome
+from .qrmatch import QueryError
 from .qrscp import (
     IDENTIFIER_MISMATCH,
     MOVE_MODELS,
@@ -148,7 +149,7 @@ def serve_move(qr: "QueryRetrieve", assoc: Any, msg: Any, context: Any,
     try:
         rows = qr.instances(identifier, model)
     except Exception as exc:           # QueryError, or the database
-        status = IDENTIFIER_MISMATCH if type(exc).__name__ == "QueryError" else UNABLE_TO_PROCESS
+        status = IDENTIFIER_MISMATCH if isinstance(exc, QueryError) else UNABLE_TO_PROCESS
         finish(status, str(exc), f"refused: {exc}", target)
         return
     move.remaining = len(rows)

@@ -86,10 +86,12 @@ def storescu(port: int, folder: Path, called_ae: str = "CONQUEST", calling_ae: s
 
 
 @contextmanager
-def orthanc(tmp: Path) -> Iterator[tuple[int, int]]:
-    """A private Orthanc (DICOM and HTTP on loopback); yields (dicom_port, http_port)."""
+def orthanc(tmp: Path, extra: dict | None = None,
+            dicom_port: int | None = None) -> Iterator[tuple[int, int]]:
+    """A private Orthanc (DICOM and HTTP on loopback); yields (dicom_port, http_port).
+    ``extra``: more configuration (``DicomModalities``, ``DicomAlwaysAllowFind``, ...)."""
     require(ORTHANC)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     config = {
         "Name": "conquest-run-test", "HttpPort": http_port, "DicomPort": dicom_port,
@@ -97,6 +99,7 @@ def orthanc(tmp: Path) -> Iterator[tuple[int, int]]:
         "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
         "StorageDirectory": str(tmp / "storage"), "IndexDirectory": str(tmp / "index"),
         "Plugins": [], "SaveJobs": False, "DicomAssociationCloseDelay": 0,
+        **(extra or {}),
     }
     (tmp / "orthanc.json").write_text(json.dumps(config))
     proc = subprocess.Popen([ORTHANC, f"--logfile={tmp / 'orthanc.log'}",

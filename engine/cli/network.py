@@ -2,6 +2,7 @@
 
     conquest-run serve --port P [--host 127.0.0.1] [--aet CONQUEST] [--allow AE ...]
                        [--no-index] [--acse-timeout 5] [--max-associations 10]
+                       [--node AE=HOST:PORT ...] [--nodes FILE]
                        [--data data] [--database conquest.db] [--dicom-sql F]
     conquest-run echo HOST PORT [--aet CONQUEST_RUN] [--called-ae ANY-SCP] [--timeout S]
 """
@@ -41,7 +42,9 @@ _count = _bounded(int, 1, 1000, "a whole number")
 def register(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "serve":
         parser.description = ("Receive DICOM (C-STORE, C-ECHO) into the archive's "
-                              "data/<PatientID>/ folders and index it; runs until SIGINT/SIGTERM.")
+                              "data/<PatientID>/ folders and index it, and answer C-FIND, "
+                              "C-MOVE (to known --node/--nodes destinations) and C-GET from "
+                              "the index; runs until SIGINT/SIGTERM.")
         parser.add_argument("--port", type=_port, required=True, help="TCP port to listen on")
         parser.add_argument("--host", default="127.0.0.1",
                             help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
@@ -55,6 +58,11 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                                  "seconds of connecting (default 5)")
         parser.add_argument("--max-associations", type=_count, default=10, metavar="N",
                             help="simultaneous associations (default 10)")
+        parser.add_argument("--node", action="append", default=[], metavar="AE=HOST:PORT",
+                            help="a C-MOVE destination (repeatable)")
+        parser.add_argument("--nodes", metavar="FILE",
+                            help="C-MOVE destinations: a YAML nodes: map as in a job, or "
+                                 "Conquest's ACRNEMA.MAP (wildcard rows included)")
         add_archive_flags(parser)
     else:
         parser.description = "Send a C-ECHO to a DICOM peer."
@@ -85,6 +93,11 @@ def _serve(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if data.exists() and not data.is_dir():
         raise ArchiveError("the data directory is not a folder", file=str(data))
+    from ..net.nodes import Nodes, parse_node, read_nodes_file
+
+    nodes = Nodes(tuple(parse_node(text) for text in args.node))
+    if args.nodes:
+        nodes = nodes + read_nodes_file(args.nodes)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -95,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         receiver = listen(data, args.port, database=args.database, dicom_sql=args.dicom_sql,
                           index=not args.no_index, host=args.host, aet=args.aet,
                           allow=args.allow, acse_timeout=args.acse_timeout,
-                          max_associations=args.max_associations,
+                          max_associations=args.max_associations, nodes=nodes,
                           log=lambda message: print(f"conquest-run serve: {message}",
                                                     file=sys.stderr, flush=True))
         print(f"conquest-run serve: {args.aet} listening on {args.host}:{receiver.port}, "

@@ -9,6 +9,10 @@
 | ``reencode`` | the pydicom dataset sent when a file's bytes cannot go as stored |
 | ``workers`` | parallel associations in forked worker processes |
 | ``receiver`` | the C-STORE / C-ECHO SCP behind ``conquest-run serve`` |
+| ``qrmatch`` | a query/retrieve identifier -> parameterised SQL (Conquest's matching rules) |
+| ``qrscp``, ``qrmove`` | serve's C-FIND, C-GET and C-MOVE |
+| ``nodes`` | the C-MOVE destinations (``--node``, ``--nodes``: YAML or ACRNEMA.MAP) |
+| ``serveaudit`` | serve's audit rows (associations, queries, retrieves) |
 
 pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
 """

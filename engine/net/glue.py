@@ -226,3 +226,39 @@ def wait_sent(assoc: Any, limit: float = 1.0) -> None:
     while queued is not None and not queued.empty() and time.monotonic() < deadline:
         time.sleep(0.001)
     time.sleep(0.01)                           # the reactor writes the PDU after dequeuing it
+
+
+def route_moves(assoc: Any, serve_move: Callable[..., None]) -> bool:
+    """``EVT_REQUESTED`` handler helper: this association's C-MOVE requests go to
+    ``serve_move(request, context, respond, cancelled)`` instead of pynetdicom's own move SCP,
+    which would send the sub-operations with a second, dataset-decoding sender of its own (and
+    offers no way to report counts it did not make).  ``respond(primitive)`` sends a C-MOVE-RSP
+    on the request's context; ``cancelled()`` says whether a C-CANCEL for it has arrived.
+
+    Reaches ``Association._serve_request``, ``_accepted_cx`` and ``dimse.cancel_req``
+    (pynetdicom internals), for this association only; returns ``False`` (pynetdicom's own
+    handling stays) when they are not as expected."""
+    original = getattr(assoc, "_serve_request", None)
+    dimse = getattr(assoc, "dimse", None)
+    if not callable(original) or not isinstance(getattr(dimse, "cancel_req", None), dict) or \
+            not isinstance(getattr(assoc, "_accepted_cx", None), dict):
+        return False
+    from pynetdicom.dimse_primitives import C_MOVE
+
+    def serve(msg: Any, context_id: int) -> None:
+        context = assoc._accepted_cx.get(context_id)
+        if not isinstance(msg, C_MOVE) or not msg.is_valid_request or context is None:
+            original(msg, context_id)
+            return
+        message_id = msg.MessageID
+        dimse.cancel_req = {}
+        try:
+            serve_move(msg, context, lambda rsp: dimse.send_msg(rsp, context_id),
+                       lambda: message_id in dimse.cancel_req)
+        except Exception:              # as pynetdicom does with a failing service class
+            assoc.abort()
+        finally:
+            dimse.cancel_req = {}
+
+    assoc._serve_request = serve
+    return True

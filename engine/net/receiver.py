@@ -85,13 +85,16 @@ class ReceiverSettings:
                                        f"not {value}")
 
 
-def storage_contexts() -> list[Any]:
-    """Every storage SOP class pynetdicom knows (RT included) plus Verification."""
+def storage_contexts(scp_role: bool = False) -> list[Any]:
+    """Every storage SOP class pynetdicom knows (RT included) plus Verification; with
+    ``scp_role`` a requestor may also take the SCP role for them (a C-GET's sub-operations)."""
     from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 
     classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
-    return [build_context(VERIFICATION_SOP_CLASS)] + [
-        build_context(uid, list(TRANSFER_SYNTAXES)) for uid in classes]
+    contexts = [build_context(uid, list(TRANSFER_SYNTAXES)) for uid in classes]
+    for cx in contexts if scp_role else ():
+        cx.scu_role = cx.scp_role = True
+    return [build_context(VERIFICATION_SOP_CLASS)] + contexts
 
 
 class Sink(Protocol):
@@ -226,7 +229,8 @@ class Receiver:
     """A storage SCP; :func:`listen` makes and starts one."""
 
     def __init__(self, data_dir: str | Path, settings: ReceiverSettings,
-                 sink: Sink | None = None, log: Callable[[str], None] | None = None) -> None:
+                 sink: Sink | None = None, log: Callable[[str], None] | None = None,
+                 qr: Any = None, audit: Any = None) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self.sink: Sink = sink if sink is not None else FileSink(self.data_dir)
@@ -235,6 +239,8 @@ class Receiver:
         self.errors: list[str] = []        # the first few reasons of failed stores
         self.refusals: list[str] = []      # the first few peers refused by the guards
         self._log = log
+        self.qr = qr                       # qrscp.QueryRetrieve: C-FIND / C-MOVE / C-GET
+        self.audit = audit                 # serveaudit.ServeAudit
         self._server: Any = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -248,7 +254,10 @@ class Receiver:
         s = self.settings
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=s.aet)
-        ae.supported_contexts = storage_contexts()
+        for cx in storage_contexts(scp_role=self.qr is not None) + (
+                self.qr.contexts() if self.qr is not None else []):    # roles kept
+            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax, cx.scu_role,
+                                     cx.scp_role)
         ae.network_timeout = ae.dimse_timeout = s.timeout
         ae.acse_timeout = s.acse_timeout
         ae.maximum_pdu_size = s.max_pdu
@@ -258,16 +267,21 @@ class Receiver:
         guard = ConnectionGuard(s.acse_timeout, s.max_pdu, self.notice)
         handlers = [*guard.handlers(),
                     (evt.EVT_C_STORE, self._on_c_store),
-                    (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS)]
+                    (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+                    *(self.qr.handlers() if self.qr is not None else ()),
+                    *(self.audit.handlers() if self.audit is not None else ())]
         # no per-message log handlers on the acceptor associations (most of their CPU time)
-        self._config.enter_context(pynetdicom_config(LOG_HANDLER_LEVEL=QUIET))
+        self._config.enter_context(pynetdicom_config(LOG_HANDLER_LEVEL=QUIET,
+                                                     STORE_SEND_CHUNKED_DATASET=True))
         try:
             self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
         except OSError as exc:
             self._config.close()
             self.sink.close()
-            raise NetworkError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") \
-                from None
+            why = f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}"
+            if self.audit is not None:
+                self.audit.close(0, 0, error=why)
+            raise NetworkError(why) from None
         self._flusher = threading.Thread(target=self._flush_loop, name="receiver-flush",
                                          daemon=True)
         self._flusher.start()
@@ -298,6 +312,9 @@ class Receiver:
             self.sink.close()
         except ArchiveError as exc:        # the last commit failed (a full disk): said once
             self.notice(str(exc))
+        finally:
+            if self.audit is not None:
+                self.audit.close(self.received, self.failed)
 
     def __enter__(self) -> "Receiver":
         return self
@@ -307,6 +324,12 @@ class Receiver:
 
     # -- storing ------------------------------------------------------------------------
     def _on_c_store(self, event: Any) -> int:
+        status = self._store(event)
+        if self.audit is not None:
+            self.audit.stored(event.assoc, status == STATUS_SUCCESS)
+        return status
+
+    def _store(self, event: Any) -> int:
         try:
             request = event.request
             sop_uid = str(request.AffectedSOPInstanceUID)
@@ -416,15 +439,28 @@ def listen(data_dir: str | Path, port: int, *, database: str | Path | None = Non
            aet: str = "CONQUEST", allow: Sequence[str] = (), timeout: float = 60.0,
            stop_timeout: float = 30.0, acse_timeout: float = 5.0, max_associations: int = 10,
            max_pdu: int = 4 * 1024 * 1024, busy_timeout: float | None = None,
-           log: Callable[[str], None] | None = None) -> Receiver:
+           log: Callable[[str], None] | None = None, nodes: Any = None,
+           query_retrieve: bool = True, audit: bool = True) -> Receiver:
     """Start a storage SCP writing into ``data_dir`` (and indexing into ``database`` unless
     ``index`` is false or no database is given); returns the running :class:`Receiver`
-    (``.stop()`` it, or use it as a context manager)."""
+    (``.stop()`` it, or use it as a context manager).  With the index, it also answers C-FIND,
+    C-GET and C-MOVE (to the ``nodes``, a ``net.nodes.Nodes``) unless ``query_retrieve`` is
+    false, and writes its audit record unless ``audit`` is false."""
     settings = ReceiverSettings(port=port, host=host, aet=aet, allow=tuple(allow),
                                 timeout=timeout, stop_timeout=stop_timeout,
                                 acse_timeout=acse_timeout, max_associations=max_associations,
                                 max_pdu=max_pdu, busy_timeout=busy_timeout)
     Path(data_dir).mkdir(parents=True, exist_ok=True)
+    indexed = index and database is not None
     sink: Sink = ArchiveSink(data_dir, database, dicom_sql, busy_timeout) \
-        if index and database is not None else FileSink(data_dir)
-    return Receiver(data_dir, settings, sink, log).start()
+        if indexed else FileSink(data_dir)
+    qr = service = None
+    if indexed:
+        from .qrscp import archive_services
+        try:
+            qr, service = archive_services(settings, data_dir, database, dicom_sql, nodes,
+                                           query_retrieve, audit, log)
+        except BaseException:
+            sink.close()
+            raise
+    return Receiver(data_dir, settings, sink, log, qr=qr, audit=service).start()

@@ -265,7 +265,8 @@ class DicomTransport:
                                   "transfer_syntax": item.transfer_syntax}))
                     continue
             try:
-                status = assoc.send_c_store(payload, msg_id=(n % 65535) + 1)
+                status = assoc.send_c_store(payload, msg_id=(n % 65535) + 1,
+                                            **_originator(self.settings))
             except (RuntimeError, OSError):
                 raise _AssociationLost(n, how) from None
             except (ValueError, AttributeError) as exc:
@@ -315,6 +316,14 @@ def _no_context_accepted(assoc: Any) -> str:
     return (f"the peer accepted the association but none of the proposed presentation "
             f"contexts ({', '.join(names)}): it does not take these SOP classes or transfer "
             f"syntaxes")
+
+
+def _originator(settings: PeerSettings) -> dict[str, Any]:
+    """The Move Originator fields of a C-MOVE's sub-operations (none for a plain send)."""
+    if settings.move_originator is None:
+        return {}
+    ae, message_id = settings.move_originator
+    return {"originator_aet": ae, "originator_id": message_id}
 
 
 def echo(settings: PeerSettings) -> float:

@@ -72,6 +72,8 @@ class PeerSettings:
     retries: int = 2            # new associations after a failed / refused / lost one
     retry_delay: float = 1.0    # seconds before the first retry; doubles each time
     timeout: float = 30.0       # connect, ACSE, DIMSE and network timeouts (seconds)
+    # a C-MOVE's sub-operations: the Move Originator (AE title, Message ID) of each C-STORE
+    move_originator: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.host.strip():

@@ -169,10 +169,19 @@ class _Walker:
             self.count(elem, "U")
         elem.value = new if elem.VM > 1 else new[0]
 
+    def _scrub_items(self, elem: DataElement) -> None:
+        for item in elem.value or ():
+            for sub in item:
+                if sub.VR == "SQ":
+                    self._scrub_items(sub)
+                elif sub.VR in _TEXT_VRS and sub.value not in (None, "") and self._scrub:
+                    sub.value = ([self._scrub.sub("", str(v)) for v in sub.value]
+                                 if sub.VM > 1 else self._scrub.sub("", str(sub.value)))
+
     def _dummy(self, ds: Dataset, elem: DataElement) -> None:
         vr = elem.VR
-        if vr == "SQ":                     # a dummy sequence: its items de-identified
-            self._items(elem)
+        if vr == "SQ":                     # a dummy sequence: one empty item, nothing kept
+            elem.value = Sequence([Dataset()]) if elem.value else Sequence()
         elif vr == "UI":
             self._uid(elem, force=True)
             return
@@ -186,8 +195,9 @@ class _Walker:
 
     def _clean(self, ds: Dataset, elem: DataElement) -> None:
         vr = elem.VR
-        if vr == "SQ":
+        if vr == "SQ":                     # kept, its items de-identified and cleaned
             self._items(elem)
+            self._scrub_items(elem)
         elif vr in ("DA", "DT") and self.modified_dates:
             values = elem.value if elem.VM > 1 else [elem.value]
             moved = [self.names.shift_date(str(v), self.patient_id) for v in values if v]

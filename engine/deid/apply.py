@@ -24,7 +24,7 @@ from collections import defaultdict
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -92,16 +92,22 @@ class _Walker:
         self._scrub = re.compile(pattern, re.IGNORECASE) if pattern else None
 
     def count(self, elem: DataElement, action: str) -> None:
-        name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
-        self.counts[name][action] += 1
+        self.counts[keyword(int(elem.tag))][action] += 1
 
     def dataset(self, ds: Dataset) -> None:
-        for tag in list(ds.keys()):
-            elem = ds[tag]
+        held = ds._dict     # raw elements stay unconverted unless their value is looked at
+        for tag in list(held.keys()):
             if tag.is_private:
-                self._private(ds, elem)
+                self._private(ds, tag, _raw_vr(held[tag], tag))
                 continue
             action = self.profile.action(int(tag))
+            if action is None and _raw_vr(held[tag], tag) not in ("SQ", "UI"):
+                continue                     # not in the table: kept as read
+            if action == "X" and int(tag) not in _PATIENT_TAGS:
+                del ds[tag]
+                self.counts[keyword(int(tag))]["X"] += 1
+                continue
+            elem = ds[tag]
             if int(tag) in _PATIENT_TAGS and action in ("Z", "D", "X"):
                 elem.value = self.names.patient_id(self.patient_id)
                 self.count(elem, "D")
@@ -136,15 +142,12 @@ class _Walker:
     def _empty(elem: DataElement) -> Any:
         return b"" if elem.VR in _BINARY_VRS else None
 
-    def _private(self, ds: Dataset, elem: DataElement) -> None:
+    def _private(self, ds: Dataset, tag: Any, vr: str) -> None:
         keep = self.profile.private_action in ("C", "K") and (
-            elem.tag.element < 0x0100 and 0x0010 <= elem.tag.element  # creator
-            or elem.VR in _NUMERIC_VRS)
-        if keep:
-            self.count(elem, "K")
-        else:
-            del ds[elem.tag]
-            self.count(elem, "X")
+            0x0010 <= tag.element < 0x0100 or vr in _NUMERIC_VRS)   # a creator, or a number
+        if not keep:
+            del ds[tag]
+        self.counts[keyword(int(tag))]["K" if keep else "X"] += 1
 
     def _unlisted(self, elem: DataElement) -> None:
         if elem.VR == "SQ":
@@ -215,6 +218,18 @@ class _Walker:
             else:
                 elem.value = self._scrub.sub("", str(elem.value))
         self.count(elem, "C")
+
+
+def _raw_vr(elem: Any, tag: Any) -> str:
+    """The VR of a held element without converting its value (the dictionary's when the file
+    is implicit VR)."""
+    vr = elem.VR
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    return vr
 
 
 def _identifying_values(ds: Dataset) -> list[str]:

@@ -27,19 +27,19 @@ class DeidReport:
     files: list[dict[str, Any]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
 
+    _totals: dict[str, int] = field(default_factory=dict)
+
     def add(self, path: str, sop_uid: str, counts: dict[str, dict[str, int]]) -> None:
         self.files.append({"path": path, "sop_uid": sop_uid, "actions": counts})
+        for per in counts.values():
+            for action, n in per.items():
+                self._totals[action] = self._totals.get(action, 0) + n
 
     def refuse(self, sop_uid: str, reason: str) -> None:
         self.refused.append({"sop_uid": sop_uid, "reason": reason})
 
     def totals(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for f in self.files:
-            for per in f["actions"].values():
-                for action, n in per.items():
-                    out[action] = out.get(action, 0) + n
-        return dict(sorted(out.items()))
+        return dict(sorted(self._totals.items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": 1, "standard": "DICOM PS3.15 Annex E, Table E.1-1",

@@ -314,3 +314,9 @@ def test_send_deidentified_to_storescp(archive, tmp_path):
         raw = path.read_bytes()
         assert not any(w.encode() in raw for w in NAMES + IDS)
     assert not list(Path("/tmp").glob("conquest-run-deid-*"))
+
+
+def test_mapping_inside_the_export_is_refused(archive, tmp_path):
+    with pytest.raises(ActionError, match="mapping .* lies inside the export"):
+        _export(archive, tmp_path / "x", mapping=str(tmp_path / "x" / "map.json"))
+    assert not (tmp_path / "x").exists()

@@ -232,3 +232,14 @@ def test_job_file_refuses_bad_pattern_and_unknown_key():
                   "job.yml")
     settings, problems = check_settings({"secret_env": "T42", "options": ["clean-graphics"]})
     assert not problems and settings.options == ("clean-graphics",)
+
+
+def test_send_takes_the_same_block_and_mapping_path_is_checked():
+    job = parse_job("version: 1\nselect: {modality: CT}\naction:\n  send:\n"
+                    "    host: 127.0.0.1\n    port: 104\n    called_ae: PACS\n"
+                    "    deidentify: {secret_env: T42, options: [retain-uids]}\n", "send.yml")
+    assert job.steps[0].options["deidentify"]["options"] == ["retain-uids"]
+    with pytest.raises(JobError, match=r"send.yml:8:\d+: .*mapping contains a control"):
+        parse_job("version: 1\nselect: {modality: CT}\naction:\n  send:\n"
+                  "    host: 127.0.0.1\n    port: 104\n    called_ae: PACS\n"
+                  "    deidentify: {secret_env: T42, mapping: \"map\\x01.json\"}\n", "send.yml")

@@ -300,13 +300,8 @@ def deidentify_bytes(data: bytes, profile: Profile, names: Pseudonyms, *,
     return out.getvalue(), ds, counts
 
 
-def uid_is_kept(keyword: str) -> bool:
-    """A UI attribute whose value names a class or syntax rather than an instance."""
-    return keyword.endswith(_KEEP_UID_SUFFIXES) or keyword in _KEEP_UID_KEYWORDS
-
-
 def keyword(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-__all__ += ["is_standard_uid", "uid_is_kept", "keyword"]
+__all__ += ["is_standard_uid", "keyword"]

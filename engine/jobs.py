@@ -454,6 +454,8 @@ def _reference_errors(job: Job) -> list[JobError]:
                 errs.append(job.error(f"step name {step.name!r} is used twice (first in step "
                                       f"{names[step.name].index})", step.path + ("name",)))
             names.setdefault(step.name, step)
+        if step.action in ("copy", "send") and isinstance(opts.get("deidentify"), dict):
+            errs += _deidentify_errors(job, base + ("deidentify",), opts["deidentify"])
         if step.action == "copy":
             if p := _path_problem(opts["destination"]):
                 errs.append(job.error(f"{_dotted(base + ('destination',))} {p}", base + ("destination",)))
@@ -496,6 +498,16 @@ def _reference_errors(job: Job) -> list[JobError]:
                 errs.append(job.error(f"{_dotted(base + ('node',))} {node!r} is not declared under nodes: "
                                       f"({known})", base + ("node",)))
             errs += _peer_errors(job, base, opts)
+    return errs
+
+
+def _deidentify_errors(job: Job, base: PathKey, block: dict[str, Any]) -> list[JobError]:
+    """Options the standard excludes together, a bad pseudonym pattern or mapping path."""
+    from .deid.profile import check_settings
+    _, problems = check_settings(block)
+    errs = [job.error(message, base + where) for where, message in problems]
+    if isinstance(block.get("mapping"), str) and (p := _path_problem(block["mapping"])):
+        errs.append(job.error(f"{_dotted(base + ('mapping',))} {p}", base + ("mapping",)))
     return errs
 
 

@@ -175,7 +175,9 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
     then re-raised; ``crashed`` (with the error) when anything else escapes.
     """
     from .actions import ActionContext
+    from .deid import check_plan_secrets
     from .runcontext import run_context
+    check_plan_secrets(plan)    # a de-identifying step's secret, before anything is exported
     run_id = run_id or uuid.uuid4().hex
     report = RunReport(run_id, plan.job_path, plan.job_sha256, dry_run, started=now_iso())
     conn = None

@@ -14,6 +14,9 @@ Options (from the job's ``action: copy: {...}``):
   skipped), ``if_different`` (a different one is replaced, an identical one skipped) or
   ``always`` (every file written again).
 * ``manifest``: ``json`` (default, ``manifest.json``), ``csv`` (``manifest.csv``) or ``false``.
+* ``deidentify``: a PS3.15 Annex E profile (``engine/deid/``): each file is written
+  de-identified instead of copied, named by its new UIDs and pseudonym (the layout may use only
+  the plan's fields), with ``deidentification.json`` (per-file actions) beside the manifest.
 
 Each copy is written to a temporary file and renamed; the bytes written are read back and must
 have the SHA-256 of the bytes read.  The manifest lists every instance now at the destination
@@ -36,6 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..audit import now_iso
+from ..deid import SecretError, open_export, write_file
+from ..deid.export import deid_layout_problem
+from ..deid.report import REPORT_NAME
 from ..errors import ActionError, ArchiveError, JobError
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
 from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
@@ -163,10 +169,12 @@ def _index_values(conn, schema: "Schema", layout: Layout, series_uid: str) -> di
 
 
 def _relative_path(layout: Layout, series: "PlannedSeries", inst: "PlannedInstance",
-                   indexed: dict[str, Any]) -> str:
+                   indexed: dict[str, Any], deid: Any = None) -> str:
     values = {"SOPInstanc": inst.sop_uid, "SeriesInst": series.series_uid,
               "PatientID": series.patient_id, "StudyInsta": series.study_uid,
               "Modality": series.modality, "SOPClassUI": inst.sop_class}
+    if deid is not None:                # de-identified: named by the new values only
+        values = deid.path_values(series, inst)
     for k, v in indexed.items():
         if v is not None or k not in values:
             values[k] = v
@@ -231,6 +239,12 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return rec.fail_step(exc.message)
     dest = Path(destination)
     dest_abs = Path(os.path.abspath(dest))
+    try:
+        deid = open_export(step.options, [s.patient_id or "" for s in step.series])
+    except SecretError as exc:
+        return rec.fail_step(f"copy: {exc}")
+    if deid is not None and (problem := deid_layout_problem(deid, layout, dest_abs)):
+        return rec.fail_step(f"copy: {problem}")
     if problem := destination_problem(dest_abs, facts.data_dir, facts.database):
         return rec.fail_step(f"copy: the destination {destination} {problem}")
     if os.path.lexists(dest_abs) and not dest_abs.is_dir():
@@ -256,12 +270,15 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                 for inst in series.instances:
                     outcome = _copy_one(fs, facts, dest_abs, layout, series, inst,
                                         indexed.get(inst.sop_uid, {}), overwrite, used,
-                                        manifest_name)
+                                        manifest_name, deid)
                     rec.add(outcome)
                     if outcome.status in (DONE, SKIPPED) and "sha256" in outcome.detail:
-                        entries.append({"sop_uid": inst.sop_uid,
-                                        "series_uid": series.series_uid,
-                                        "patient_id": series.patient_id or "",
+                        shown = outcome.detail if deid is not None else {}
+                        entries.append({"sop_uid": shown.get("sop_uid", inst.sop_uid),
+                                        "series_uid": shown.get("series_uid",
+                                                                series.series_uid),
+                                        "patient_id": shown.get("patient_id",
+                                                                series.patient_id or ""),
                                         "path": outcome.detail["path"],
                                         "size": outcome.detail["size"],
                                         "sha256": outcome.detail["sha256"]})
@@ -274,6 +291,10 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             entries.sort(key=lambda e: (e["patient_id"], e["series_uid"], e["sop_uid"]))
             _write_manifest(fs, dest_abs / manifest_name, manifest_fmt, ctx, layout, entries)
             summary["manifest"] = str(dest / manifest_name)
+        if deid is not None:
+            deid.report.write(fs, dest_abs / REPORT_NAME)
+            deid.write_mapping(fs)
+            summary.update(deid.summary(), deidentification=str(dest / REPORT_NAME))
     except OSError as exc:
         return rec.fail_step(f"copy: {os_reason(exc)}")
     finally:
@@ -284,16 +305,16 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
 
 def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
               inst: "PlannedInstance", indexed: dict[str, Any], overwrite: str,
-              used: dict[str, str], manifest_name: str | None) -> Outcome:
+              used: dict[str, str], manifest_name: str | None, deid: Any = None) -> Outcome:
     def failed(reason: str, **detail: Any) -> Outcome:
         return Outcome(inst.sop_uid, series.series_uid, FAILED, reason, detail)
 
     try:
-        rel = _relative_path(layout, series, inst, indexed)
+        rel = _relative_path(layout, series, inst, indexed, deid)
         src = source_path(facts.data_dir, inst.path)
     except ActionError as exc:
         return failed(exc.message)
-    if rel == manifest_name:
+    if rel == manifest_name or (deid is not None and rel == REPORT_NAME):
         return failed(f"the layout puts this instance at {rel}, the manifest's name")
     if rel in used:
         return failed(f"the layout puts this instance at {rel}, where {used[rel]} already "
@@ -310,6 +331,12 @@ def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
                       path=rel)
     if not src.is_file():
         return failed(f"source file missing: {inst.path}", source=inst.path, path=rel)
+    if deid is not None:
+        try:
+            status, reason, detail = write_file(deid, fs, src, target, rel, overwrite)
+        except OSError as exc:
+            return failed(f"de-identified copy failed: {exc.strerror or exc}", path=rel)
+        return Outcome(inst.sop_uid, series.series_uid, status, reason, detail)
     try:
         if os.path.lexists(target):
             if target.is_symlink() or not target.is_file():
@@ -336,10 +363,14 @@ def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
 def copy_series(archive: Any, series_uids: "list[str] | tuple[str, ...]",
                 destination: "str | os.PathLike", layout: str = "patient",
                 overwrite: str = "never", manifest: "str | bool" = "json",
-                dry_run: bool = False) -> StepReport:
-    """Python API: copy the named series' files to ``destination`` (see the module doc)."""
+                dry_run: bool = False, deidentify: "dict[str, Any] | None" = None
+                ) -> StepReport:
+    """Python API: copy the named series' files to ``destination`` (see the module doc);
+    ``deidentify`` is a job's ``deidentify:`` block (profile, options, secret_env, ...)."""
     from ._local import api_run
     options = {"destination": os.fspath(destination), "layout": layout, "overwrite": overwrite,
                "manifest": manifest}
+    if deidentify is not None:
+        options["deidentify"] = dict(deidentify)
     return api_run(archive, "copy", options, list(series_uids), dry_run=dry_run,
                    target=os.fspath(destination))

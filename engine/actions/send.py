@@ -3,7 +3,9 @@
 Options (from the job; the planner resolves ``node: NAME`` into host/port/called_ae):
 ``host``, ``port``, ``called_ae``, ``calling_ae`` (default CONQUEST_RUN), ``associations``
 (1..8, default 1), ``retries`` (default 2), ``retry_delay`` (seconds, default 1, doubling),
-``timeout`` (seconds, default 30), ``verify`` (C-ECHO first, default false).
+``timeout`` (seconds, default 30), ``verify`` (C-ECHO first, default false), ``deidentify``
+(a PS3.15 Annex E profile, as for copy: each file is de-identified into a private temporary
+folder, sent from there, and the folder removed; the journal keeps the original SOP UIDs).
 
 The audit log is the journal: instances a peer already confirmed for this target
 (``CALLED_AE@host:port``) are skipped ("already sent") unless ``--force``; each outcome is
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 __all__ = ["run", "peer_settings", "send_series"]
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +25,9 @@ from ..errors import ActionError, ArchiveError, NetworkError
 from ..net import (MAX_ASSOCIATIONS, DicomTransport, DryTransport, PeerSettings, SendItem,
                    echo, group_associations, read_send_item)
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
-from ._local import progress
+from ..deid import SecretError, open_export
+from ..deid.export import deid_send_item
+from ._local import filesystem, progress
 
 if TYPE_CHECKING:
     from ..plan import PlanStep
@@ -89,6 +94,13 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return report
     target = settings.target
     report.summary["peer"] = target
+    try:
+        deid = open_export(step.options, [s.patient_id or "" for s in step.series])
+    except SecretError as exc:
+        report.error = f"send: {exc}"
+        report.ended = now_iso()
+        return report
+    scratch = tempfile.TemporaryDirectory(prefix="conquest-run-deid-") if deid else None
 
     with progress(ctx, step.instance_count, f"send {target}") as advance:
         def record(outcome: Outcome) -> None:
@@ -101,7 +113,8 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             if (ctx.echo if ctx.dry_run else step.options.get("verify", False)):
                 report.summary["echo_seconds"] = round(echo(settings), 4)
             confirmed = set() if ctx.force else _confirmed(ctx, target)
-            items = _items(step, ctx, confirmed, record)
+            items = _items(step, ctx, confirmed, record, deid,
+                           Path(scratch.name) if scratch else None)
             batches = group_associations(items, parts=settings.associations)
             report.summary["associations"] = len(batches)
             report.summary["bytes"] = sum(i.size for i in items)
@@ -112,6 +125,13 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         finally:
             if ctx.audit is not None:
                 ctx.audit.flush()
+            if scratch is not None:
+                scratch.cleanup()
+    if deid is not None:
+        report.summary.update(deid.summary())
+        report.summary["deidentification"] = deid.report.to_dict()["instances"]
+        if not ctx.dry_run:
+            deid.write_mapping(filesystem(False))
     _in_plan_order(step, report)
     report.summary["warnings"] = sum(1 for o in report.outcomes
                                      if o.status == DONE and "warning" in o.reason)
@@ -142,7 +162,7 @@ def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
 
 
 def _items(step: "PlanStep", ctx: "ActionContext", confirmed: set[str],
-           record: Any) -> list[SendItem]:
+           record: Any, deid: Any = None, scratch: "Path | None" = None) -> list[SendItem]:
     data_dir = Path(getattr(ctx.archive, "data_dir", None) or ctx.plan.data_dir).resolve()
     items: list[SendItem] = []
     for series in step.series:
@@ -154,6 +174,14 @@ def _items(step: "PlanStep", ctx: "ActionContext", confirmed: set[str],
             if not path.is_relative_to(data_dir):
                 record(Outcome(inst.sop_uid, series.series_uid, FAILED,
                                "path outside the data directory", {"path": inst.path}))
+                continue
+            if deid is not None:
+                got = deid_send_item(deid, path, scratch, inst.sop_uid, series.series_uid)
+                if isinstance(got, Outcome):
+                    got.detail["path"] = inst.path
+                    record(got)
+                else:
+                    items.append(got)
                 continue
             got = read_send_item(path, inst.sop_uid, series.series_uid, inst.sop_class,
                                  inst.flags)
@@ -175,7 +203,8 @@ def send_series(archive: Any, series_uids: "list[str] | tuple[str, ...] | None",
                 port: int, called_ae: str, *, calling_ae: str = "CONQUEST_RUN",
                 associations: int = 1, retries: int = 2, retry_delay: float = 1.0,
                 timeout: float = 30.0, verify: bool = False, force: bool = False,
-                dry_run: bool = False) -> StepReport:
+                dry_run: bool = False, deidentify: "dict[str, Any] | None" = None
+                ) -> StepReport:
     """Python API: send the named series (all when None) to ``called_ae@host:port``.
 
     The same path as a job's send step, audited and resumable: instances the peer confirmed
@@ -187,6 +216,8 @@ def send_series(archive: Any, series_uids: "list[str] | tuple[str, ...] | None",
     options = {"host": host, "port": port, "called_ae": called_ae, "calling_ae": calling_ae,
                "associations": associations, "retries": retries, "retry_delay": retry_delay,
                "timeout": timeout, "verify": verify}
+    if deidentify is not None:
+        options["deidentify"] = dict(deidentify)
     settings = peer_settings(options)               # ActionError before any reading
     return api_run(archive, ACTION, options, None if series_uids is None else list(series_uids),
                    dry_run=dry_run, force=force, target=settings.target, error=NetworkError)

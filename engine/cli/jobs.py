@@ -168,6 +168,17 @@ def print_report(report, console) -> None:
                       str(t["done"]), str(t["skipped"]),
                       f"[{colour}]{t['failed']}[/{colour}]", escape(note))
     console.print(table)
+    for s in report.steps:        # de-identified exports: the actions, never a value
+        if "deidentified" in s.summary:
+            options = ", ".join(s.summary["options"]) or "no options"
+            actions = " ".join(f"{k}={v}" for k, v in s.summary["actions"].items())
+            console.print(f"  step {s.index} de-identified (PS3.15 {s.summary['profile']}, "
+                          f"{escape(options)}): {s.summary['deidentified']} files, actions "
+                          f"{actions}; refused for burned-in text: "
+                          f"{s.summary['refused_burned_in']}")
+            if s.summary.get("warning"):
+                console.print(f"  [yellow]warning[/yellow] step {s.index}: "
+                              f"{escape(s.summary['mapping'])}: {escape(s.summary['warning'])}")
     for s in report.steps:
         failed = [o for o in s.outcomes if o.status == "failed"][:5]
         for o in failed:

@@ -313,6 +313,27 @@ def test_send_deidentified_to_storescp(archive, tmp_path):
     assert not list(Path("/tmp").glob("conquest-run-deid-*"))
 
 
+def test_deidentified_send_is_journaled_apart_from_a_plain_one(archive, tmp_path):
+    """What a peer confirmed for a plain send is not what a de-identified send delivers: the
+    de-identified send after a plain one to the same peer sends everything again, and its own
+    rerun skips what it delivered."""
+    series = _series(archive)
+    with storescp(tmp_path / "recv") as (_, port):
+        plain = archive.send(series, "127.0.0.1", port, "STORESCP")
+        deid = archive.send(series, "127.0.0.1", port, "STORESCP",
+                            deidentify={"secret_env": "DEID_TEST_SECRET"})
+        again = archive.send(series, "127.0.0.1", port, "STORESCP",
+                             deidentify={"secret_env": "DEID_TEST_SECRET"})
+    assert len([o for o in plain.outcomes if o.status == "done"]) > 10
+    delivered = [o for o in deid.outcomes if o.status == "done"]
+    assert len(delivered) == deid.summary["deidentified"] > 10     # none skipped as sent
+    assert not [o for o in again.outcomes if o.status == "done"]
+    assert {o.sop_uid for o in again.outcomes} >= {o.sop_uid for o in delivered}
+    plain_uids = {o.sop_uid for o in plain.outcomes if o.status == "done"}
+    got = received_sops(tmp_path / "recv")
+    assert len(set(got) - plain_uids) == len(delivered)
+
+
 def test_mapping_inside_the_export_is_refused(archive, tmp_path):
     with pytest.raises(ActionError, match="mapping .* lies inside the export"):
         _export(archive, tmp_path / "x", mapping=str(tmp_path / "x" / "map.json"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 __all__ = ["run", "peer_settings", "send_series"]
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,8 +94,8 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         report.error = str(exc)
         report.ended = now_iso()
         return report
-    target = settings.target
-    report.summary["peer"] = target
+    target = journal_target(settings.target, step.options.get("deidentify"))
+    report.summary["peer"] = settings.target
     try:
         deid = open_export(step.options, [s.patient_id or "" for s in step.series])
     except SecretError as exc:
@@ -137,6 +139,16 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                                      if o.status == DONE and "warning" in o.reason)
     report.ended = now_iso()
     return report
+
+
+def journal_target(peer: str, deidentify: Any) -> str:
+    """The audit log's key of what a peer confirmed: a de-identified send delivers other
+    instances than a plain one (and than one with other options), so each gets its own key
+    (the options' digest; the secret's name, never its value)."""
+    if not deidentify:
+        return peer
+    digest = hashlib.sha256(json.dumps(deidentify, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{peer} deidentified:{digest}"
 
 
 def _confirmed(ctx: "ActionContext", target: str) -> set[str]:

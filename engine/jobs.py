@@ -29,8 +29,9 @@ from .errors import ConquestRunError, JobError
 from .net import AE_TITLE_MAX, ae_title_problem
 from .source import PathKey, Position, Source, load_source, parse_source
 
-SELECT_KEYS = ("query", "patient", "study", "series", "modality")
-_ACTIONS = ("copy", "dump", "delete", "rebuild", "send")
+SELECT_KEYS = ("query", "patient", "study", "series", "modality", "study_date", "remote")
+_ACTIONS = ("copy", "dump", "delete", "rebuild", "send", "retrieve")
+_SINGLE_KEYS = ("study_date", "remote")     # one string each, not a list
 _TRUE_TEXTS = ("true", "True", "TRUE")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
@@ -46,6 +47,8 @@ class Selection:
     study: tuple[str, ...] = ()
     series: tuple[str, ...] = ()
     modality: tuple[str, ...] = ()
+    study_date: str | None = None       # YYYYMMDD, or a range (studydate.py)
+    remote: str | None = None           # a node name: C-FIND there instead of the local index
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Selection":
@@ -56,7 +59,8 @@ class Selection:
                 return ()
             return (v,) if isinstance(v, str) else tuple(v)
         return cls(d.get("query"), many(d.get("patient")), many(d.get("study")),
-                   many(d.get("series")), many(d.get("modality")))
+                   many(d.get("series")), many(d.get("modality")), d.get("study_date"),
+                   d.get("remote"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -64,7 +68,7 @@ class Selection:
             out["query"] = self.query
         for k in SELECT_KEYS[1:]:
             if getattr(self, k):
-                out[k] = list(getattr(self, k))
+                out[k] = getattr(self, k) if k in _SINGLE_KEYS else list(getattr(self, k))
         return out
 
     @property
@@ -496,6 +500,50 @@ def _reference_errors(job: Job) -> list[JobError]:
                 errs.append(job.error(f"{_dotted(base + ('node',))} {node!r} is not declared under nodes: "
                                       f"({known})", base + ("node",)))
             errs += _peer_errors(job, base, opts)
+        errs += _remote_errors(job, step)
+    return errs
+
+
+def _remote_errors(job: Job, step: Step) -> list[JobError]:
+    """``select.study_date`` and ``select.remote`` (what a remote selection allows), and a
+    ``retrieve`` that needs one."""
+    from .studydate import study_date_problem
+    errs: list[JobError] = []
+    sel, base = step.select, step.path + ("action", step.action)
+    if sel is not None and (p := study_date_problem(sel.study_date)):
+        errs.append(job.error(f"{_dotted(step.path + ('select', 'study_date'))} {p}",
+                              step.path + ("select", "study_date")))
+    remote = sel.remote if sel is not None else None
+    if remote is not None:
+        if remote not in job.nodes:
+            known = f"known: {', '.join(job.nodes)}" if job.nodes else "the job has no nodes:"
+            errs.append(job.error(f"{_dotted(step.path + ('select', 'remote'))} {remote!r} is "
+                                  f"not declared under nodes: ({known})",
+                                  step.path + ("select", "remote")))
+        if sel.query is not None:
+            errs.append(job.error(f"{_dotted(step.path + ('select', 'query'))}: a remote "
+                                  "selection cannot use query: (SQL runs on the local index); "
+                                  "use patient, study, series, modality or study_date",
+                                  step.path + ("select", "query"), key=True))
+        if step.action not in ("retrieve", "dump"):
+            errs.append(job.error(f"{_dotted(base)}: a remote selection (select.remote: "
+                                  f"{remote}) allows only retrieve, or dump (the C-FIND results "
+                                  f"as CSV); not {step.action}", base, key=True))
+        elif step.action == "dump" and (step.options.get("format", "csv") != "csv"
+                                        or step.options.get("per_instance")):
+            errs.append(job.error(f"{_dotted(base)}: a dump of a remote selection writes the "
+                                  "C-FIND results as CSV (format: csv, no per_instance)",
+                                  base, key=True))
+    elif step.action == "retrieve":
+        errs.append(job.error(f"{_dotted(base)} needs select.remote: NODE (the node to pull "
+                              "from)", base, key=True))
+    if step.action == "retrieve" and step.options.get("method", "move") == "move" \
+            and "port" not in step.options:
+        errs.append(job.error(f"{_dotted(base)} with method: move needs port: (where this job "
+                              "listens for the node's C-STOREs)", base, key=True))
+    if step.action == "retrieve" and isinstance(step.options.get("bind"), str) and \
+            (p := _host_problem(step.options["bind"])):
+        errs.append(job.error(f"{_dotted(base + ('bind',))} {p}", base + ("bind",)))
     return errs
 
 

@@ -120,7 +120,9 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                       f"{label}[bold]{step.action}[/bold]{what} -> "
                       f"{escape(step.target)}"
                       + (f"  [dim]({step.level} level)[/dim]" if step.series or step.query else ""))
-        if step.series:
+        if step.series and step.remote is not None:
+            _print_remote_series(step, console)
+        elif step.series:
             table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
             for col, justify in (("patient", "left"), ("modality", "left"),
                                  ("series UID", "left"), ("description", "left"),
@@ -132,7 +134,9 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                               str(len(s.instances)), _size(s.bytes))
             console.print(table)
         totals = (f"{len(step.series)} series, {_plural(step.instance_count, 'instance')}, "
-                  f"{_size(step.bytes)}")
+                  f"{_size(step.bytes)}" if step.remote is None else
+                  f"{len(step.series)} series, {_plural(step.instance_count, 'instance')} on "
+                  f"{step.remote} (C-FIND)")
         if step.destructive:
             files = step.options.get("files") is True
             console.print(f"  [red]{totals} will be removed from the database"
@@ -145,6 +149,24 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
     console.print(f"[bold]Plan:[/bold] {_plural(len(plan.steps), 'step')}; "
                   f"{_plural(adds, 'instance')} to process, "
                   f"[red]{destroys} to remove[/red].")
+
+
+def _print_remote_series(step, console) -> None:
+    """The series a remote selection found: patient, study, series, modality, description and
+    the node's instance count."""
+    from rich.markup import escape
+    from rich.table import Table
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for col in ("patient", "study UID", "series UID", "modality", "description",
+                "remote instances"):
+        table.add_column(col, justify="right" if col == "remote instances" else "left",
+                         overflow="fold")
+    for s in step.series:
+        table.add_row(escape(s.patient_id or ""), escape(s.study_uid or ""),
+                      escape(s.series_uid), escape(s.modality or ""),
+                      escape(s.description or ""),
+                      "?" if s.remote_instances is None else str(s.remote_instances))
+    console.print(table)
 
 
 def print_report(report, console) -> None:

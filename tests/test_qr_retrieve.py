@@ -1,0 +1,244 @@
+"""Jobs that pull from a remote node: ``select.remote`` (C-FIND), the ``retrieve`` action (C-MOVE
+from a real Orthanc, C-GET from dcmtk's dcmqrscp), resuming after a kill, ``study_date``, the
+refusals of a remote selection, and a dry run that only queries."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from _jobs_support import cli
+from _net_support import NODELAY, ORTHANC, free_port, require, stop, storescu, wait_port
+from conquest_run.cli import main
+from conquest_run.synthetic import write_patient
+
+DCMQRSCP = "/usr/bin/dcmqrscp"
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextmanager
+def orthanc_pacs(tmp: Path, job_ae: str, job_port: int) -> Iterator[int]:
+    """An Orthanc that answers C-FIND and C-MOVE and knows the job's AE as a destination."""
+    require(ORTHANC)
+    dicom_port, http_port = free_port(), free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "pacs", "HttpPort": http_port, "DicomPort": dicom_port,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAet": "ORTHANC",
+        "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True,
+        "StorageDirectory": str(tmp / "storage"), "IndexDirectory": str(tmp / "index"),
+        "Plugins": [], "SaveJobs": False, "DicomAssociationCloseDelay": 0,
+        "DicomModalities": {"job": [job_ae, "127.0.0.1", job_port]},
+    }
+    (tmp / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([ORTHANC, "--verbose", f"--logfile={tmp / 'orthanc.log'}",
+                             str(tmp / "orthanc.json")], env=NODELAY,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(http_port, proc, timeout=20)
+        wait_port(dicom_port, proc, timeout=20)
+        yield dicom_port
+    finally:
+        stop(proc, timeout=15)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc holding two synthetic patients (CT of 40 slices and an RT set each)."""
+    root = tmp_path_factory.mktemp("pacs")
+    for pid in ("QR001", "QR002"):
+        write_patient(root / "upload", seed=11, patient_id=pid, ct_slices=40)
+    job_port = free_port()
+    with orthanc_pacs(root / "orthanc", "CRUN", job_port) as port:
+        sent = storescu(port, root / "upload", called_ae="ORTHANC")
+        assert sent.returncode == 0, sent.stderr
+        yield {"port": port, "job_port": job_port, "log": root / "orthanc" / "orthanc.log"}
+
+
+def job_text(pacs: dict, *, steps: str) -> str:
+    return (f"version: 1\nname: pull\narchive: {{data: data, database: conquest.db}}\n"
+            f"nodes:\n  pacs: {{host: 127.0.0.1, port: {pacs['port']}, called_ae: ORTHANC, "
+            f"calling_ae: CRUN}}\nsteps:\n{steps}")
+
+
+def pull_steps(pacs: dict, select: str, method: str = "move") -> str:
+    action = (f"{{retrieve: {{method: move, port: {pacs['job_port']}, bind: 127.0.0.1, "
+              f"timeout: 20}}}}" if method == "move" else "{retrieve: {method: get}}")
+    return f"  - name: pull\n    select: {select}\n    action: {action}\n"
+
+
+def rows(database: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def run_job(tmp: Path, text: str, *args: str, capsys=None) -> tuple[int, dict]:
+    (tmp / "job.yml").write_text(text)
+    (tmp / "data").mkdir(exist_ok=True)
+    import os
+    old = os.getcwd()
+    os.chdir(tmp)
+    try:
+        code = main(["--json", *args, "job.yml"])
+    finally:
+        os.chdir(old)
+    out = capsys.readouterr().out if capsys is not None else "{}"
+    return code, (json.loads(out) if out.strip() else {})
+
+
+def test_move_from_orthanc_then_a_local_step_sees_it(pacs, tmp_path, capsys):
+    steps = pull_steps(pacs, '{remote: pacs, patient: "QR001", modality: [RTPLAN, CT], '
+                             'study_date: "20240101-20241231"}') + \
+        "  - name: export\n    select: {patient: \"QR001\", modality: RTPLAN}\n" \
+        "    action: {copy: {destination: exports/plans}}\n"
+    code, doc = run_job(tmp_path, job_text(pacs, steps=steps), capsys=capsys)
+    assert code == 0, doc
+    pull = doc["plan"]["steps"][0]
+    assert sorted((s["modality"], s["remote_instances"]) for s in pull["series"]) == \
+        [("CT", 40), ("RTPLAN", 1)]
+    assert {s["patient_id"] for s in pull["series"]} == {"QR001"}
+    report = doc["report"]["steps"]
+    assert report[0]["totals"] == {"done": 41, "skipped": 0, "failed": 0}
+    assert {(s["completed"], s["failed"], s["warning"]) for s in report[0]["summary"]["series"]} \
+        == {(40, 0, 0), (1, 0, 0)}
+    # attributed through the Move Originator fields: our AE title and the C-MOVE's message ID
+    assert all(o["detail"]["originator"].startswith("CRUN#") for o in report[0]["outcomes"])
+    # the export was planned after the retrieve: the plan made before it had nothing
+    assert doc["plan"]["steps"][1]["series"] == []
+    assert report[1]["totals"]["done"] == 1
+    assert len(list((tmp_path / "exports" / "plans").rglob("*.dcm"))) == 1
+    db = tmp_path / "conquest.db"
+    assert rows(db, "SELECT count(*), count(DISTINCT SOPInstanc) FROM DICOMImages") == [(41, 41)]
+    audit = rows(db, "SELECT Status, count(*) FROM ConquestRunAudit WHERE Action = 'retrieve' "
+                     "GROUP BY Status")
+    assert audit == [("done", 41)]
+
+    code, doc = run_job(tmp_path, job_text(pacs, steps=pull_steps(
+        pacs, '{remote: pacs, patient: "QR001", modality: [RTPLAN, CT]}')), capsys=capsys)
+    assert code == 0
+    outcomes = doc["report"]["steps"][0]["outcomes"]
+    assert [o["status"] for o in outcomes] == ["skipped", "skipped"]
+    assert all(o["reason"].startswith("already here") for o in outcomes)
+    assert rows(db, "SELECT count(*) FROM DICOMImages") == [(41,)]
+
+
+def test_a_retrieve_killed_midway_then_rerun_completes_without_duplicates(pacs, tmp_path):
+    text = job_text(pacs, steps=pull_steps(pacs, '{remote: pacs, patient: "QR002", '
+                                                 'modality: CT}'))
+    (tmp_path / "job.yml").write_text(text)
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "conquest.db"
+    proc = subprocess.Popen([sys.executable, "-m", "conquest_run", "job.yml"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    got = 0
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                got = rows(db, "SELECT count(*) FROM DICOMImages")[0][0]
+            except sqlite3.Error:
+                got = 0
+            if got >= 5:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL, "the retrieve ended before it could be killed"
+    partial = rows(db, "SELECT count(*) FROM DICOMImages")[0][0]
+    assert 5 <= partial < 40
+    done = cli("--json", "job.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["report"]["steps"][0]
+    statuses = [o["status"] for o in report["outcomes"]]
+    assert statuses.count("done") == 40 - partial and statuses.count("skipped") == partial
+    assert rows(db, "SELECT count(*), count(DISTINCT SOPInstanc) FROM DICOMImages") == [(40, 40)]
+    assert len([p for p in (tmp_path / "data").rglob("*") if p.is_file()]) == 40
+    again = cli("--json", "job.yml", cwd=tmp_path)
+    assert again.returncode == 0
+    assert [o["reason"] for o in json.loads(again.stdout)["report"]["steps"][0]["outcomes"]] \
+        == ["already here: 40 of 40 instances"]
+
+
+def test_dry_run_does_only_the_c_finds(pacs, tmp_path, capsys):
+    log = pacs["log"]
+    before = log.read_text(errors="replace").count("C-MOVE")
+    code, doc = run_job(tmp_path, job_text(pacs, steps=pull_steps(
+        pacs, '{remote: pacs, modality: RTPLAN}')), "--dry-run", capsys=capsys)
+    assert code == 0, doc
+    assert [s["remote_instances"] for s in doc["plan"]["steps"][0]["series"]] == [1, 1]
+    outcomes = doc["report"]["steps"][0]["outcomes"]
+    assert [o["reason"] for o in outcomes] == ["would retrieve by C-MOVE (0 of 1 instances "
+                                               "here)"] * 2
+    assert not (tmp_path / "conquest.db").exists() or \
+        rows(tmp_path / "conquest.db", "SELECT count(*) FROM DICOMImages") == [(0,)]
+    assert list((tmp_path / "data").iterdir()) == []
+    assert log.read_text(errors="replace").count("C-MOVE") == before
+
+
+def test_dump_of_a_remote_selection_writes_the_c_find_results(pacs, tmp_path, capsys):
+    steps = ("  - name: list\n    select: {remote: pacs, modality: [RTPLAN, RTSTRUCT]}\n"
+             "    action: {dump: {file: out/found.csv}}\n")
+    code, doc = run_job(tmp_path, job_text(pacs, steps=steps), capsys=capsys)
+    assert code == 0, doc
+    lines = (tmp_path / "out" / "found.csv").read_text().splitlines()
+    assert lines[0] == ("PatientID,StudyInstanceUID,SeriesInstanceUID,Modality,"
+                        "SeriesDescription,NumberOfSeriesRelatedInstances")
+    assert sorted(line.split(",")[3] for line in lines[1:]) == ["RTPLAN", "RTPLAN",
+                                                                "RTSTRUCT", "RTSTRUCT"]
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+# -- C-GET from dcmqrscp ------------------------------------------------------------------
+@contextmanager
+def dcmqrscp(tmp: Path) -> Iterator[int]:
+    require(DCMQRSCP)
+    port = free_port()
+    (tmp / "db").mkdir(parents=True)
+    (tmp / "dcmqrscp.cfg").write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+        "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\nQRSCP {tmp / 'db'} RW (200, 1024mb) ANY\nAETable END\n")
+    proc = subprocess.Popen([DCMQRSCP, "-c", str(tmp / "dcmqrscp.cfg"), str(port)],
+                            env=NODELAY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        yield port
+    finally:
+        stop(proc)
+
+
+def test_get_from_dcmqrscp_through_the_python_api(tmp_path):
+    from conquest_run import Archive
+
+    write_patient(tmp_path / "upload", seed=5, patient_id="GET01", ct_slices=3)
+    with dcmqrscp(tmp_path / "qr") as port:
+        sent = storescu(port, tmp_path / "upload", called_ae="QRSCP")
+        assert sent.returncode == 0, sent.stderr
+        node = {"host": "127.0.0.1", "port": port, "called_ae": "QRSCP", "calling_ae": "GETSCU"}
+        archive = Archive(tmp_path / "data", tmp_path / "conquest.db")
+        found = archive.find(node, patient="GET01")
+        assert sorted((s.modality, s.instances) for s in found) == \
+            [("CT", 3), ("RTDOSE", 1), ("RTPLAN", 1), ("RTSTRUCT", 1)]
+        report = archive.retrieve(node, method="get", patient="GET01",
+                                  modality=["CT", "RTPLAN"])
+        assert report.ok and report.totals()["done"] == 4
+        assert {(s["completed"], s["failed"]) for s in report.summary["series"]} == \
+            {(3, 0), (1, 0)}
+        assert sorted(archive.query("SELECT Modality FROM DICOMSeries", column=0)) == \
+            ["CT", "RTPLAN"]
+        again = archive.retrieve(node, method="get", patient="GET01", modality="CT")
+        assert [o.status for o in again.outcomes] == ["skipped"]

@@ -511,7 +511,7 @@ def _remote_errors(job: Job, step: Step) -> list[JobError]:
     errs: list[JobError] = []
     sel, base = step.select, step.path + ("action", step.action)
     if sel is not None and (p := study_date_problem(sel.study_date)):
-        errs.append(job.error(f"{_dotted(step.path + ('select', 'study_date'))} {p}",
+        errs.append(job.error(f"{_dotted(step.path + ('select', 'study_date'))}: {p}",
                               step.path + ("select", "study_date")))
     remote = sel.remote if sel is not None else None
     if remote is not None:

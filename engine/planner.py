@@ -297,7 +297,7 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
     try:
         dates = parse_study_date(sel.study_date) if sel.study_date is not None else None
     except ValueError as exc:
-        raise JobError(f"select.study_date {exc}", file=file, line=line) from None
+        raise JobError(f"select.study_date: {exc}", file=file, line=line) from None
     if sel.query is not None and checked is None:
         checked = check_query(sel.query, archive.schema, file=file, line=query_line or 1,
                               col=query_col or 1)

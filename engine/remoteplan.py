@@ -55,7 +55,7 @@ def plan_remote_step(archive: Any, *, index: int, name: str, action: str,
     try:
         dates = parse_study_date(sel.study_date) if sel.study_date is not None else None
     except ValueError as exc:
-        raise JobError(f"select.study_date {exc}", file=file, line=line) from None
+        raise JobError(f"select.study_date: {exc}", file=file, line=line) from None
     settings = node_of(nodes, sel.remote, file=file, line=line)
     node = remote_node(settings, float(options.get("timeout", 30.0)))
     try:

@@ -249,3 +249,62 @@ def test_get_from_dcmqrscp_through_the_python_api(tmp_path):
             ["CT", "RTPLAN"]
         again = archive.retrieve(node, method="get", patient="GET01", modality="CT")
         assert [o.status for o in again.outcomes] == ["skipped"]
+
+
+def test_a_node_that_does_not_know_our_ae_fails_the_series_and_the_run(pacs, tmp_path, capsys):
+    text = job_text(pacs, steps=pull_steps(pacs, "{remote: pacs, modality: RTDOSE}")) \
+        .replace("calling_ae: CRUN", "calling_ae: STRANGER")
+    code, doc = run_job(tmp_path, text, capsys=capsys)
+    assert code == 1
+    outcomes = doc["report"]["steps"][0]["outcomes"]
+    assert len(outcomes) == 2 and {o["status"] for o in outcomes} == {"failed"}
+    assert all(o["reason"].startswith("the node answered 0x") and o["reason"].endswith(
+        "does the node know STRANGER (this host, port "
+        f"{pacs['job_port']}) as a C-MOVE destination?") for o in outcomes), outcomes
+
+
+def test_a_saved_remote_plan_is_applied(pacs, tmp_path, capsys):
+    code, doc = run_job(tmp_path, job_text(pacs, steps=pull_steps(
+        pacs, '{remote: pacs, patient: "QR002", modality: RTSTRUCT}')),
+        "--plan-out", str(tmp_path / "plan.json"), capsys=capsys)
+    assert code == 0 and list((tmp_path / "data").iterdir()) == []
+    assert main(["--json", "--apply", str(tmp_path / "plan.json"), "--data",
+                 str(tmp_path / "data"), "--database", str(tmp_path / "conquest.db")]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]["steps"][0]
+    assert report["totals"] == {"done": 1, "skipped": 0, "failed": 0}
+
+
+def test_a_c_store_from_another_originator_is_refused(tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    import pydicom
+    from conquest_run import Archive
+    from conquest_run.net.qrscu import RetrieveStore
+
+    files = write_patient(tmp_path / "src", seed=2, patient_id="ORIG", ct_slices=1, rt=False)
+    ds = pydicom.dcmread(tmp_path / "src" / files[0])
+    archive = Archive(tmp_path / "data", tmp_path / "conquest.db")
+    (tmp_path / "data").mkdir()
+    port = free_port()
+    store = RetrieveStore(archive, "CRUN", port).start()
+    try:
+        store.expect(str(ds.SeriesInstanceUID), 7)
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CRUN")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(ds, originator_aet="OTHER", originator_id=7).Status \
+                == 0x0124
+            assert assoc.send_c_store(ds, originator_aet="CRUN", originator_id=8).Status \
+                == 0x0124
+            assert assoc.send_c_store(ds, originator_aet="CRUN", originator_id=7).Status == 0
+        finally:
+            assoc.release()
+        arrived = store.take()
+    finally:
+        store.close()
+    assert [(a.sop_uid, a.status, a.originator) for a in arrived] == \
+        [(str(ds.SOPInstanceUID), 0, "CRUN#7")]
+    assert archive.query("SELECT count(*) FROM DICOMImages") == [(1,)]

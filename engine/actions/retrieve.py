@@ -119,10 +119,12 @@ def _retrieve(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, node: A
     wanted = [RemoteSeries(s.patient_id, s.study_uid or "", None, s.series_uid, s.modality,
                            s.description, s.remote_instances) for s in todo]
     store = RetrieveStore(ctx.archive, node.calling_ae, port or 0, bind, node.timeout)
+    hint = (f"; nothing arrived: does the node know {node.calling_ae} (this host, port "
+            f"{port}) as a C-MOVE destination?" if method == "move" else "")
     with progress(ctx, len(todo), f"retrieve {node.target}") as advance:
         def on_result(result: Any) -> None:
             _record(rec, by_uid[result.series_uid], result, local[result.series_uid],
-                    store.errors)
+                    store.errors, hint)
             advance(1)
         try:
             if method == "move":
@@ -137,7 +139,7 @@ def _retrieve(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, node: A
 
 
 def _record(rec: StepRecorder, s: "PlannedSeries", result: Any, before: set[str],
-            store_errors: list[str]) -> None:
+            store_errors: list[str], hint: str = "") -> None:
     base = {"patient_id": s.patient_id}
     stored, failed = 0, set()
     for a in result.arrivals:
@@ -170,7 +172,8 @@ def _record(rec: StepRecorder, s: "PlannedSeries", result: Any, before: set[str]
     elif result.status not in (0x0000, 0xB000) and not failed:
         meaning = STATUS_MEANINGS.get(result.status, "failure")
         rec.add(Outcome(None, s.series_uid, FAILED,
-                        f"the node answered 0x{result.status:04X} ({meaning})",
+                        f"the node answered 0x{result.status:04X} ({meaning})"
+                        + (hint if not result.arrivals else ""),
                         dict(base, status=result.status)))
     rec.report.summary["series"].append({
         "series_uid": s.series_uid, "status": result.status, "completed": result.completed,

@@ -362,6 +362,7 @@ def move_series(node: RemoteNode, series: Sequence[RemoteSeries], store: Retriev
             _collect(assoc.send_c_move(_retrieve_identifier(s), store.aet, STUDY_ROOT_MOVE,
                                        msg_id=number), result, node, "C-MOVE")
             store.sink.flush()
+            store.expect(None)
             result.arrivals = store.take()
             on_result(result)
             if result.error is not None or not assoc.is_established:
@@ -388,6 +389,7 @@ def get_series(node: RemoteNode, series: Sequence[RemoteSeries], store: Retrieve
             _collect(assoc.send_c_get(_retrieve_identifier(s), STUDY_ROOT_GET, msg_id=number),
                      result, node, "C-GET")
             store.sink.flush()
+            store.expect(None)
             result.arrivals = store.take()
             on_result(result)
             if result.error is not None or not assoc.is_established:

@@ -7,8 +7,10 @@ job listens, under its calling AE title), ``bind`` (move: the address it listens
 Each incoming C-STORE is stored and indexed exactly as ``serve`` stores it (the same receiver
 and sink, ``net/qrscu.RetrieveStore``) and attributed to its series through its Move Originator
 fields (C-MOVE) or the C-GET it came on.  Resumable: a series with as many local instances as
-the node counts is skipped; any other is retrieved whole (what is already here is rewritten in
-place, never duplicated: the index is keyed by SOP Instance UID).  Outcomes: one per arrived
+the node counts is skipped; of a partial one only the missing instances are asked for (an
+IMAGE-level C-FIND, then a C-MOVE / C-GET of their UIDs), or the whole series from a node that
+takes no UID list (what is here already is then rewritten in place, never duplicated: the index
+is keyed by SOP Instance UID).  Outcomes: one per arrived
 instance (done; skipped when it was already here), failed ones per instance where the node or
 the store names them, otherwise per series; ``summary["series"]`` holds each series' completed,
 failed and warning sub-operations.  A dry run touches no network (the C-FINDs were the plan).
@@ -113,11 +115,16 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
 
 def _retrieve(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, node: Any,
               method: str, port: int | None, bind: str, todo: list, local: dict) -> None:
-    from ..net.qrscu import RemoteSeries, RetrieveStore, get_series, move_series
+    from ..net.qrscu import (RemoteSeries, RetrieveStore, find_instances, get_series,
+                             move_series)
 
     by_uid = {s.series_uid: s for s in todo}
     wanted = [RemoteSeries(s.patient_id, s.study_uid or "", None, s.series_uid, s.modality,
                            s.description, s.remote_instances) for s in todo]
+    only: dict[str, set[str]] = {}       # a partial series: only what is missing here
+    for s in wanted:
+        if local[s.series_uid]:
+            only[s.series_uid] = find_instances(node, s) - local[s.series_uid]
     store = RetrieveStore(ctx.archive, node.calling_ae, port or 0, bind, node.timeout)
     hint = (f"; nothing arrived: does the node know {node.calling_ae} (this host, port "
             f"{port}) as a C-MOVE destination?" if method == "move" else "")
@@ -129,9 +136,9 @@ def _retrieve(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, node: A
         try:
             if method == "move":
                 store.start()
-                move_series(node, wanted, store, on_result)
+                move_series(node, wanted, store, on_result, only)
             else:
-                get_series(node, wanted, store, on_result)
+                get_series(node, wanted, store, on_result, only)
         finally:
             store.close()
             if store.refusals:

@@ -5,21 +5,20 @@ then C-MOVE or C-GET its series into the archive.
   in each study, and returns one :class:`RemoteSeries` per series with the remote instance count
   (NumberOfSeriesRelatedInstances, or an IMAGE-level count when the node does not give it).
   Every key is also checked on the answers, so a node that ignores a key selects no more.
-* :class:`RetrieveStore` is ``serve``'s own storage SCP (the same :class:`~.receiver.Receiver`
-  and :class:`~.receiver.ArchiveSink`: files as received, fsync'ed, indexed) with each C-STORE
-  attributed to the retrieve it belongs to: for a C-MOVE through its Move Originator AE title and
-  Message ID; a C-STORE naming another originator is refused (0x0124, not authorized).
-* :func:`move_series` C-MOVEs each series to the job's own AE (the store listens meanwhile);
+* :func:`move_series` C-MOVEs each series to the job's own AE, where a ``retrievestore.
+  RetrieveStore`` (``serve``'s receiver, attributing each C-STORE) listens meanwhile;
   :func:`get_series` C-GETs them over one association offering the storage contexts in the SCP
-  role (within the 128-context limit).  Each series ends in a :class:`SeriesResult`: the
-  completed, failed and warning sub-operations, the failed SOP instances and what arrived.
+  role (within the 128-context limit).  Either may ask for only some instances of a series
+  (IMAGE level, a UID list; the whole series from a node that refuses the list).  Each series
+  ends in a :class:`SeriesResult`: the completed, failed and warning sub-operations, the failed
+  SOP instances and what arrived.
 """
 
 from __future__ import annotations
 
 __all__ = ["RemoteNode", "RemoteSeries", "SeriesResult", "Arrival", "RetrieveStore",
-           "find_series", "move_series", "get_series", "STUDY_ROOT_FIND", "STUDY_ROOT_MOVE",
-           "STUDY_ROOT_GET"]
+           "find_series", "find_instances", "move_series", "get_series", "STUDY_ROOT_FIND",
+           "STUDY_ROOT_MOVE", "STUDY_ROOT_GET"]
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,14 +28,14 @@ from typing import Any
 
 from ..errors import NetworkError
 from .glue import pynetdicom_config, tune_connection
-from .receiver import TRANSFER_SYNTAXES, ArchiveSink, Receiver, ReceiverSettings
+from .receiver import TRANSFER_SYNTAXES
+from .retrievestore import Arrival, RetrieveStore
 from .settings import MAX_CONTEXTS, QUIET, check_ae_title, resolve_host
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 PENDING = (0xFF00, 0xFF01)
-STATUS_NOT_AUTHORIZED = 0x0124
 MAX_MATCHES = 100_000          # responses to one C-FIND before the node is told to narrow it
 
 
@@ -68,17 +67,6 @@ class RemoteSeries:
     modality: str | None
     description: str | None
     instances: int | None       # the node's count (None: it gave none)
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """One C-STORE the store answered: the series it was attributed to, its status."""
-
-    series_uid: str
-    sop_uid: str
-    status: int
-    object_file: str | None
-    originator: str = ""        # "AE#message-id" of a C-MOVE; "" for a C-GET
 
 
 @dataclass
@@ -236,97 +224,19 @@ def find_series(node: RemoteNode, *, patient: Sequence[str] = (), study: Sequenc
     return sorted(unique.values(), key=lambda s: (s.patient_id or "", s.study_uid, s.series_uid))
 
 
-# -- the store ---------------------------------------------------------------------------
-class _RecordingSink:
-    """The archive's sink, remembering where each stored instance went."""
-
-    def __init__(self, inner: ArchiveSink) -> None:
-        self.inner = inner
-        self.lock = threading.Lock()
-        self.placed: dict[str, str] = {}
-
-    def put(self, encoded: bytes, sop_uid: str) -> str:
-        object_file = self.inner.put(encoded, sop_uid)
-        with self.lock:
-            self.placed[sop_uid] = object_file
-        return object_file
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def close(self) -> None:
-        self.inner.close()
+# -- retrieving ------------------------------------------------------------------------
+UID_CHUNK = 400       # SOP Instance UIDs per IMAGE-level request (a UI value stays < 64 KiB)
 
 
-class RetrieveStore(Receiver):
-    """``serve``'s receiver into the archive, attributing each C-STORE to a retrieve.
-
-    For C-MOVE it listens (``start()``) on ``port`` under our AE title; for C-GET it is not
-    started, and its handler answers the C-STOREs of the C-GET association.  The requests
-    are made one series at a time: ``expect(series_uid, message_id)`` names the current one.
-    """
-
-    def __init__(self, archive: Any, aet: str, port: int = 0, host: str = "127.0.0.1",
-                 timeout: float = 60.0, log: Callable[[str], None] | None = None) -> None:
-        sink = _RecordingSink(ArchiveSink(archive.data_dir, archive.database,
-                                          archive.dicom_sql))
-        super().__init__(archive.data_dir, ReceiverSettings(port=port, host=host, aet=aet,
-                                                            timeout=timeout), sink, log)
-        self.aet = aet
-        self.placed = sink.placed
-        self._mutex = threading.Lock()
-        self._moves: dict[int, str] = {}       # C-MOVE message ID -> series UID
-        self._current: str | None = None       # the series being retrieved now
-        self._arrived: list[Arrival] = []
-
-    def expect(self, series_uid: str | None, message_id: int | None = None) -> None:
-        with self._mutex:
-            self._current = series_uid
-            if message_id is not None and series_uid is not None:
-                self._moves[message_id] = series_uid
-
-    def take(self) -> list[Arrival]:
-        """What arrived since the last call (called by the requesting thread)."""
-        with self._mutex:
-            out, self._arrived = self._arrived, []
-        return out
-
-    def _attribute(self, request: Any) -> tuple[str | None, str]:
-        message_id = request.MoveOriginatorMessageID
-        origin = (request.MoveOriginatorApplicationEntityTitle or "").strip()
-        with self._mutex:
-            if message_id is None and not origin:
-                return self._current, ""       # a C-GET, or a node that sets neither field
-            if origin == self.aet.strip() and message_id in self._moves:
-                return self._moves[message_id], f"{origin}#{message_id}"
-        return None, f"{origin}#{message_id}"
-
-    def _on_c_store(self, event: Any) -> int:
-        request = event.request
-        series_uid, origin = self._attribute(request)
-        sop_uid = str(request.AffectedSOPInstanceUID)
-        if series_uid is None:
-            self.notice(f"C-STORE of {sop_uid} refused (0x0124): its Move Originator "
-                        f"({origin}) is not a retrieve of this job")
-            return STATUS_NOT_AUTHORIZED
-        status = super()._on_c_store(event)
-        with self._mutex:
-            self._arrived.append(Arrival(series_uid, sop_uid, status,
-                                         self.placed.get(sop_uid), origin))
-        return status
-
-    def close(self) -> None:
-        """Flush and close the sink when the store was never started (C-GET)."""
-        if self._server is None:
-            self.sink.close()
-        else:
-            self.stop()
-
-
-# -- retrieving --------------------------------------------------------------------------
-def _retrieve_identifier(s: RemoteSeries) -> Any:
+def _series_identifier(s: RemoteSeries) -> Any:
     return _identifier("SERIES", {"StudyInstanceUID": s.study_uid,
                                   "SeriesInstanceUID": s.series_uid}, ())
+
+
+def _image_identifier(s: RemoteSeries, sops: Sequence[str]) -> Any:
+    return _identifier("IMAGE", {"StudyInstanceUID": s.study_uid,
+                                 "SeriesInstanceUID": s.series_uid,
+                                 "SOPInstanceUID": "\\".join(sops)}, ())
 
 
 def _collect(responses: Iterator[tuple[Any, Any]], result: SeriesResult, node: RemoteNode,
@@ -352,29 +262,81 @@ def _collect(responses: Iterator[tuple[Any, Any]], result: SeriesResult, node: R
         return
 
 
+def _merge(total: SeriesResult, part: SeriesResult) -> None:
+    total.completed += part.completed
+    total.failed += part.failed
+    total.warning += part.warning
+    total.failed_uids += part.failed_uids
+    total.error = total.error or part.error
+    if total.status in (None, 0x0000) or part.status not in (None, 0x0000):
+        total.status = part.status
+
+
+def _one_series(s: RemoteSeries, wanted: set[str] | None, request: Callable[[Any], SeriesResult]
+                ) -> SeriesResult:
+    """The series whole, or only the ``wanted`` instances (IMAGE level, in chunks); a node that
+    refuses the list before anything came is asked for the whole series instead."""
+    total = SeriesResult(s.series_uid)
+    if wanted:
+        uids = sorted(wanted)
+        for n in range(0, len(uids), UID_CHUNK):
+            part = request(_image_identifier(s, uids[n:n + UID_CHUNK]))
+            if n == 0 and part.error is None and part.completed == 0 and \
+                    part.status not in (0x0000, 0xB000):
+                break               # no list retrieval there: the whole series below
+            _merge(total, part)
+            if part.error is not None:
+                return total
+        else:
+            return total
+    _merge(total, request(_series_identifier(s)))
+    return total
+
+
+def _retrieve(assoc: Any, node: RemoteNode, series: Sequence[RemoteSeries],
+              store: RetrieveStore, on_result: Callable[[SeriesResult], None],
+              send: Callable[[Any, int], Iterator[tuple[Any, Any]]], what: str,
+              only: dict[str, set[str]]) -> None:
+    ids = iter(range(1, 1 << 30))
+    current = ""
+
+    def request(identifier: Any) -> SeriesResult:
+        message_id = next(ids) % 65535 + 1
+        part = SeriesResult("")
+        store.expect(current, message_id)
+        _collect(send(identifier, message_id), part, node, what)
+        store.expect(None)
+        return part
+
+    for number, s in enumerate(series, 1):
+        current = s.series_uid
+        result = _one_series(s, only.get(s.series_uid), request)
+        store.sink.flush()
+        result.arrivals = store.take()
+        on_result(result)
+        if result.error is not None or not assoc.is_established:
+            for rest in series[number:]:
+                on_result(SeriesResult(rest.series_uid, error="not retrieved: the "
+                                       "association to the node was lost"))
+            return
+
+
 def move_series(node: RemoteNode, series: Sequence[RemoteSeries], store: RetrieveStore,
-                on_result: Callable[[SeriesResult], None]) -> None:
-    """C-MOVE each series to ``store.aet`` (the store listening); one association."""
+                on_result: Callable[[SeriesResult], None],
+                only: dict[str, set[str]] | None = None) -> None:
+    """C-MOVE each series (or, in ``only``, just those of its instances) to ``store.aet``
+    (the store listening meanwhile), over one association."""
     with _associated(node, [(STUDY_ROOT_MOVE, None)], "C-MOVE") as assoc:
-        for number, s in enumerate(series, 1):
-            result = SeriesResult(s.series_uid)
-            store.expect(s.series_uid, number)
-            _collect(assoc.send_c_move(_retrieve_identifier(s), store.aet, STUDY_ROOT_MOVE,
-                                       msg_id=number), result, node, "C-MOVE")
-            store.sink.flush()
-            store.expect(None)
-            result.arrivals = store.take()
-            on_result(result)
-            if result.error is not None or not assoc.is_established:
-                for rest in series[number:]:
-                    on_result(SeriesResult(rest.series_uid, error="not retrieved: the "
-                                           "association to the node was lost"))
-                return
+        _retrieve(assoc, node, series, store, on_result,
+                  lambda ident, mid: assoc.send_c_move(ident, store.aet, STUDY_ROOT_MOVE,
+                                                       msg_id=mid), "C-MOVE", only or {})
 
 
 def get_series(node: RemoteNode, series: Sequence[RemoteSeries], store: RetrieveStore,
-               on_result: Callable[[SeriesResult], None]) -> None:
-    """C-GET each series over one association; the C-STOREs come back on it (SCP role)."""
+               on_result: Callable[[SeriesResult], None],
+               only: dict[str, set[str]] | None = None) -> None:
+    """C-GET each series (or only some instances) over one association; the C-STOREs come
+    back on it, to the storage contexts we offer in the SCP role (within 128 contexts)."""
     from pynetdicom import StoragePresentationContexts, evt
     from pynetdicom.presentation import build_role
 
@@ -383,17 +345,15 @@ def get_series(node: RemoteNode, series: Sequence[RemoteSeries], store: Retrieve
     roles = [build_role(uid, scp_role=True) for uid in classes]
     with _associated(node, contexts, "C-GET", roles=roles,
                      handlers=[(evt.EVT_C_STORE, store._on_c_store)]) as assoc:
-        for number, s in enumerate(series, 1):
-            result = SeriesResult(s.series_uid)
-            store.expect(s.series_uid)
-            _collect(assoc.send_c_get(_retrieve_identifier(s), STUDY_ROOT_GET, msg_id=number),
-                     result, node, "C-GET")
-            store.sink.flush()
-            store.expect(None)
-            result.arrivals = store.take()
-            on_result(result)
-            if result.error is not None or not assoc.is_established:
-                for rest in series[number:]:
-                    on_result(SeriesResult(rest.series_uid, error="not retrieved: the "
-                                           "association to the node was lost"))
-                return
+        _retrieve(assoc, node, series, store, on_result,
+                  lambda ident, mid: assoc.send_c_get(ident, STUDY_ROOT_GET, msg_id=mid),
+                  "C-GET", only or {})
+
+
+def find_instances(node: RemoteNode, s: RemoteSeries) -> set[str]:
+    """The SOP Instance UIDs the node holds in a series (an IMAGE-level C-FIND)."""
+    with _associated(node, [(STUDY_ROOT_FIND, None)], "C-FIND") as assoc:
+        found = _find(assoc, node, "IMAGE", {"StudyInstanceUID": s.study_uid,
+                                             "SeriesInstanceUID": s.series_uid},
+                      ("SOPInstanceUID",))
+    return {uid for ds in found if (uid := _text(ds, "SOPInstanceUID"))}

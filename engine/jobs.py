@@ -500,50 +500,8 @@ def _reference_errors(job: Job) -> list[JobError]:
                 errs.append(job.error(f"{_dotted(base + ('node',))} {node!r} is not declared under nodes: "
                                       f"({known})", base + ("node",)))
             errs += _peer_errors(job, base, opts)
-        errs += _remote_errors(job, step)
-    return errs
-
-
-def _remote_errors(job: Job, step: Step) -> list[JobError]:
-    """``select.study_date`` and ``select.remote`` (what a remote selection allows), and a
-    ``retrieve`` that needs one."""
-    from .studydate import study_date_problem
-    errs: list[JobError] = []
-    sel, base = step.select, step.path + ("action", step.action)
-    if sel is not None and (p := study_date_problem(sel.study_date)):
-        errs.append(job.error(f"{_dotted(step.path + ('select', 'study_date'))}: {p}",
-                              step.path + ("select", "study_date")))
-    remote = sel.remote if sel is not None else None
-    if remote is not None:
-        if remote not in job.nodes:
-            known = f"known: {', '.join(job.nodes)}" if job.nodes else "the job has no nodes:"
-            errs.append(job.error(f"{_dotted(step.path + ('select', 'remote'))} {remote!r} is "
-                                  f"not declared under nodes: ({known})",
-                                  step.path + ("select", "remote")))
-        if sel.query is not None:
-            errs.append(job.error(f"{_dotted(step.path + ('select', 'query'))}: a remote "
-                                  "selection cannot use query: (SQL runs on the local index); "
-                                  "use patient, study, series, modality or study_date",
-                                  step.path + ("select", "query"), key=True))
-        if step.action not in ("retrieve", "dump"):
-            errs.append(job.error(f"{_dotted(base)}: a remote selection (select.remote: "
-                                  f"{remote}) allows only retrieve, or dump (the C-FIND results "
-                                  f"as CSV); not {step.action}", base, key=True))
-        elif step.action == "dump" and (step.options.get("format", "csv") != "csv"
-                                        or step.options.get("per_instance")):
-            errs.append(job.error(f"{_dotted(base)}: a dump of a remote selection writes the "
-                                  "C-FIND results as CSV (format: csv, no per_instance)",
-                                  base, key=True))
-    elif step.action == "retrieve":
-        errs.append(job.error(f"{_dotted(base)} needs select.remote: NODE (the node to pull "
-                              "from)", base, key=True))
-    if step.action == "retrieve" and step.options.get("method", "move") == "move" \
-            and "port" not in step.options:
-        errs.append(job.error(f"{_dotted(base)} with method: move needs port: (where this job "
-                              "listens for the node's C-STOREs)", base, key=True))
-    if step.action == "retrieve" and isinstance(step.options.get("bind"), str) and \
-            (p := _host_problem(step.options["bind"])):
-        errs.append(job.error(f"{_dotted(base + ('bind',))} {p}", base + ("bind",)))
+        from .remoteplan import remote_select_errors
+        errs += remote_select_errors(job, step)
     return errs
 
 

@@ -323,3 +323,14 @@ def test_a_c_store_from_another_originator_is_refused(tmp_path):
     assert [(a.sop_uid, a.status, a.originator) for a in arrived] == \
         [(str(ds.SOPInstanceUID), 0, "CRUN#7")]
     assert archive.query("SELECT count(*) FROM DICOMImages") == [(1,)]
+
+
+def test_back_to_back_c_finds_on_one_association_lose_no_answer(pacs):
+    """pynetdicom 3's reactor, resumed late after one request, could take the next request's
+    answers (about 3 finds in 100 came back empty here before the fix)."""
+    from conquest_run.net.qrscu import RemoteNode, find_series
+
+    node = RemoteNode("127.0.0.1", pacs["port"], "ORTHANC", "CRUN", timeout=10)
+    counts = [len(find_series(node, patient=["QR001", "QR002"], modality=["CT", "RTPLAN"]))
+              for _ in range(40)]
+    assert counts == [4] * 40

@@ -25,7 +25,8 @@ from ..errors import ConquestRunError
 
 def register(name: str | None, parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run declarative job files on a Conquest-style archive: select "
-                          "series, then copy, dump, delete, rebuild or send them.")
+                          "series, then copy, dump, delete, rebuild or send them (or retrieve "
+                          "them from a remote node).")
     parser.add_argument("jobs", nargs="*", metavar="JOB.yml", help="job files to run in order")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",

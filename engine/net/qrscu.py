@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import NetworkError
-from .glue import pynetdicom_config, tune_connection
+from .glue import pynetdicom_config, settle_after_request, tune_connection
 from .receiver import TRANSFER_SYNTAXES
 from .retrievestore import Arrival, RetrieveStore
 from .settings import MAX_CONTEXTS, QUIET, check_ae_title, resolve_host
@@ -139,6 +139,7 @@ def _identifier(level: str, keys: dict[str, str], wanted: Sequence[str]) -> Any:
 def _find(assoc: Any, node: RemoteNode, level: str, keys: dict[str, str],
           wanted: Sequence[str]) -> list[Any]:
     out = []
+    settle_after_request(assoc, 1.0)    # else the reactor may take this request's answers
     for status, ident in assoc.send_c_find(_identifier(level, keys, wanted), STUDY_ROOT_FIND):
         if not status or "Status" not in status:
             raise NetworkError(f"C-FIND at {node.target}: no answer within {node.timeout:g} s "
@@ -304,6 +305,7 @@ def _retrieve(assoc: Any, node: RemoteNode, series: Sequence[RemoteSeries],
         message_id = next(ids) % 65535 + 1
         part = SeriesResult("")
         store.expect(current, message_id)
+        settle_after_request(assoc, 1.0)    # else the reactor may take this request's answers
         _collect(send(identifier, message_id), part, node, what)
         store.expect(None)
         return part

@@ -131,6 +131,10 @@ def test_the_example_job_moves_from_orthanc_then_exports_what_came_in(pacs, tmp_
     audit = rows(db, "SELECT Status, count(*) FROM ConquestRunAudit WHERE Action = 'retrieve' "
                      "GROUP BY Status")
     assert audit == [("done", 41)]
+    assert main(["history", "--database", str(db), "--limit", "0", "--action", "retrieve",
+                 "--patient", "QR001", "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert len(history["outcomes"] if isinstance(history, dict) else history) == 41
 
     code, doc = run_job(tmp_path, example_job(pacs), capsys=capsys)
     assert code == 0

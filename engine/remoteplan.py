@@ -113,6 +113,11 @@ def remote_select_errors(job: Any, step: Any) -> list[JobError]:
             and "port" not in step.options:
         errs.append(job.error(f"{_dotted(base)} with method: move needs port: (where this job "
                               "listens for the node's C-STOREs)", base, key=True))
+    if step.action == "delete" and any(s.action == "retrieve" for s in job.steps
+                                       if s.index < step.index):
+        errs.append(job.error(f"{_dotted(base)}: a delete after a retrieve would be planned "
+                              "(and confirmed) only once the retrieve has run; put it in a job "
+                              "of its own", base, key=True))
     if step.action == "retrieve" and isinstance(step.options.get("bind"), str) and \
             (p := _host_problem(step.options["bind"])):
         errs.append(job.error(f"{_dotted(base + ('bind',))} {p}", base + ("bind",)))

@@ -114,3 +114,31 @@ def test_a_remote_node_that_is_down_fails_the_plan_with_its_step(tmp_path, capsy
     assert code == 1
     assert "job.yml:5: step 1 (pull): C-FIND at PACS@127.0.0.1" in err
     assert "no DICOM node listening" in err and "Traceback" not in err
+
+
+def test_a_delete_after_a_retrieve_is_refused(tmp_path, capsys):
+    (tmp_path / "job.yml").write_text(
+        f"version: 1\n{NODES}steps:\n  - select: {{remote: pacs}}\n"
+        "    action: {retrieve: {method: get}}\n  - select: {modality: CT}\n"
+        "    action: {delete: {files: true}}\n")
+    assert main(["--validate", str(tmp_path / "job.yml")]) == 2
+    assert "job.yml:8:14: steps[1].action.delete: a delete after a retrieve would be planned" \
+        in capsys.readouterr().err
+
+
+def test_expect_and_selected_nothing_leave_steps_after_a_retrieve_alone():
+    from conquest_run.expect import check_expectations, selected_nothing
+    from conquest_run.plan import Plan, PlannedSeries, PlanStep
+
+    job = parse_job(f"version: 1\n{NODES}steps:\n  - select: {{remote: pacs}}\n"
+                    "    action: {retrieve: {method: get}}\n  - select: {modality: RTPLAN}\n"
+                    "    expect: {series: {min: 1}}\n"
+                    "    action: {copy: {destination: out}}\n", "job.yml")
+    pulled = PlanStep(1, "retrieve", "retrieve", {}, "t", False, "series",
+                      (PlannedSeries("1.2.3", "P", "1.2", "RTPLAN", None, (), 1),), None, 5,
+                      {"remote": "pacs"})
+    export = PlanStep(2, "copy", "copy", {}, "out", False, "series", (), None, 7,
+                      {"modality": ["RTPLAN"]})
+    plan = Plan("job.yml", "", "j", "data", "db", None, (pulled, export))
+    check_expectations(job, plan)          # the export is planned again after the pull
+    assert selected_nothing(job, plan) == []

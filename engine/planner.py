@@ -352,7 +352,8 @@ def build_plan(job, archive, *, schema=None, named=None,
                 checked=checked, line=step.line, file=job.path, query_line=qpos.line,
                 query_col=qpos.column, limits=limits, nodes=job.nodes)
             if named is not archive:
-                planned = replace(planned, target=step_target(step.action, options, named))
+                planned = replace(planned, target=step_target(step.action, planned.options,
+                                                              named))
             _refuse_use_after_delete(job, step, planned, steps)
             steps.append(planned)
     return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),

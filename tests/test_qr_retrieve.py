@@ -195,6 +195,8 @@ def test_dry_run_does_only_the_c_finds(pacs, tmp_path, capsys):
         pacs, '{remote: pacs, modality: RTPLAN}')), "--dry-run", capsys=capsys)
     assert code == 0, doc
     assert [s["remote_instances"] for s in doc["plan"]["steps"][0]["series"]] == [1, 1]
+    # planned on a temporary index (no database yet), yet named after the real archive
+    assert doc["plan"]["steps"][0]["target"] == f"conquest.db from ORTHANC@127.0.0.1:{pacs['port']}"
     outcomes = doc["report"]["steps"][0]["outcomes"]
     assert [o["reason"] for o in outcomes] == ["would retrieve by C-MOVE (0 of 1 instances "
                                                "here)"] * 2

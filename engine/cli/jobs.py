@@ -144,6 +144,9 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                           f"{' and their files deleted' if files else ' (files kept)'}[/red]")
         elif step.series or step.action not in ("rebuild", "dump"):
             console.print(f"  {totals}")
+        if step.remote is None and any(s.action == "retrieve" for s in plan.steps
+                                       if s.index < step.index):
+            console.print("  [dim](planned again once the retrieve before it has run)[/dim]")
     console.print()
     adds = sum(s.instance_count for s in plan.steps if not s.destructive)
     destroys = sum(s.instance_count for s in plan.steps if s.destructive)

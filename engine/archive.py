@@ -256,6 +256,29 @@ class Archive:
         return send_series(self, [str(u) for u in series_uids], host, port, called_ae,
                            **options)
 
+    def find(self, node: dict[str, Any], *, timeout: float = 30.0, **keys: Any) -> list[Any]:
+        """C-FIND a node (``{host, port, called_ae, calling_ae}``; study root, study then
+        series level) with ``patient``, ``study``, ``series``, ``modality``, ``study_date``;
+        a list of ``net.qrscu.RemoteSeries`` (with the node's instance counts)."""
+        from .actions.retrieve import remote_selection
+        from .net.qrscu import find_series
+        from .remoteplan import node_of, remote_node
+        from .studydate import parse_study_date
+        sel = remote_selection(node, keys)
+        dates = parse_study_date(sel.study_date) if sel.study_date is not None else None
+        return find_series(remote_node(node_of({sel.remote: node}, sel.remote), timeout),
+                           patient=sel.patient, study=sel.study, series=sel.series,
+                           modality=sel.modality, study_date=sel.study_date,
+                           date_matches=dates.matches if dates else (lambda d: True))
+
+    def retrieve(self, node: dict[str, Any], *, method: str = "move", port: int | None = None,
+                 **options: Any) -> Any:
+        """C-FIND ``node`` with the keys of :meth:`find`, then C-MOVE (to our calling AE,
+        listening on ``port``) or C-GET the series into this archive, audited and resumable
+        (see ``actions.retrieve.retrieve_series``)."""
+        from .actions.retrieve import retrieve_series
+        return retrieve_series(self, node, method=method, port=port, **options)
+
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
         from .net.receiver import listen

@@ -61,7 +61,7 @@ def check_expectations(job: Any, plan: Any) -> None:
     planned = {s.index: s for s in plan.steps}
     for step in job.steps:
         ps = planned.get(step.index)
-        if ps is None:
+        if ps is None or _after_retrieve(plan, ps):
             continue
         counts = plan_counts(ps)
         expect = _expect_of(job, step)
@@ -88,13 +88,21 @@ def check_expectations(job: Any, plan: Any) -> None:
         raise JobErrors(errors)
 
 
+def _after_retrieve(plan: Any, ps: Any) -> bool:
+    """A local step after a retrieve: planned again once the retrieve has run, so its first
+    plan (before anything came in) is no measure of it."""
+    return getattr(ps, "remote", None) is None and any(
+        s.action == "retrieve" for s in plan.steps if s.index < ps.index)
+
+
 def selected_nothing(job: Any, plan: Any) -> list[str]:
     """Notices for the non-delete steps whose selection matched nothing."""
     out = []
     by_index = {s.index: s for s in job.steps}
     for ps in plan.steps:
         step = by_index.get(ps.index)
-        if ps.action == "delete" or step is None or step.select is None or step.select.empty:
+        if ps.action == "delete" or step is None or step.select is None or step.select.empty \
+                or _after_retrieve(plan, ps):
             continue
         if not ps.series:
             out.append(f"step {ps.index} ({ps.name}) selected nothing: it has nothing to "

@@ -29,8 +29,9 @@ from .errors import ConquestRunError, JobError
 from .net import AE_TITLE_MAX, ae_title_problem
 from .source import PathKey, Position, Source, load_source, parse_source
 
-SELECT_KEYS = ("query", "patient", "study", "series", "modality")
-_ACTIONS = ("copy", "dump", "delete", "rebuild", "send")
+SELECT_KEYS = ("query", "patient", "study", "series", "modality", "study_date", "remote")
+_ACTIONS = ("copy", "dump", "delete", "rebuild", "send", "retrieve")
+_SINGLE_KEYS = ("study_date", "remote")     # one string each, not a list
 _TRUE_TEXTS = ("true", "True", "TRUE")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
@@ -46,6 +47,8 @@ class Selection:
     study: tuple[str, ...] = ()
     series: tuple[str, ...] = ()
     modality: tuple[str, ...] = ()
+    study_date: str | None = None       # YYYYMMDD, or a range (studydate.py)
+    remote: str | None = None           # a node name: C-FIND there instead of the local index
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Selection":
@@ -56,7 +59,8 @@ class Selection:
                 return ()
             return (v,) if isinstance(v, str) else tuple(v)
         return cls(d.get("query"), many(d.get("patient")), many(d.get("study")),
-                   many(d.get("series")), many(d.get("modality")))
+                   many(d.get("series")), many(d.get("modality")), d.get("study_date"),
+                   d.get("remote"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -64,7 +68,7 @@ class Selection:
             out["query"] = self.query
         for k in SELECT_KEYS[1:]:
             if getattr(self, k):
-                out[k] = list(getattr(self, k))
+                out[k] = getattr(self, k) if k in _SINGLE_KEYS else list(getattr(self, k))
         return out
 
     @property
@@ -498,6 +502,8 @@ def _reference_errors(job: Job) -> list[JobError]:
                 errs.append(job.error(f"{_dotted(base + ('node',))} {node!r} is not declared under nodes: "
                                       f"({known})", base + ("node",)))
             errs += _peer_errors(job, base, opts)
+        from .remoteplan import remote_select_errors
+        errs += remote_select_errors(job, step)
     return errs
 
 

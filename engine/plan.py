@@ -33,6 +33,7 @@ class PlannedSeries:
     modality: str | None
     description: str | None
     instances: tuple[PlannedInstance, ...]
+    remote_instances: int | None = None   # a remote selection: the node's count (C-FIND)
 
     @property
     def bytes(self) -> int:
@@ -51,9 +52,17 @@ class PlanStep:
     series: tuple[PlannedSeries, ...]  # stable order: patient, study, series UID
     query: str | None = None           # select.query, for dump's own columns
     line: int | None = None            # where the step is in the job file
+    select: dict[str, Any] | None = None   # the selection as written (re-planned after a retrieve)
+
+    @property
+    def remote(self) -> str | None:
+        """The node a remote selection C-FINDs (its series have no local instances)."""
+        return (self.select or {}).get("remote")
 
     @property
     def instance_count(self) -> int:
+        if self.remote is not None:
+            return sum(s.remote_instances or 0 for s in self.series)
         return sum(len(s.instances) for s in self.series)
 
     @property
@@ -94,11 +103,11 @@ class Plan:
                     tuple(PlannedInstance(i["sop_uid"], i.get("sop_class"), i["path"],
                                           i.get("size"), tuple(i.get("flags") or ()),
                                           i.get("mtime"))
-                          for i in s["instances"]))
+                          for i in s["instances"]), s.get("remote_instances"))
                 for s in sd["series"])
             steps.append(PlanStep(sd["index"], sd["name"], sd["action"], dict(sd["options"]),
                                   sd["target"], bool(sd["destructive"]), sd["level"], series,
-                                  sd.get("query"), sd.get("line")))
+                                  sd.get("query"), sd.get("line"), sd.get("select")))
         return cls(d["job_path"], d["job_sha256"], d["job_name"], d["data_dir"], d["database"],
                    d.get("dicom_sql"), tuple(steps), d.get("created", ""),
                    d.get("format", PLAN_FORMAT))

@@ -13,7 +13,7 @@ planned series gained or lost instances since.
 from __future__ import annotations
 
 __all__ = ["build_plan", "plan_selection", "plan_step", "verify_plan", "save_plan", "load_plan",
-           "step_target", "resolve_options", "check_plan_sql"]
+           "step_target", "resolve_options", "check_plan_sql", "replan_step"]
 
 import json
 import os
@@ -32,6 +32,7 @@ from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
 from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column
 
 _MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
+_STUDY_DATE = 0x00080020
 _CHUNK = 500
 _BULK = 200          # more series than this: read the images table in one pass
 
@@ -97,6 +98,10 @@ def step_target(action: str, options: dict[str, Any], archive) -> str:
         return f"{archive.database} from {archive.data_dir}"
     if action == "send":
         return f"{options.get('called_ae', '')}@{options.get('host', '')}:{options.get('port', '')}"
+    if action == "retrieve":
+        node = options.get("node") or {}
+        return f"{archive.database} from {node.get('called_ae', '')}@{node.get('host', '')}:" \
+               f"{node.get('port', '')}"
     return action
 
 
@@ -136,9 +141,19 @@ class _Resolver:
         return study_pat
 
     def series_rows(self, *, patient: Iterable[str] = (), study: Iterable[str] = (),
-                    series: Iterable[str] = (), modality: Iterable[str] = ()) -> list[tuple]:
+                    series: Iterable[str] = (), modality: Iterable[str] = (),
+                    study_date: Any = None) -> list[tuple]:
         se, st = self.se, self.st
         where, params = [], []
+        if study_date is not None:      # a studydate.DateRange over Conquest's YYYYMMDD text
+            date = _column(self.archive.schema, st.name, _STUDY_DATE, "")
+            if not date:
+                raise ArchiveError(f"select.study_date: the study table {st.name} of this "
+                                   "dicom.sql has no StudyDate column")
+            for bound, op in ((study_date.low, ">="), (study_date.high, "<=")):
+                if bound is not None:
+                    where.append(f"substr(replace(t.{_q(date)}, '.', ''), 1, 8) {op} ?")
+                    params.append(bound)
         for expr, values in ((self.patient_expr(), patient), (f"s.{_q(se.link)}", study),
                              (f"s.{_q(se.key)}", series), (f"s.{_q(self.modality)}", modality)):
             values = list(values)
@@ -232,15 +247,15 @@ class _Resolver:
 
     def resolve(self, *, checked: CheckedQuery | None, uids: set[str] | None,
                 patient: Iterable[str] = (), study: Iterable[str] = (),
-                series: Iterable[str] = (), modality: Iterable[str] = ()
-                ) -> tuple[PlannedSeries, ...]:
+                series: Iterable[str] = (), modality: Iterable[str] = (),
+                study_date: Any = None) -> tuple[PlannedSeries, ...]:
         level = checked.level if checked is not None else "series"
         sops = uids if (checked is not None and level == "instance") else None
         wanted = uids if (checked is not None and level == "series") else None
         if sops is not None:
             wanted = self.series_of_sops(sops)
         rows = [r for r in self.series_rows(patient=patient, study=study, series=series,
-                                            modality=modality)
+                                            modality=modality, study_date=study_date)
                 if wanted is None or r[0] in wanted]
         bulk = self.all_instances({r[0] for r in rows}) if len(rows) > _BULK else None
         out = []
@@ -267,10 +282,22 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
               select: dict[str, Any] | None, checked: CheckedQuery | None = None,
               line: int | None = None, file: str | None = None,
               query_line: int | None = None, query_col: int | None = None,
-              limits: QueryLimits = QueryLimits()) -> PlanStep:
-    """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection."""
+              limits: QueryLimits = QueryLimits(),
+              nodes: dict[str, dict[str, Any]] | None = None) -> PlanStep:
+    """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection;
+    a remote selection (``select.remote``) is a C-FIND of that node (``remoteplan.py``)."""
     from .jobs import Selection
+    from .studydate import parse_study_date
     sel = Selection.from_dict(select) if select else Selection()
+    if sel.remote is not None:
+        from .remoteplan import plan_remote_step
+        return plan_remote_step(archive, index=index, name=name, action=action,
+                                options=options, sel=sel, nodes=nodes or {}, line=line,
+                                file=file)
+    try:
+        dates = parse_study_date(sel.study_date) if sel.study_date is not None else None
+    except ValueError as exc:
+        raise JobError(f"select.study_date: {exc}", file=file, line=line) from None
     if sel.query is not None and checked is None:
         checked = check_query(sel.query, archive.schema, file=file, line=query_line or 1,
                               col=query_col or 1)
@@ -281,7 +308,8 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
         uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col,
                             limits=limits) if checked is not None else None)
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
-                                  study=sel.study, series=sel.series, modality=sel.modality)
+                                  study=sel.study, series=sel.series, modality=sel.modality,
+                                  study_date=dates)
     level = checked.level if checked is not None else "series"
     options = dict(options)
     if action == "rebuild" and not sel.empty:
@@ -291,7 +319,8 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
         options["patients"] = sorted({str(p) for p in sel.patient}
                                      | {s.patient_id for s in series if s.patient_id})
     return PlanStep(index, name, action, options, step_target(action, options, archive),
-                    action == "delete", level, series, sel.query, line)
+                    action == "delete", level, series, sel.query, line,
+                    select or None)
 
 
 def _absolute(path: Any) -> str:
@@ -321,9 +350,10 @@ def build_plan(job, archive, *, schema=None, named=None,
                 archive, conn, index=step.index, name=step.name, action=step.action,
                 options=options, select=step.select.to_dict() if step.select else None,
                 checked=checked, line=step.line, file=job.path, query_line=qpos.line,
-                query_col=qpos.column, limits=limits)
+                query_col=qpos.column, limits=limits, nodes=job.nodes)
             if named is not archive:
-                planned = replace(planned, target=step_target(step.action, options, named))
+                planned = replace(planned, target=step_target(step.action, planned.options,
+                                                              named))
             _refuse_use_after_delete(job, step, planned, steps)
             steps.append(planned)
     return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),
@@ -347,6 +377,18 @@ def _refuse_use_after_delete(job, step, planned: PlanStep, earlier: list[PlanSte
                             f"{len(gone)} instance{'s' if len(gone) != 1 else ''} that step "
                             f"{before.index} ({before.name}) deletes first; put it before the "
                             f"delete or narrow its select", step.path or ("action",))
+
+
+def replan_step(archive, step: PlanStep) -> PlanStep:
+    """A local step planned again on the index as it is now (after a retrieve brought series
+    in): the same selection, action and options; its query checked again."""
+    if step.remote is not None or step.select is None:
+        return step
+    with _reading(archive) as conn:
+        planned = plan_step(archive, conn, index=step.index, name=step.name,
+                            action=step.action, options=step.options, select=step.select,
+                            line=step.line)
+    return replace(planned, target=step.target)
 
 
 def plan_selection(archive, select: dict[str, Any] | None, action: str,
@@ -441,7 +483,7 @@ def _plan_schema(defs: dict[str, Any]) -> dict[str, Any]:
     step = {"type": "object", "required": ["index", "name", "action", "options", "target",
                                            "destructive", "level", "series"], "properties": {
         "index": {"type": "integer", "minimum": 1}, "name": text,
-        "action": {"enum": ["copy", "dump", "delete", "rebuild", "send"]},
+        "action": {"enum": ["copy", "dump", "delete", "rebuild", "send", "retrieve"]},
         "options": {"type": "object"}, "target": text, "destructive": {"type": "boolean"},
         "level": {"enum": ["series", "instance"]}, "series": {"type": "array", "items": series},
         "query": text_or_null, "line": {"type": ["integer", "null"]}}}
@@ -475,7 +517,7 @@ def _plan_problem(data: Any) -> str | None:
             return f"steps[{i}].destructive: must be {str(step['action'] == 'delete').lower()} " \
                    f"for a {step['action']} step"
         options = dict(step["options"])
-        if step["action"] == "send":
+        if step["action"] in ("send", "retrieve"):
             options.pop("node", None)   # the plan holds the node's settings, resolved
         if step["action"] == "dump":
             params = options.pop("params", None)
@@ -562,6 +604,8 @@ def verify_plan(plan: Plan, archive) -> None:
     with _reading(archive) as conn:
         resolver = _Resolver(archive, conn)
         for step in plan.steps:
+            if step.remote is not None:     # remote series: nothing local to compare
+                continue
             for s in step.series:
                 planned = {i.sop_uid for i in s.instances}
                 files = resolver.current_files(s.series_uid)

@@ -20,6 +20,7 @@ import signal
 import tempfile
 import uuid
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -132,6 +133,17 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
         yield temp
 
 
+def _replanned(step: PlanStep, archive, dry_run: bool) -> tuple[StepReport | None, PlanStep]:
+    """The step planned on the index as a retrieve left it; a report when that fails."""
+    from .planner import replan_step
+    try:
+        return None, replan_step(archive, step)
+    except ConquestRunError as exc:
+        return StepReport(step.index, step.name, step.action, step.target, dry_run,
+                          started=now_iso(), ended=now_iso(),
+                          error=f"planning it again after the retrieve failed: {exc}"), step
+
+
 def _not_run(step: PlanStep, dry_run: bool, why: str = NOT_RUN) -> StepReport:
     return StepReport(step.index, step.name, step.action, step.target, dry_run, error=why,
                       summary={"not_run": True})
@@ -196,11 +208,21 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
         ctx = ActionContext(archive=archive, plan=plan, dry_run=dry_run, force=force, echo=echo,
                             audit=audit, run_id=run_id, progress=progress)
         failed = False
+        retrieved = False       # local steps after a real retrieve are planned again
         for step in plan.steps:
             if failed:
                 report.steps.append(_not_run(step, dry_run))
                 continue
             current = step
+            if retrieved and step.remote is None and step.select is not None:
+                step_report, step = _replanned(step, archive, dry_run)
+                if step_report is not None:
+                    report.steps.append(step_report)
+                    failed = True
+                    continue
+                if audit is not None:
+                    audit.know(replace(plan, steps=(step,)))
+            retrieved = retrieved or (step.action == "retrieve" and not dry_run)
             step_report = _run_step(step, ctx)
             current = None
             report.steps.append(step_report)

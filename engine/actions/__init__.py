@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..plan import Plan, PlanStep
     from ..report import StepReport
 
-ACTION_NAMES = ("copy", "dump", "delete", "rebuild", "send")
+ACTION_NAMES = ("copy", "dump", "delete", "rebuild", "send", "retrieve")
 
 
 @dataclass

@@ -294,6 +294,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return rec.fail_step(f"dump: {out} is a folder; action.dump.file names the file to "
                              "write")
     fs = filesystem(ctx.dry_run)
+    if step.remote is not None:         # a remote selection: its C-FIND results
+        return _dump_remote(step, ctx, rec, fs, out)
     if fmt != "csv":
         try:
             summary = _dump_instances(step, ctx, rec, fs, out, fmt, per_instance,
@@ -332,6 +334,23 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                                            "columns": len(names)}))
     return rec.finish(format="csv", file=str(out), rows=count, columns=len(names),
                       source=source)
+
+
+def _dump_remote(step: "PlanStep", ctx: "ActionContext", rec: StepRecorder, fs,
+                 out: Path) -> StepReport:
+    names = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+             "SeriesDescription", "NumberOfSeriesRelatedInstances"]
+    rows = ((s.patient_id, s.study_uid, s.series_uid, s.modality, s.description,
+             s.remote_instances) for s in step.series)
+    try:
+        fs.makedirs(out.parent)
+        count = _write_csv(fs, out, names, rows, lambda n: None)
+    except OSError as exc:
+        return rec.fail_step(f"dump: cannot write {out}: {os_reason(exc)}")
+    rec.add(Outcome(None, None, DONE, "", {"path": str(out), "rows": count,
+                                           "columns": len(names)}))
+    return rec.finish(format="csv", file=str(out), rows=count, columns=len(names),
+                      source=f"C-FIND of {step.remote}")
 
 
 def dump_csv(archive: Any, out: str | os.PathLike, query: str | None = None,

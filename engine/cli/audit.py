@@ -48,7 +48,8 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patient", metavar="ID", help="outcomes of this PatientID")
     parser.add_argument("--series", metavar="UID", help="outcomes of this series")
     parser.add_argument("--sop", metavar="UID", help="outcomes of this SOP instance")
-    parser.add_argument("--action", choices=["copy", "dump", "delete", "rebuild", "send"],
+    parser.add_argument("--action", choices=["copy", "dump", "delete", "rebuild", "send",
+                                             "retrieve"],
                         help="outcomes of this action")
     parser.add_argument("--status", choices=["done", "skipped", "failed"],
                         help="outcomes with this status")

@@ -25,7 +25,8 @@ from ..errors import ConquestRunError
 
 def register(name: str | None, parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run declarative job files on a Conquest-style archive: select "
-                          "series, then copy, dump, delete, rebuild or send them.")
+                          "series, then copy, dump, delete, rebuild or send them (or retrieve "
+                          "them from a remote node).")
     parser.add_argument("jobs", nargs="*", metavar="JOB.yml", help="job files to run in order")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",
@@ -120,7 +121,9 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                       f"{label}[bold]{step.action}[/bold]{what} -> "
                       f"{escape(step.target)}"
                       + (f"  [dim]({step.level} level)[/dim]" if step.series or step.query else ""))
-        if step.series:
+        if step.series and step.remote is not None:
+            _print_remote_series(step, console)
+        elif step.series:
             table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
             for col, justify in (("patient", "left"), ("modality", "left"),
                                  ("series UID", "left"), ("description", "left"),
@@ -132,19 +135,42 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                               str(len(s.instances)), _size(s.bytes))
             console.print(table)
         totals = (f"{len(step.series)} series, {_plural(step.instance_count, 'instance')}, "
-                  f"{_size(step.bytes)}")
+                  f"{_size(step.bytes)}" if step.remote is None else
+                  f"{len(step.series)} series, {_plural(step.instance_count, 'instance')} on "
+                  f"{step.remote} (C-FIND)")
         if step.destructive:
             files = step.options.get("files") is True
             console.print(f"  [red]{totals} will be removed from the database"
                           f"{' and their files deleted' if files else ' (files kept)'}[/red]")
         elif step.series or step.action not in ("rebuild", "dump"):
             console.print(f"  {totals}")
+        if step.remote is None and any(s.action == "retrieve" for s in plan.steps
+                                       if s.index < step.index):
+            console.print("  [dim](planned again once the retrieve before it has run)[/dim]")
     console.print()
     adds = sum(s.instance_count for s in plan.steps if not s.destructive)
     destroys = sum(s.instance_count for s in plan.steps if s.destructive)
     console.print(f"[bold]Plan:[/bold] {_plural(len(plan.steps), 'step')}; "
                   f"{_plural(adds, 'instance')} to process, "
                   f"[red]{destroys} to remove[/red].")
+
+
+def _print_remote_series(step, console) -> None:
+    """The series a remote selection found: patient, study, series, modality, description and
+    the node's instance count."""
+    from rich.markup import escape
+    from rich.table import Table
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for col in ("patient", "study UID", "series UID", "modality", "description",
+                "remote instances"):
+        table.add_column(col, justify="right" if col == "remote instances" else "left",
+                         overflow="fold")
+    for s in step.series:
+        table.add_row(escape(s.patient_id or ""), escape(s.study_uid or ""),
+                      escape(s.series_uid), escape(s.modality or ""),
+                      escape(s.description or ""),
+                      "?" if s.remote_instances is None else str(s.remote_instances))
+    console.print(table)
 
 
 def print_report(report, console) -> None:
@@ -160,7 +186,7 @@ def print_report(report, console) -> None:
         if s.step_failed:
             t["failed"] += 1        # the whole step failed: counted, its reason in the note
         note = s.error or ""
-        for key in ("manifest", "file", "peer"):
+        for key in ("manifest", "file", "peer", "node"):
             if not note and s.summary.get(key):
                 note = f"{key}: {s.summary[key]}"
         colour = "red" if not s.ok else "green"

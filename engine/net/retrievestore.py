@@ -1,0 +1,121 @@
+"""The storage SCP of a retrieve: ``serve``'s own receiver into the archive (the same
+:class:`~.receiver.Receiver` and :class:`~.receiver.ArchiveSink`: files as received, fsync'ed,
+indexed), with each C-STORE attributed to the retrieve it belongs to.
+
+For a C-MOVE the store listens under our AE title and a C-STORE is attributed through its Move
+Originator AE title and Message ID; one naming another originator is refused (0x0124, not
+authorized).  A node that sets neither field has its C-STOREs attributed to the retrieve in
+flight (one at a time); outside one they are refused.  For a C-GET the store is not started: its
+handler answers the C-STOREs of the C-GET association.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Arrival", "RetrieveStore", "STATUS_NOT_AUTHORIZED"]
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .receiver import ArchiveSink, Receiver, ReceiverSettings
+
+STATUS_NOT_AUTHORIZED = 0x0124
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One C-STORE the store answered: the series it was attributed to, its status."""
+
+    series_uid: str
+    sop_uid: str
+    status: int
+    object_file: str | None
+    originator: str = ""        # "AE#message-id" of a C-MOVE; "" for a C-GET
+
+
+
+class _RecordingSink:
+    """The archive's sink, remembering where each stored instance went."""
+
+    def __init__(self, inner: ArchiveSink) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.placed: dict[str, str] = {}
+
+    def put(self, encoded: bytes, sop_uid: str) -> str:
+        object_file = self.inner.put(encoded, sop_uid)
+        with self.lock:
+            self.placed[sop_uid] = object_file
+        return object_file
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RetrieveStore(Receiver):
+    """``serve``'s receiver into the archive, attributing each C-STORE to a retrieve.
+
+    For C-MOVE it listens (``start()``) on ``port`` under our AE title; for C-GET it is not
+    started, and its handler answers the C-STOREs of the C-GET association.  The requests
+    are made one series at a time: ``expect(series_uid, message_id)`` names the current one.
+    """
+
+    def __init__(self, archive: Any, aet: str, port: int = 0, host: str = "127.0.0.1",
+                 timeout: float = 60.0, log: Callable[[str], None] | None = None) -> None:
+        sink = _RecordingSink(ArchiveSink(archive.data_dir, archive.database,
+                                          archive.dicom_sql))
+        super().__init__(archive.data_dir, ReceiverSettings(port=port, host=host, aet=aet,
+                                                            timeout=timeout), sink, log)
+        self.aet = aet
+        self.placed = sink.placed
+        self._mutex = threading.Lock()
+        self._moves: dict[int, str] = {}       # C-MOVE message ID -> series UID
+        self._current: str | None = None       # the series being retrieved now
+        self._arrived: list[Arrival] = []
+
+    def expect(self, series_uid: str | None, message_id: int | None = None) -> None:
+        with self._mutex:
+            self._current = series_uid
+            if message_id is not None and series_uid is not None:
+                self._moves[message_id] = series_uid
+
+    def take(self) -> list[Arrival]:
+        """What arrived since the last call (called by the requesting thread)."""
+        with self._mutex:
+            out, self._arrived = self._arrived, []
+        return out
+
+    def _attribute(self, request: Any) -> tuple[str | None, str]:
+        message_id = request.MoveOriginatorMessageID
+        origin = (request.MoveOriginatorApplicationEntityTitle or "").strip()
+        with self._mutex:
+            if message_id is None and not origin:
+                return self._current, ""       # a C-GET, or a node that sets neither field
+            if origin == self.aet.strip() and message_id in self._moves:
+                return self._moves[message_id], f"{origin}#{message_id}"
+        return None, f"{origin}#{message_id}"
+
+    def _on_c_store(self, event: Any) -> int:
+        request = event.request
+        series_uid, origin = self._attribute(request)
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        if series_uid is None:
+            self.notice(f"C-STORE of {sop_uid} refused (0x0124): its Move Originator "
+                        f"({origin}) is not a retrieve of this job")
+            return STATUS_NOT_AUTHORIZED
+        status = super()._on_c_store(event)
+        with self._mutex:
+            self._arrived.append(Arrival(series_uid, sop_uid, status,
+                                         self.placed.get(sop_uid), origin))
+        return status
+
+    def close(self) -> None:
+        """Flush and close the sink when the store was never started (C-GET)."""
+        if self._server is None:
+            self.sink.close()
+        else:
+            self.stop()

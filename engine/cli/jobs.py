@@ -181,11 +181,13 @@ def print_report(report, console) -> None:
 def _removal(step) -> str:
     from ..expect import plan_counts
     n = plan_counts(step)
-    files = step.options.get("files") is True
+    files = step.options.get("files")
     return (f"step {step.index} ({step.name}) removes {_plural(n['patients'], 'patient')}, "
             f"{n['series']} series, {_plural(n['instances'], 'instance')} from the index"
-            + (f" and deletes {_plural(n['instances'], 'file')} ({_size(step.bytes)})" if files
-               else " (files kept)"))
+            + (f" and deletes {_plural(n['instances'], 'file')} ({_size(step.bytes)})"
+               if files is True else
+               f" and moves {_plural(n['instances'], 'file')} ({_size(step.bytes)}) to "
+               "data/.quarantine/" if files == "quarantine" else " (files kept)"))
 
 
 def confirmed(plan, args) -> int | None:
@@ -247,6 +249,12 @@ def _validate(args, err) -> int:
     return status
 
 
+def _finish_removals(archive, notice) -> None:
+    """Settle what an interrupted delete left before a real run plans on the archive."""
+    from ..removals import finish_at_start
+    finish_at_start(archive, notice=notice)
+
+
 def run(name: str | None, args: argparse.Namespace) -> int:
     """SIGTERM is handled like Ctrl-C: the run is recorded as interrupted, then exit 143."""
     from ..runner import RunInterrupted, sigterm_interrupts
@@ -304,6 +312,8 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
                           args.dicom_sql or plan.dicom_sql)
         try:
             check_plan_sql(plan, archive.schema, args.apply)
+            if not args.dry_run:
+                _finish_removals(archive, notice)
             verify_plan(plan, archive)
         except ConquestRunError as exc:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)
@@ -339,6 +349,8 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     jobs = [job for job, _ in prepared]
     for job, archive in prepared:
         notes: list[str] = []
+        if not args.dry_run and not args.plan_out:
+            _finish_removals(archive, notice)
         with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")

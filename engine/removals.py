@@ -1,0 +1,472 @@
+"""The delete journal: what a delete removes, written in the same transaction as its row changes.
+
+A ``delete`` step records one ``ConquestRunRemovals`` row per index row it deletes (in the very
+transaction that deletes it), with what is to become of the file (``keep``, ``remove`` or
+``quarantine``) and the file's identity when the transaction looked at it (size, mtime_ns,
+inode).  After the commit ``carry_out`` settles the entries in batches: each file is first
+renamed to a holding name (a hidden name beside it, or its place in ``data/.quarantine/<run
+id>/``), its identity is compared with the journal's, and only then is it unlinked (or left in
+quarantine).  A file that differs (a later store replaced it), or whose SOP instance is indexed
+again at that path, is put back and reported, never removed.  Each batch's audit outcomes are
+written and its journal rows cleared in one transaction, so the audit log says exactly what
+happened to every deleted row.
+
+``finish_pending(conn, data_dir)`` settles what a killed delete left (its run is not running any
+more), recording the outcomes under that run's id; ``finish_at_start(archive)`` is what every
+command that writes the archive calls first, printing one line when it finished something.
+"""
+
+from __future__ import annotations
+
+__all__ = ["REMOVALS_TABLE", "QUARANTINE_DIR", "KEEP", "REMOVE", "QUARANTINE", "Removal",
+           "FinishSummary", "ensure_table", "journal", "identity", "carry_out", "dry_outcomes",
+           "finish_pending", "finish_at_start", "quarantine_root", "journal_lock"]
+
+import fcntl
+import json
+import os
+import sqlite3
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from .audit import AUDIT_TABLE, migrate, now_iso
+from .errors import ActionError
+from .report import DONE, FAILED, SKIPPED, Outcome
+
+REMOVALS_TABLE = "ConquestRunRemovals"
+QUARANTINE_DIR = ".quarantine"
+KEEP, REMOVE, QUARANTINE = "keep", "remove", "quarantine"
+BATCH = 64                      # entries settled (and cleared) per transaction
+_PLANNED, _TAKING = "planned", "taking"
+
+_DDL = (f"CREATE TABLE IF NOT EXISTS {REMOVALS_TABLE} (RunId varchar(64) not null, Step int, "
+        "StepName text, Action varchar(16), Target text, SOPInstanc varchar(64) not null, "
+        "SeriesInst varchar(64), PatientID text, ObjectFile text, Files varchar(16), "
+        "Size int, MtimeNs int, Inode int, Bytes int, State varchar(16), Journaled varchar(32), "
+        "PRIMARY KEY (RunId, SOPInstanc))")
+_COLUMNS = ("RunId", "Step", "StepName", "Action", "Target", "SOPInstanc", "SeriesInst",
+            "PatientID", "ObjectFile", "Files", "Size", "MtimeNs", "Inode", "Bytes", "State")
+_AUDIT_COLUMNS = ("RunId", "Step", "StepName", "Action", "Target", "SOPInstanc", "SeriesInst",
+                  "Status", "Reason", "Detail", "Time", "PatientID")
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One deleted index row and what becomes of its file."""
+
+    run_id: str
+    step: int
+    step_name: str
+    action: str
+    target: str
+    sop_uid: str
+    series_uid: str
+    patient_id: str | None
+    object_file: str              # relative to the data directory
+    files: str                    # keep | remove | quarantine
+    size: int | None = None       # the file's identity when the delete transaction saw it
+    mtime_ns: int | None = None
+    inode: int | None = None
+    bytes: int | None = None      # as planned, for the audit detail
+    state: str = _PLANNED
+
+    @property
+    def identity(self) -> tuple[int, int, int] | None:
+        return None if self.inode is None else (self.size, self.mtime_ns, self.inode)
+
+
+@dataclass
+class FinishSummary:
+    """What ``finish_pending`` settled, by kind, and what it left to a run still going."""
+
+    counts: Counter = field(default_factory=Counter)
+    runs: list[str] = field(default_factory=list)
+    left_running: int = 0
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items()))
+        runs = ", ".join(r[:12] for r in self.runs)
+        text = (f"finished {self.finished} removals an interrupted delete left "
+                f"(run {runs}): {kinds}" if self.finished else "")
+        if self.left_running:
+            text += ("; " if text else "") + (f"{self.left_running} removals of a delete still "
+                                               "running left to it")
+        return text
+
+
+# -- the table -----------------------------------------------------------------------------
+def ensure_table(conn: sqlite3.Connection) -> None:
+    """Create the journal table (and the audit tables it reports into) where missing."""
+    migrate(conn)
+    with conn:
+        conn.execute(_DDL)
+
+
+def _has_table(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (REMOVALS_TABLE,)).fetchone() is not None
+
+
+def journal(conn: sqlite3.Connection, removals: Iterable[Removal]) -> None:
+    """Record the removals, inside the caller's open transaction (the one deleting the rows)."""
+    conn.executemany(
+        f"INSERT OR REPLACE INTO {REMOVALS_TABLE} ({', '.join(_COLUMNS)}, Journaled) VALUES "
+        f"({', '.join('?' * len(_COLUMNS))}, ?)",
+        [(r.run_id, r.step, r.step_name, r.action, r.target, r.sop_uid, r.series_uid,
+          r.patient_id, r.object_file, r.files, r.size, r.mtime_ns, r.inode, r.bytes, r.state,
+          now_iso()) for r in removals])
+
+
+def identity(path: Path) -> tuple[int, int, int] | None:
+    """(size, mtime_ns, inode) of a regular file (not following a symlink); None otherwise."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    import stat
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def quarantine_root(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / QUARANTINE_DIR
+
+
+def _database_of(conn: sqlite3.Connection) -> str:
+    for _, name, path in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return path
+    return ""
+
+
+@contextmanager
+def journal_lock(database: str | os.PathLike, exclusive: bool = False) -> Iterator[bool]:
+    """A delete holds this shared while it has journal entries outstanding; ``finish_pending``
+    tries it exclusively (without waiting) to know that no delete is running.  Yields whether
+    the lock was taken."""
+    from .locks import lock_path
+    path = lock_path(database, "<delete journal>", "removals")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        raise ActionError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# -- settling one entry --------------------------------------------------------------------
+def _hold_path(data_dir: Path, r: Removal, path: Path) -> Path:
+    if r.files == QUARANTINE:
+        return quarantine_root(data_dir) / r.run_id / os.path.normpath(r.object_file)
+    return path.parent / f".{path.name}.deleting-{r.run_id[:12]}"
+
+
+def _put_back(hold: Path, path: Path) -> None:
+    """Return a held file to its place without overwriting what may be there now (an even
+    newer copy, which then wins: the held one is dropped)."""
+    try:
+        os.link(hold, path)
+    except FileExistsError:
+        pass
+    except OSError:
+        if not os.path.lexists(path):
+            os.rename(hold, path)
+            return
+    os.unlink(hold)
+
+
+def _indexed_again(conn: sqlite3.Connection, schema: Any, r: Removal) -> bool:
+    if schema is None:
+        return False
+    im = schema.images
+    row = conn.execute(f'SELECT ObjectFile FROM "{im.name}" WHERE "{im.key}" = ?',
+                       (r.sop_uid,)).fetchone()
+    return row is not None and (row[0] or "").replace("\\", "/") == r.object_file
+
+
+def _settle(conn: sqlite3.Connection, data_dir: Path, r: Removal, schema: Any,
+            touched: set[Path]) -> Outcome:
+    """Carry out one entry's file part; the outcome to record."""
+    from .actions._local import inside, source_path
+
+    def outcome(status: str, reason: str, **detail: Any) -> Outcome:
+        return Outcome(r.sop_uid, r.series_uid, status, reason, detail)
+
+    if r.files == KEEP:
+        return outcome(DONE, "row deleted, file kept", path=r.object_file, file_removed=False)
+    verb = "remove" if r.files == REMOVE else "quarantine"
+
+    def failed(reason: str, path: str) -> Outcome:
+        return outcome(FAILED, reason, path=path, row_deleted=True, file_kept=True,
+                       file_removed=False)
+    try:
+        path = source_path(data_dir, r.object_file)
+    except ActionError as exc:
+        return failed(f"refused to {verb}: {exc.message}", str(data_dir / r.object_file))
+    absolute = os.path.abspath(path)
+    if not inside(data_dir, path):
+        return failed(f"refused to {verb} {absolute}: it resolves outside the data directory "
+                      f"({os.path.realpath(path)})", absolute)
+    hold = _hold_path(data_dir, r, path)
+    if not os.path.lexists(hold):
+        if not os.path.lexists(path):
+            if r.state == _TAKING:     # the interrupted run had taken it: it was ours
+                return _gone(outcome, r, absolute, hold)
+            return outcome(DONE, "the file was already gone", path=absolute, file_removed=False)
+        if identity(path) is None and not os.path.islink(path):
+            try:                       # not a regular file: refused as unlink refuses it
+                os.unlink(path)
+            except OSError as exc:
+                return failed(f"could not {verb} the file: {exc.strerror or exc}; its row is "
+                              "deleted, remove it by hand", absolute)
+            return outcome(DONE, "row and file deleted", path=absolute, file_removed=True)
+        try:
+            if r.files == QUARANTINE:
+                hold.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, hold)
+        except FileNotFoundError:
+            return outcome(DONE, "the file was already gone", path=absolute, file_removed=False)
+        except OSError as exc:
+            return failed(f"could not {verb} the file: {exc.strerror or exc}; its row is "
+                          "deleted, remove it by hand", absolute)
+    touched.update({path.parent, hold.parent})
+    held = identity(hold)
+    replaced = held != r.identity
+    if replaced or _indexed_again(conn, schema, r):
+        _put_back(hold, path)
+        why = ("a newer copy was stored at this path since the delete's transaction (its size, "
+               "mtime or inode differ)" if replaced else "the instance was indexed again at "
+               "this path since the delete's transaction")
+        return outcome(SKIPPED, f"row deleted; file kept: {why}", path=absolute,
+                       file_removed=False, file_kept=True, newer_copy=True)
+    if r.files == QUARANTINE:
+        return outcome(DONE, "row deleted, file quarantined", path=absolute,
+                       file_removed=False, quarantined=str(os.path.abspath(hold)))
+    try:
+        os.unlink(hold)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        _put_back(hold, path)
+        return failed(f"could not remove the file: {exc.strerror or exc}; its row is deleted, "
+                      "remove it by hand", absolute)
+    return outcome(DONE, "row and file deleted", path=absolute, file_removed=True)
+
+
+def _gone(outcome: Callable[..., Outcome], r: Removal, absolute: str, hold: Path) -> Outcome:
+    if r.files == QUARANTINE:
+        return outcome(FAILED, "row deleted; the file is neither in place nor in quarantine",
+                       path=absolute, row_deleted=True, file_removed=False)
+    return outcome(DONE, "row and file deleted", path=absolute, file_removed=True)
+
+
+def _fsync_dirs(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _audit_row(r: Removal, o: Outcome) -> tuple:
+    detail = dict(o.detail or {})
+    if r.bytes is not None:
+        detail.setdefault("bytes", r.bytes)
+    return (r.run_id, r.step, r.step_name, r.action, r.target, r.sop_uid, r.series_uid,
+            o.status, o.reason, json.dumps(detail, sort_keys=True, default=str), now_iso(),
+            r.patient_id)
+
+
+def carry_out(conn: sqlite3.Connection, data_dir: str | os.PathLike,
+              removals: list[Removal], *, schema: Any = None, audit: bool = True,
+              note: str = "", advance: Callable[[int], None] | None = None
+              ) -> dict[str, Outcome]:
+    """Settle journaled removals in batches: files taken, checked and removed (or kept),
+    then the batch's audit outcomes written and its entries cleared in one transaction."""
+    data_dir = Path(data_dir)
+    out: dict[str, Outcome] = {}
+    for start in range(0, len(removals), BATCH):
+        batch = removals[start:start + BATCH]
+        keys = [(r.run_id, r.sop_uid) for r in batch]
+        with conn:
+            conn.executemany(f"UPDATE {REMOVALS_TABLE} SET State = '{_TAKING}' WHERE RunId = ? "
+                             "AND SOPInstanc = ?", keys)
+        touched: set[Path] = set()
+        done = []
+        for r in batch:
+            o = _settle(conn, data_dir, r, schema, touched)
+            if note:
+                o = replace(o, reason=f"{o.reason} ({note})")
+            out[r.sop_uid] = o
+            done.append((r, o))
+        _fsync_dirs(touched)
+        with conn:
+            if audit:
+                conn.executemany(
+                    f"INSERT INTO {AUDIT_TABLE} ({', '.join(_AUDIT_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(_AUDIT_COLUMNS))})", [_audit_row(r, o)
+                                                                    for r, o in done])
+            conn.executemany(f"DELETE FROM {REMOVALS_TABLE} WHERE RunId = ? AND SOPInstanc = ?",
+                             keys)
+        if advance is not None:
+            advance(len(batch))
+    return out
+
+
+def dry_outcomes(data_dir: str | os.PathLike, removals: list[Removal]) -> dict[str, Outcome]:
+    """What ``carry_out`` would report, touching nothing (a dry run)."""
+    from .actions._local import inside, source_path
+    data_dir = Path(data_dir)
+    out: dict[str, Outcome] = {}
+    for r in removals:
+        def outcome(status: str, reason: str, **detail: Any) -> Outcome:
+            return Outcome(r.sop_uid, r.series_uid, status, reason, detail)
+        if r.files == KEEP:
+            out[r.sop_uid] = outcome(DONE, "row deleted, file kept", path=r.object_file,
+                                     file_removed=False)
+            continue
+        verb = "remove" if r.files == REMOVE else "quarantine"
+        failed = {"row_deleted": True, "file_kept": True, "file_removed": False}
+        try:
+            path = source_path(data_dir, r.object_file)
+        except ActionError as exc:
+            out[r.sop_uid] = outcome(FAILED, f"refused to {verb}: {exc.message}",
+                                     path=str(data_dir / r.object_file), **failed)
+            continue
+        absolute = os.path.abspath(path)
+        if not inside(data_dir, path):
+            out[r.sop_uid] = outcome(FAILED, f"refused to {verb} {absolute}: it resolves "
+                                     f"outside the data directory ({os.path.realpath(path)})",
+                                     path=absolute, **failed)
+        elif not os.path.lexists(path):
+            out[r.sop_uid] = outcome(DONE, "the file was already gone", path=absolute,
+                                     file_removed=False)
+        elif os.path.isdir(path) and not os.path.islink(path):
+            out[r.sop_uid] = outcome(FAILED, f"could not {verb} the file: Is a directory; its "
+                                     "row is deleted, remove it by hand", path=absolute, **failed)
+        elif r.files == QUARANTINE:
+            out[r.sop_uid] = outcome(DONE, "row deleted, file quarantined", path=absolute,
+                                     file_removed=False, quarantined=str(os.path.abspath(
+                                         _hold_path(data_dir, r, path))))
+        else:
+            out[r.sop_uid] = outcome(DONE, "row and file deleted", path=absolute,
+                                     file_removed=True)
+    return out
+
+
+# -- at the next start ---------------------------------------------------------------------
+def _pending(conn: sqlite3.Connection) -> list[Removal]:
+    rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM {REMOVALS_TABLE} "
+                        "ORDER BY RunId, Step, SOPInstanc").fetchall()
+    return [Removal(*row) for row in rows]
+
+
+def _runs_still_going(conn: sqlite3.Connection, run_ids: set[str]) -> set[str]:
+    """The runs whose process may still be settling its own entries."""
+    from .audit import RUNS_TABLE
+    from .history import run_state
+    going = set()
+    have = {r[1].lower() for r in conn.execute(f"PRAGMA table_info({RUNS_TABLE})")}
+    for run_id in run_ids:
+        row = None
+        if {"state", "pid", "host"} <= have:
+            row = conn.execute(f"SELECT State, Pid, Host, Ended, Ok FROM {RUNS_TABLE} "
+                               "WHERE RunId = ?", (run_id,)).fetchone()
+        if row is None:
+            going.add(run_id)          # no process to ask: only the lock can tell
+            continue
+        state = run_state({"state": row[0], "pid": row[1], "host": row[2], "ended": row[3],
+                           "ok": row[4]})
+        if state in ("running", "unfinished"):
+            going.add(run_id)
+    return going
+
+
+def finish_pending(conn: sqlite3.Connection, data_dir: str | os.PathLike, *,
+                   schema: Any = None) -> FinishSummary:
+    """Settle the journal entries a killed delete left, recording their outcomes under that
+    delete's run.  Entries of a delete still running are left to it.  ``schema`` (the archive's)
+    lets it keep a file whose instance was indexed again since."""
+    summary = FinishSummary()
+    if not _has_table(conn):
+        return summary
+    pending = _pending(conn)
+    if not pending:
+        return summary
+    with journal_lock(_database_of(conn), exclusive=True) as no_delete_running:
+        if not no_delete_running:
+            going = _runs_still_going(conn, {r.run_id for r in pending})
+            summary.left_running = sum(1 for r in pending if r.run_id in going)
+            pending = [r for r in pending if r.run_id not in going]
+        if not pending:
+            return summary
+        migrate(conn)
+        outcomes = carry_out(conn, data_dir, pending, schema=schema,
+                             note="finished after the delete was interrupted")
+    summary.runs = sorted({r.run_id for r in pending})
+    for r in pending:
+        o = outcomes[r.sop_uid]
+        summary.counts[_kind(o)] += 1
+    return summary
+
+
+def _kind(o: Outcome) -> str:
+    detail = o.detail or {}
+    if o.status == FAILED:
+        return "failed (see history)"
+    if detail.get("newer_copy"):
+        return "files kept (a newer copy)"
+    if detail.get("quarantined"):
+        return "files quarantined"
+    if detail.get("file_removed"):
+        return "files removed"
+    return "rows recorded"
+
+
+def finish_at_start(archive: Any, conn: sqlite3.Connection | None = None,
+                    notice: Callable[[str], None] | None = None) -> FinishSummary | None:
+    """What every command that writes the archive does first: settle what an interrupted
+    delete left, with one line (``notice``, stderr by default) when it settled anything.
+    Nothing is created or written when there is nothing to finish."""
+    if conn is None:
+        database = Path(archive.database)
+        if not database.is_file():
+            return None
+        from . import db
+        own = db.connect(database)
+    else:
+        own = None
+    try:
+        summary = finish_pending(own or conn, archive.data_dir, schema=archive.schema)
+    finally:
+        if own is not None:
+            own.close()
+    text = summary.line()
+    if text:
+        (notice or (lambda s: print(f"conquest-run: {s}", file=sys.stderr, flush=True)))(text)
+    return summary

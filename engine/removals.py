@@ -19,8 +19,9 @@ command that writes the archive calls first, printing one line when it finished 
 from __future__ import annotations
 
 __all__ = ["REMOVALS_TABLE", "QUARANTINE_DIR", "KEEP", "REMOVE", "QUARANTINE", "Removal",
-           "FinishSummary", "ensure_table", "journal", "identity", "carry_out", "dry_outcomes",
-           "finish_pending", "finish_at_start", "quarantine_root", "journal_lock"]
+           "FinishSummary", "ensure_table", "journal", "identity", "carry_out", "finish_pending",
+           "finish_at_start", "quarantine_root", "journal_lock", "hold_path", "checked_path",
+           "outcome_of", "failed_removal"]
 
 import fcntl
 import json
@@ -174,7 +175,7 @@ def journal_lock(database: str | os.PathLike, exclusive: bool = False) -> Iterat
 
 
 # -- settling one entry --------------------------------------------------------------------
-def _hold_path(data_dir: Path, r: Removal, path: Path) -> Path:
+def hold_path(data_dir: Path, r: Removal, path: Path) -> Path:
     if r.files == QUARANTINE:
         return quarantine_root(data_dir) / r.run_id / os.path.normpath(r.object_file)
     return path.parent / f".{path.name}.deleting-{r.run_id[:12]}"
@@ -203,30 +204,49 @@ def _indexed_again(conn: sqlite3.Connection, schema: Any, r: Removal) -> bool:
     return row is not None and (row[0] or "").replace("\\", "/") == r.object_file
 
 
+def outcome_of(r: Removal, status: str, reason: str, **detail: Any) -> Outcome:
+    return Outcome(r.sop_uid, r.series_uid, status, reason, detail)
+
+
+def failed_removal(r: Removal, reason: str, path: str) -> Outcome:
+    return outcome_of(r, FAILED, reason, path=path, row_deleted=True, file_kept=True,
+                      file_removed=False)
+
+
+def checked_path(data_dir: Path, r: Removal) -> tuple[Path, str] | Outcome:
+    """The file of an entry and its absolute path, or the failed outcome refusing it (a path
+    that leaves the data directory)."""
+    from .actions._local import inside, source_path
+    verb = "remove" if r.files == REMOVE else "quarantine"
+    try:
+        path = source_path(data_dir, r.object_file)
+    except ActionError as exc:
+        return failed_removal(r, f"refused to {verb}: {exc.message}",
+                              str(data_dir / r.object_file))
+    absolute = os.path.abspath(path)
+    if not inside(data_dir, path):
+        return failed_removal(r, f"refused to {verb} {absolute}: it resolves outside the data "
+                              f"directory ({os.path.realpath(path)})", absolute)
+    return path, absolute
+
+
 def _settle(conn: sqlite3.Connection, data_dir: Path, r: Removal, schema: Any,
             touched: set[Path]) -> Outcome:
     """Carry out one entry's file part; the outcome to record."""
-    from .actions._local import inside, source_path
-
     def outcome(status: str, reason: str, **detail: Any) -> Outcome:
-        return Outcome(r.sop_uid, r.series_uid, status, reason, detail)
+        return outcome_of(r, status, reason, **detail)
 
     if r.files == KEEP:
         return outcome(DONE, "row deleted, file kept", path=r.object_file, file_removed=False)
     verb = "remove" if r.files == REMOVE else "quarantine"
 
     def failed(reason: str, path: str) -> Outcome:
-        return outcome(FAILED, reason, path=path, row_deleted=True, file_kept=True,
-                       file_removed=False)
-    try:
-        path = source_path(data_dir, r.object_file)
-    except ActionError as exc:
-        return failed(f"refused to {verb}: {exc.message}", str(data_dir / r.object_file))
-    absolute = os.path.abspath(path)
-    if not inside(data_dir, path):
-        return failed(f"refused to {verb} {absolute}: it resolves outside the data directory "
-                      f"({os.path.realpath(path)})", absolute)
-    hold = _hold_path(data_dir, r, path)
+        return failed_removal(r, reason, path)
+    checked = checked_path(data_dir, r)
+    if isinstance(checked, Outcome):
+        return checked
+    path, absolute = checked
+    hold = hold_path(data_dir, r, path)
     if not os.path.lexists(hold):
         if not os.path.lexists(path):
             if r.state == _TAKING:     # the interrupted run had taken it: it was ours
@@ -293,6 +313,19 @@ def _fsync_dirs(folders: Iterable[Path]) -> None:
             os.close(fd)
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One explicit transaction (the connections are in autocommit mode)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _audit_row(r: Removal, o: Outcome) -> tuple:
     detail = dict(o.detail or {})
     if r.bytes is not None:
@@ -305,15 +338,15 @@ def _audit_row(r: Removal, o: Outcome) -> tuple:
 def carry_out(conn: sqlite3.Connection, data_dir: str | os.PathLike,
               removals: list[Removal], *, schema: Any = None, audit: bool = True,
               note: str = "", advance: Callable[[int], None] | None = None
-              ) -> dict[str, Outcome]:
+              ) -> list[tuple[Removal, Outcome]]:
     """Settle journaled removals in batches: files taken, checked and removed (or kept),
     then the batch's audit outcomes written and its entries cleared in one transaction."""
     data_dir = Path(data_dir)
-    out: dict[str, Outcome] = {}
+    out: list[tuple[Removal, Outcome]] = []
     for start in range(0, len(removals), BATCH):
         batch = removals[start:start + BATCH]
         keys = [(r.run_id, r.sop_uid) for r in batch]
-        with conn:
+        with _transaction(conn):
             conn.executemany(f"UPDATE {REMOVALS_TABLE} SET State = '{_TAKING}' WHERE RunId = ? "
                              "AND SOPInstanc = ?", keys)
         touched: set[Path] = set()
@@ -322,10 +355,9 @@ def carry_out(conn: sqlite3.Connection, data_dir: str | os.PathLike,
             o = _settle(conn, data_dir, r, schema, touched)
             if note:
                 o = replace(o, reason=f"{o.reason} ({note})")
-            out[r.sop_uid] = o
             done.append((r, o))
         _fsync_dirs(touched)
-        with conn:
+        with _transaction(conn):
             if audit:
                 conn.executemany(
                     f"INSERT INTO {AUDIT_TABLE} ({', '.join(_AUDIT_COLUMNS)}) VALUES "
@@ -333,49 +365,9 @@ def carry_out(conn: sqlite3.Connection, data_dir: str | os.PathLike,
                                                                     for r, o in done])
             conn.executemany(f"DELETE FROM {REMOVALS_TABLE} WHERE RunId = ? AND SOPInstanc = ?",
                              keys)
+        out.extend(done)
         if advance is not None:
             advance(len(batch))
-    return out
-
-
-def dry_outcomes(data_dir: str | os.PathLike, removals: list[Removal]) -> dict[str, Outcome]:
-    """What ``carry_out`` would report, touching nothing (a dry run)."""
-    from .actions._local import inside, source_path
-    data_dir = Path(data_dir)
-    out: dict[str, Outcome] = {}
-    for r in removals:
-        def outcome(status: str, reason: str, **detail: Any) -> Outcome:
-            return Outcome(r.sop_uid, r.series_uid, status, reason, detail)
-        if r.files == KEEP:
-            out[r.sop_uid] = outcome(DONE, "row deleted, file kept", path=r.object_file,
-                                     file_removed=False)
-            continue
-        verb = "remove" if r.files == REMOVE else "quarantine"
-        failed = {"row_deleted": True, "file_kept": True, "file_removed": False}
-        try:
-            path = source_path(data_dir, r.object_file)
-        except ActionError as exc:
-            out[r.sop_uid] = outcome(FAILED, f"refused to {verb}: {exc.message}",
-                                     path=str(data_dir / r.object_file), **failed)
-            continue
-        absolute = os.path.abspath(path)
-        if not inside(data_dir, path):
-            out[r.sop_uid] = outcome(FAILED, f"refused to {verb} {absolute}: it resolves "
-                                     f"outside the data directory ({os.path.realpath(path)})",
-                                     path=absolute, **failed)
-        elif not os.path.lexists(path):
-            out[r.sop_uid] = outcome(DONE, "the file was already gone", path=absolute,
-                                     file_removed=False)
-        elif os.path.isdir(path) and not os.path.islink(path):
-            out[r.sop_uid] = outcome(FAILED, f"could not {verb} the file: Is a directory; its "
-                                     "row is deleted, remove it by hand", path=absolute, **failed)
-        elif r.files == QUARANTINE:
-            out[r.sop_uid] = outcome(DONE, "row deleted, file quarantined", path=absolute,
-                                     file_removed=False, quarantined=str(os.path.abspath(
-                                         _hold_path(data_dir, r, path))))
-        else:
-            out[r.sop_uid] = outcome(DONE, "row and file deleted", path=absolute,
-                                     file_removed=True)
     return out
 
 
@@ -429,8 +421,7 @@ def finish_pending(conn: sqlite3.Connection, data_dir: str | os.PathLike, *,
         outcomes = carry_out(conn, data_dir, pending, schema=schema,
                              note="finished after the delete was interrupted")
     summary.runs = sorted({r.run_id for r in pending})
-    for r in pending:
-        o = outcomes[r.sop_uid]
+    for _, o in outcomes:
         summary.counts[_kind(o)] += 1
     return summary
 

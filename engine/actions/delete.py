@@ -24,6 +24,7 @@ from __future__ import annotations
 
 __all__ = ["run", "delete_series", "delete_instances"]
 
+import os
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..db import connect
 from ..errors import ActionError, ArchiveError
-from ..removals import (KEEP, QUARANTINE, REMOVE, Removal, carry_out, dry_outcomes,
-                        ensure_table, identity, journal, journal_lock, quarantine_root)
-from ..report import FAILED, SKIPPED, Outcome, StepReport
+from ..removals import (KEEP, QUARANTINE, REMOVE, Removal, carry_out, checked_path,
+                        ensure_table, failed_removal, hold_path, identity, journal,
+                        journal_lock, outcome_of, quarantine_root)
+from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
 from ..schema import EXTRAS_TABLE
 from ._local import StepRecorder, archive_facts, connect_reader, progress, source_path
 
@@ -257,10 +259,11 @@ def _run(step: "PlanStep", ctx: "ActionContext", facts: Any) -> StepReport:
     try:
         with progress(ctx, len(removals), "delete") as advance:
             if ctx.dry_run:
-                settled = dry_outcomes(facts.data_dir, removals)
+                settled = _dry_outcomes(facts.data_dir, removals)
             else:
-                settled = carry_out(conn, facts.data_dir, removals, schema=schema,
-                                    audit=ctx.audit is not None, advance=advance)
+                settled = {r.sop_uid: o for r, o in carry_out(
+                    conn, facts.data_dir, removals, schema=schema,
+                    audit=ctx.audit is not None, advance=advance)}
     finally:
         conn.close()
     removed = quarantined = 0
@@ -300,6 +303,33 @@ def _run(step: "PlanStep", ctx: "ActionContext", facts: Any) -> StepReport:
     if gone["kept_series"]:
         summary["series_kept"] = gone["kept_series"]
     return rec.finish(**summary)
+
+
+def _dry_outcomes(data_dir: Path, removals: list[Removal]) -> dict[str, Outcome]:
+    """What ``removals.carry_out`` would report, touching nothing (a dry run)."""
+    out: dict[str, Outcome] = {}
+    for r in removals:
+        checked = None if r.files == KEEP else checked_path(data_dir, r)
+        verb = "remove" if r.files == REMOVE else "quarantine"
+        if checked is None:
+            o = outcome_of(r, DONE, "row deleted, file kept", path=r.object_file,
+                           file_removed=False)
+        elif isinstance(checked, Outcome):
+            o = checked
+        elif not os.path.lexists(checked[0]):
+            o = outcome_of(r, DONE, "the file was already gone", path=checked[1],
+                           file_removed=False)
+        elif os.path.isdir(checked[0]) and not os.path.islink(checked[0]):
+            o = failed_removal(r, f"could not {verb} the file: Is a directory; its row is "
+                               "deleted, remove it by hand", checked[1])
+        elif r.files == QUARANTINE:
+            o = outcome_of(r, DONE, "row deleted, file quarantined", path=checked[1],
+                           file_removed=False, quarantined=os.path.abspath(
+                               hold_path(data_dir, r, checked[0])))
+        else:
+            o = outcome_of(r, DONE, "row and file deleted", path=checked[1], file_removed=True)
+        out[r.sop_uid] = o
+    return out
 
 
 # -- Python API ----------------------------------------------------------------------------

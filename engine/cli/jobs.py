@@ -134,9 +134,10 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
         totals = (f"{len(step.series)} series, {_plural(step.instance_count, 'instance')}, "
                   f"{_size(step.bytes)}")
         if step.destructive:
-            files = step.options.get("files") is True
-            console.print(f"  [red]{totals} will be removed from the database"
-                          f"{' and their files deleted' if files else ' (files kept)'}[/red]")
+            files = step.options.get("files")
+            fate = (" and their files deleted" if files is True else " and their files moved "
+                    "to data/.quarantine/" if files == "quarantine" else " (files kept)")
+            console.print(f"  [red]{totals} will be removed from the database{fate}[/red]")
         elif step.series or step.action not in ("rebuild", "dump"):
             console.print(f"  {totals}")
     console.print()

@@ -295,7 +295,7 @@ def _run(step: "PlanStep", ctx: "ActionContext", facts: Any) -> StepReport:
         summary["files"] = QUARANTINE
         summary["files_quarantined"] = quarantined
         summary["files_not_quarantined"] = kept
-        summary["quarantine"] = str(quarantine_root(facts.data_dir) / ctx.run_id)
+        summary["quarantine"] = os.path.abspath(quarantine_root(facts.data_dir) / ctx.run_id)
     if newer:
         summary["files_kept_newer_copy"] = newer
     if gone["changed"]:

@@ -36,13 +36,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .audit import AUDIT_TABLE, migrate, now_iso
 from .errors import ActionError
-from .report import DONE, FAILED, SKIPPED, Outcome
+from .removalfiles import (KEEP, QUARANTINE, QUARANTINE_DIR, REMOVE, TAKING, Removal,
+                           checked_path, failed_removal, fsync_dirs, hold_path, identity,
+                           outcome_of, quarantine_root, settle)
+from .report import FAILED, Outcome
 
 REMOVALS_TABLE = "ConquestRunRemovals"
-QUARANTINE_DIR = ".quarantine"
-KEEP, REMOVE, QUARANTINE = "keep", "remove", "quarantine"
 BATCH = 64                      # entries settled (and cleared) per transaction
-_PLANNED, _TAKING = "planned", "taking"
 
 _DDL = (f"CREATE TABLE IF NOT EXISTS {REMOVALS_TABLE} (RunId varchar(64) not null, Step int, "
         "StepName text, Action varchar(16), Target text, SOPInstanc varchar(64) not null, "
@@ -53,31 +53,6 @@ _COLUMNS = ("RunId", "Step", "StepName", "Action", "Target", "SOPInstanc", "Seri
             "PatientID", "ObjectFile", "Files", "Size", "MtimeNs", "Inode", "Bytes", "State")
 _AUDIT_COLUMNS = ("RunId", "Step", "StepName", "Action", "Target", "SOPInstanc", "SeriesInst",
                   "Status", "Reason", "Detail", "Time", "PatientID")
-
-
-@dataclass(frozen=True)
-class Removal:
-    """One deleted index row and what becomes of its file."""
-
-    run_id: str
-    step: int
-    step_name: str
-    action: str
-    target: str
-    sop_uid: str
-    series_uid: str
-    patient_id: str | None
-    object_file: str              # relative to the data directory
-    files: str                    # keep | remove | quarantine
-    size: int | None = None       # the file's identity when the delete transaction saw it
-    mtime_ns: int | None = None
-    inode: int | None = None
-    bytes: int | None = None      # as planned, for the audit detail
-    state: str = _PLANNED
-
-    @property
-    def identity(self) -> tuple[int, int, int] | None:
-        return None if self.inode is None else (self.size, self.mtime_ns, self.inode)
 
 
 @dataclass
@@ -126,22 +101,6 @@ def journal(conn: sqlite3.Connection, removals: Iterable[Removal]) -> None:
           now_iso()) for r in removals])
 
 
-def identity(path: Path) -> tuple[int, int, int] | None:
-    """(size, mtime_ns, inode) of a regular file (not following a symlink); None otherwise."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    import stat
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def quarantine_root(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / QUARANTINE_DIR
-
-
 def _database_of(conn: sqlite3.Connection) -> str:
     for _, name, path in conn.execute("PRAGMA database_list"):
         if name == "main":
@@ -172,145 +131,6 @@ def journal_lock(database: str | os.PathLike, exclusive: bool = False) -> Iterat
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-# -- settling one entry --------------------------------------------------------------------
-def hold_path(data_dir: Path, r: Removal, path: Path) -> Path:
-    if r.files == QUARANTINE:
-        return quarantine_root(data_dir) / r.run_id / os.path.normpath(r.object_file)
-    return path.parent / f".{path.name}.deleting-{r.run_id[:12]}"
-
-
-def _put_back(hold: Path, path: Path) -> None:
-    """Return a held file to its place without overwriting what may be there now (an even
-    newer copy, which then wins: the held one is dropped)."""
-    try:
-        os.link(hold, path)
-    except FileExistsError:
-        pass
-    except OSError:
-        if not os.path.lexists(path):
-            os.rename(hold, path)
-            return
-    os.unlink(hold)
-
-
-def _indexed_again(conn: sqlite3.Connection, schema: Any, r: Removal) -> bool:
-    if schema is None:
-        return False
-    im = schema.images
-    row = conn.execute(f'SELECT ObjectFile FROM "{im.name}" WHERE "{im.key}" = ?',
-                       (r.sop_uid,)).fetchone()
-    return row is not None and (row[0] or "").replace("\\", "/") == r.object_file
-
-
-def outcome_of(r: Removal, status: str, reason: str, **detail: Any) -> Outcome:
-    return Outcome(r.sop_uid, r.series_uid, status, reason, detail)
-
-
-def failed_removal(r: Removal, reason: str, path: str) -> Outcome:
-    return outcome_of(r, FAILED, reason, path=path, row_deleted=True, file_kept=True,
-                      file_removed=False)
-
-
-def checked_path(data_dir: Path, r: Removal) -> tuple[Path, str] | Outcome:
-    """The file of an entry and its absolute path, or the failed outcome refusing it (a path
-    that leaves the data directory)."""
-    from .actions._local import inside, source_path
-    verb = "remove" if r.files == REMOVE else "quarantine"
-    try:
-        path = source_path(data_dir, r.object_file)
-    except ActionError as exc:
-        return failed_removal(r, f"refused to {verb}: {exc.message}",
-                              str(data_dir / r.object_file))
-    absolute = os.path.abspath(path)
-    if not inside(data_dir, path):
-        return failed_removal(r, f"refused to {verb} {absolute}: it resolves outside the data "
-                              f"directory ({os.path.realpath(path)})", absolute)
-    return path, absolute
-
-
-def _settle(conn: sqlite3.Connection, data_dir: Path, r: Removal, schema: Any,
-            touched: set[Path]) -> Outcome:
-    """Carry out one entry's file part; the outcome to record."""
-    def outcome(status: str, reason: str, **detail: Any) -> Outcome:
-        return outcome_of(r, status, reason, **detail)
-
-    if r.files == KEEP:
-        return outcome(DONE, "row deleted, file kept", path=r.object_file, file_removed=False)
-    verb = "remove" if r.files == REMOVE else "quarantine"
-
-    def failed(reason: str, path: str) -> Outcome:
-        return failed_removal(r, reason, path)
-    checked = checked_path(data_dir, r)
-    if isinstance(checked, Outcome):
-        return checked
-    path, absolute = checked
-    hold = hold_path(data_dir, r, path)
-    if not os.path.lexists(hold):
-        if not os.path.lexists(path):
-            if r.state == _TAKING:     # the interrupted run had taken it: it was ours
-                return _gone(outcome, r, absolute, hold)
-            return outcome(DONE, "the file was already gone", path=absolute, file_removed=False)
-        if identity(path) is None and not os.path.islink(path):
-            try:                       # not a regular file: refused as unlink refuses it
-                os.unlink(path)
-            except OSError as exc:
-                return failed(f"could not {verb} the file: {exc.strerror or exc}; its row is "
-                              "deleted, remove it by hand", absolute)
-            return outcome(DONE, "row and file deleted", path=absolute, file_removed=True)
-        try:
-            if r.files == QUARANTINE:
-                hold.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(path, hold)
-        except FileNotFoundError:
-            return outcome(DONE, "the file was already gone", path=absolute, file_removed=False)
-        except OSError as exc:
-            return failed(f"could not {verb} the file: {exc.strerror or exc}; its row is "
-                          "deleted, remove it by hand", absolute)
-    touched.update({path.parent, hold.parent})
-    held = identity(hold)
-    replaced = held != r.identity
-    if replaced or _indexed_again(conn, schema, r):
-        _put_back(hold, path)
-        why = ("a newer copy was stored at this path since the delete's transaction (its size, "
-               "mtime or inode differ)" if replaced else "the instance was indexed again at "
-               "this path since the delete's transaction")
-        return outcome(SKIPPED, f"row deleted; file kept: {why}", path=absolute,
-                       file_removed=False, file_kept=True, newer_copy=True)
-    if r.files == QUARANTINE:
-        return outcome(DONE, "row deleted, file quarantined", path=absolute,
-                       file_removed=False, quarantined=str(os.path.abspath(hold)))
-    try:
-        os.unlink(hold)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        _put_back(hold, path)
-        return failed(f"could not remove the file: {exc.strerror or exc}; its row is deleted, "
-                      "remove it by hand", absolute)
-    return outcome(DONE, "row and file deleted", path=absolute, file_removed=True)
-
-
-def _gone(outcome: Callable[..., Outcome], r: Removal, absolute: str, hold: Path) -> Outcome:
-    if r.files == QUARANTINE:
-        return outcome(FAILED, "row deleted; the file is neither in place nor in quarantine",
-                       path=absolute, row_deleted=True, file_removed=False)
-    return outcome(DONE, "row and file deleted", path=absolute, file_removed=True)
-
-
-def _fsync_dirs(folders: Iterable[Path]) -> None:
-    for folder in folders:
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 @contextmanager
@@ -347,16 +167,16 @@ def carry_out(conn: sqlite3.Connection, data_dir: str | os.PathLike,
         batch = removals[start:start + BATCH]
         keys = [(r.run_id, r.sop_uid) for r in batch]
         with _transaction(conn):
-            conn.executemany(f"UPDATE {REMOVALS_TABLE} SET State = '{_TAKING}' WHERE RunId = ? "
+            conn.executemany(f"UPDATE {REMOVALS_TABLE} SET State = '{TAKING}' WHERE RunId = ? "
                              "AND SOPInstanc = ?", keys)
         touched: set[Path] = set()
         done = []
         for r in batch:
-            o = _settle(conn, data_dir, r, schema, touched)
+            o = settle(conn, data_dir, r, schema, touched)
             if note:
                 o = replace(o, reason=f"{o.reason} ({note})")
             done.append((r, o))
-        _fsync_dirs(touched)
+        fsync_dirs(touched)
         with _transaction(conn):
             if audit:
                 conn.executemany(

@@ -113,8 +113,8 @@ def journal_lock(database: str | os.PathLike, exclusive: bool = False) -> Iterat
     """A delete holds this shared while it has journal entries outstanding; ``finish_pending``
     tries it exclusively (without waiting) to know that no delete is running.  Yields whether
     the lock was taken."""
-    from .locks import lock_path
-    path = lock_path(database, "<delete journal>", "removals")
+    db = Path(os.path.abspath(database))
+    path = db.parent / f".{db.name}.lock-removals"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:

@@ -157,7 +157,12 @@ def test_a_killed_delete_is_finished_by_the_next_command(template, tmp_path, mon
                                                          capsys):
     gone, keep = _sops(template / "conquest.db", "GONE"), _sops(template / "conquest.db", "KEEP")
     assert len(gone) == 43 and len(keep) == 9
-    # how long a whole run takes here, to spread the kills over it
+    # how long a whole run takes here, to spread the kills over it (after one run in this
+    # process, so that the forked runs find every module imported, as the trials will)
+    warm = _fresh(template, tmp_path / "warm")
+    monkeypatch.chdir(warm)
+    assert main(["--yes", "delete.yml"]) == 0
+    _check(warm, gone, keep)
     calm = _fresh(template, tmp_path / "calm")
     started = time.monotonic()
     assert _kill_after(_fork_job(calm, ["--yes", "delete.yml"]), calm, 30, False) == "exited"
@@ -171,22 +176,34 @@ def test_a_killed_delete_is_finished_by_the_next_command(template, tmp_path, mon
         root = _fresh(template, tmp_path / f"trial{trial}")
         after_journal = trial % 2 == 1
         delay = (0.0 if trial == 1 else rng.uniform(0, 0.01)) if after_journal \
-            else rng.uniform(0.3 * whole, whole)
+            else rng.uniform(0.1 * whole, 0.7 * whole)
         ends.append(_kill_after(_fork_job(root, ["--yes", "delete.yml"]), root, delay,
                                 after_journal))
         # the natural next step: the same job again (it finishes what the killed one left,
         # and then has nothing left to select, or does the whole delete), then a rebuild
         monkeypatch.chdir(root)
         capsys.readouterr()
+        if trial % 4 == 3:
+            # or another writing command first: a rebuild, which must not bring back what
+            # the killed run deleted
+            assert main(["rebuild"]) == 0
+            err = capsys.readouterr().err
+            deleted = {sop for _, sop, status, _, _ in _audit(root / "conquest.db")
+                       if status == "done"}
+            rows = _sops(root / "conquest.db")
+            assert not deleted & set(rows)
+            assert set(rows.values()) == _files(root / "data")
+        else:
+            err = ""
         code = main(["--yes", "delete.yml"])
-        err = capsys.readouterr().err
+        err += capsys.readouterr().err
         assert code in (0, 2), err
         if code == 2:
             assert "selected nothing to delete" in err
         if "finished" in err:
             finished_lines += 1
-            assert re.search(r"note: finished \d+ removals an interrupted delete left "
-                             r"\(run [0-9a-f]{12}\): ", err), err
+            assert re.search(r"(note|conquest-run): finished \d+ removals an interrupted "
+                             r"delete left \(run [0-9a-f]{12}\): \d+ files removed", err), err
         Archive(root / "data", root / "conquest.db").rebuild()
         _check(root, gone, keep)
     assert ends.count("killed") >= 3, ends
@@ -194,7 +211,7 @@ def test_a_killed_delete_is_finished_by_the_next_command(template, tmp_path, mon
 
 
 def test_a_store_of_the_same_instances_during_a_delete_keeps_the_new_copies(template,
-                                                                            tmp_path):
+                                                                            tmp_path, capsys):
     """The delete is frozen (SIGSTOP) right after its journal commit while the same instances
     are stored again (new files at the same paths), then killed; the next command must keep
     every new copy and its row."""
@@ -218,9 +235,14 @@ def test_a_store_of_the_same_instances_during_a_delete_keeps_the_new_copies(temp
         raise AssertionError("the delete never stayed journaled long enough to freeze it")
     _freeze_outside_a_transaction(pid, root / "conquest.db")
     try:
+        pending = _journal_rows(root / "conquest.db")
+        capsys.readouterr()
         archive = Archive(root / "data", root / "conquest.db")
         stored = archive.store([incoming])              # leaves the live delete's entries be
         assert not stored.bad and len(stored.stored) == len(gone)
+        if pending:
+            assert (f"conquest-run: {pending} removals of a delete still running left to it"
+                    in capsys.readouterr().err)
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -4,8 +4,9 @@
 unique prefix of it, hex digits only, so no user text reaches a path), refuses before moving
 anything when a file would overwrite a newer one (a file at its place again, or its SOP instance
 indexed again), then moves every file back to its place, re-indexes them and removes the emptied
-quarantine folders.  The indexer never looks inside ``data/.quarantine/`` (hidden folders are
-not walked).
+quarantine folders.  Files go back as hard links and leave the quarantine only once indexed, so
+a restore killed halfway is finished by running it again.  The indexer never looks inside
+``data/.quarantine/`` (hidden folders are not walked).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def _conflicts(conn: sqlite3.Connection, schema: Any, data_dir: Path, folder: Pa
         except ArchiveError:
             problems.append(f"{rel}: it would go outside the data directory")
             continue
-        if os.path.lexists(dest):
+        ours = _put_back_before(folder / rel, dest)
+        if os.path.lexists(dest) and not ours:
             problems.append(f"{rel}: a file is there again (newer than the quarantined copy)")
             continue
         item = read_one(str(folder), rel, spec)
@@ -94,14 +96,28 @@ def _conflicts(conn: sqlite3.Connection, schema: Any, data_dir: Path, folder: Pa
         if isinstance(item, HeaderRecord):
             row = conn.execute(f'SELECT ObjectFile FROM "{im.name}" WHERE "{im.key}" = ?',
                                (item.sop_uid,)).fetchone()
-            if row is not None:
+            if row is not None and not (ours and (row[0] or "").replace("\\", "/") == rel):
                 problems.append(f"{rel}: its instance {item.sop_uid} is in the archive again "
                                 f"(as {row[0]}), newer than the quarantined copy")
     return problems, headers
 
 
-def _move_back(src: Path, dest: Path) -> None:
-    """Move without overwriting: a file that appeared at ``dest`` meanwhile stays."""
+def _put_back_before(src: Path, dest: Path) -> bool:
+    """Whether ``dest`` is the quarantined file itself (a hard link an interrupted restore
+    made): then it is this restore's to finish, not a newer file."""
+    try:
+        return os.path.samefile(src, dest)
+    except OSError:
+        return False
+
+
+def _link_back(src: Path, dest: Path) -> bool:
+    """Put ``src`` at ``dest`` without overwriting (a file that appeared meanwhile stays): a
+    hard link, so that the quarantined name goes only once the file is indexed, and a restore
+    killed halfway is finished by running it again.  False when it had to be renamed (no hard
+    links on this file system)."""
+    if _put_back_before(src, dest):
+        return True
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dest)
@@ -111,8 +127,8 @@ def _move_back(src: Path, dest: Path) -> None:
         if os.path.lexists(dest):
             raise FileExistsError(17, "File exists", str(dest)) from None
         os.rename(src, dest)
-        return
-    os.unlink(src)
+        return False
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -156,11 +172,13 @@ def restore(archive: Any, conn: sqlite3.Connection, run: str) -> RestoreResult:
                           f"files would overwrite newer ones ({shown}); nothing was restored")
     result = RestoreResult(run_id, folder)
     moved: list[str] = []
+    linked: list[str] = []
     touched: set[Path] = set()
     for rel in rels:
         dest = data_dir / rel
         try:
-            _move_back(folder / rel, dest)
+            if _link_back(folder / rel, dest):
+                linked.append(rel)
         except OSError as exc:
             why = "a file appeared there meanwhile" if isinstance(exc, FileExistsError) \
                 else exc.strerror or str(exc)
@@ -177,5 +195,10 @@ def restore(archive: Any, conn: sqlite3.Connection, run: str) -> RestoreResult:
         item = headers.get(rel)
         if rel not in not_indexed and isinstance(item, HeaderRecord):
             result.restored.append((rel, item))
+    for rel in linked:                   # indexed (or reported): the quarantined name goes
+        try:
+            os.unlink(folder / rel)
+        except FileNotFoundError:
+            pass
     _prune(folder, quarantine_root(data_dir))
     return result

@@ -17,6 +17,7 @@ from _actions_support import run_action, tree_state
 from conquest_run import __version__
 from conquest_run.archive import Archive
 from conquest_run.cli import main
+from conquest_run.indexer import Indexer
 from conquest_run.planner import plan_selection
 from conquest_run.synthetic import write_patient
 
@@ -133,6 +134,29 @@ def test_restore_refuses_without_a_quarantine_and_names_what_it_would_overwrite(
     assert main(["rebuild"]) == 0
     assert main(["restore", run_id]) == 1
     assert "is in the archive again (as GONE/moved.dcm)" in capsys.readouterr().err
+
+
+def test_a_restore_killed_halfway_is_finished_by_running_it_again(root, capsys):
+    """What an interrupted restore leaves: some files linked back into place, one of them
+    indexed, their quarantined names still there."""
+    before = _images(root)
+    assert main(["--yes", "q.yml"]) == 0
+    run_id = _last_run(root, "quarantine-gone")
+    folder = root / "data" / ".quarantine" / run_id
+    back = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.dcm"))[:3]
+    for rel in back:
+        os.link(folder / rel, root / "data" / rel)
+    archive = Archive(root / "data", root / "conquest.db")
+    conn = archive.connect()
+    try:
+        assert not Indexer(conn, archive.schema, archive.data_dir).index_files(back[:1]).bad
+    finally:
+        conn.close()
+    assert len(_images(root)) == len(before) - 7 + 1
+    capsys.readouterr()
+    assert main(["restore", run_id]) == 0, capsys.readouterr().err
+    assert _images(root) == before
+    assert not (root / "data" / ".quarantine").exists()
 
 
 def test_a_dry_run_of_a_quarantine_delete_changes_nothing(root, capsys):

@@ -326,3 +326,28 @@ def test_serve_receiving_during_a_delete_with_files_loses_no_acknowledged_instan
     finally:
         stop(serve)
         log.close()
+
+
+def test_a_killed_quarantine_delete_is_finished_and_restores_whole(template, tmp_path,
+                                                                   monkeypatch, capsys):
+    """files: quarantine killed just after its journal's commit (seeded small delays): the
+    next run finishes the moves, and restore then gives back every file and row."""
+    before = _sops(template / "conquest.db")
+    rng = random.Random(SEED + 9)
+    for trial in range(4):
+        root = _fresh(template, tmp_path / f"q{trial}")
+        (root / "delete.yml").write_text(JOB.replace("files: true", "files: quarantine"))
+        _kill_after(_fork_job(root, ["--yes", "delete.yml"]), root, rng.uniform(0, 0.006),
+                    True)
+        monkeypatch.chdir(root)
+        assert main(["--yes", "delete.yml"]) in (0, 2)
+        rows = _sops(root / "conquest.db")
+        assert rows == _sops(template / "conquest.db", "KEEP")
+        assert set(rows.values()) == {f for f in _files(root / "data")
+                                      if not f.startswith(".quarantine/")}
+        runs = [p.name for p in (root / "data" / ".quarantine").iterdir()]
+        assert len(runs) == 1
+        capsys.readouterr()
+        assert main(["restore", runs[0]]) == 0, capsys.readouterr().err
+        assert _sops(root / "conquest.db") == before
+        assert set(before.values()) == _files(root / "data")   # nothing hidden left over

@@ -161,7 +161,7 @@ def print_report(report, console) -> None:
         if s.step_failed:
             t["failed"] += 1        # the whole step failed: counted, its reason in the note
         note = s.error or ""
-        for key in ("manifest", "file", "peer"):
+        for key in ("manifest", "file", "peer", "quarantine"):
             if not note and s.summary.get(key):
                 note = f"{key}: {s.summary[key]}"
         colour = "red" if not s.ok else "green"

@@ -51,7 +51,6 @@ class Removal:
         return None if self.inode is None else (self.size, self.mtime_ns, self.inode)
 
 
-
 def identity(path: Path) -> tuple[int, int, int] | None:
     """(size, mtime_ns, inode) of a regular file (not following a symlink); None otherwise."""
     try:
@@ -67,12 +66,15 @@ def quarantine_root(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / QUARANTINE_DIR
 
 
-
 # -- settling one entry --------------------------------------------------------------------
 def hold_path(data_dir: Path, r: Removal, path: Path) -> Path:
+    """Where the file is taken to: its place in the run's quarantine, or a hidden name beside
+    it (the run id made a safe path component, whoever chose it)."""
+    from .store import safe_component
+    run = safe_component(r.run_id)
     if r.files == QUARANTINE:
-        return quarantine_root(data_dir) / r.run_id / os.path.normpath(r.object_file)
-    return path.parent / f".{path.name}.deleting-{r.run_id[:12]}"
+        return quarantine_root(data_dir) / run / os.path.normpath(r.object_file)
+    return path.parent / f".{path.name}.deleting-{run[:12]}"
 
 
 def _put_back(hold: Path, path: Path) -> None:

@@ -37,7 +37,8 @@ from ..removals import (KEEP, QUARANTINE, REMOVE, Removal, carry_out, checked_pa
                         journal_lock, outcome_of, quarantine_root)
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
 from ..schema import EXTRAS_TABLE
-from ._local import StepRecorder, archive_facts, connect_reader, progress, source_path
+from ._local import (StepRecorder, archive_facts, connect_reader, progress, safe_component,
+                     source_path)
 
 if TYPE_CHECKING:
     from ..plan import PlanStep
@@ -295,7 +296,8 @@ def _run(step: "PlanStep", ctx: "ActionContext", facts: Any) -> StepReport:
         summary["files"] = QUARANTINE
         summary["files_quarantined"] = quarantined
         summary["files_not_quarantined"] = kept
-        summary["quarantine"] = os.path.abspath(quarantine_root(facts.data_dir) / ctx.run_id)
+        summary["quarantine"] = os.path.abspath(quarantine_root(facts.data_dir)
+                                                / safe_component(ctx.run_id))
     if newer:
         summary["files_kept_newer_copy"] = newer
     if gone["changed"]:

@@ -112,6 +112,8 @@ class Archive:
         self._require_data()
         from .indexswap import rebuild_atomically
         with closing(self.connect()) as conn:
+            self._finish_removals(conn)
+
             def run(cb: Callable[[int, int], None] | None) -> IndexResult:
                 return rebuild_atomically(conn, self.database, self.schema, self.data_dir,
                                           mode=mode, patients=patients, workers=workers,
@@ -134,6 +136,7 @@ class Archive:
         self._require_data()
         self.ensure_indexed()
         with closing(self.connect()) as conn:
+            self._finish_removals(conn)
             return store(conn, self.schema, self.data_dir, list(paths), move=move)
 
     def store_dataset(self, data: Any) -> StoredFile:
@@ -141,7 +144,14 @@ class Archive:
         self._require_data()
         with closing(self.connect()) as conn, DatasetStore(conn, self.schema,
                                                            self.data_dir) as ds_store:
+            self._finish_removals(conn)
             return ds_store.store(data)
+
+    def _finish_removals(self, conn: sqlite3.Connection | None = None) -> None:
+        """Settle what an interrupted delete left (``removals.finish_at_start``) before this
+        archive is written; one line on stderr when there was something."""
+        from .removals import finish_at_start
+        finish_at_start(self, conn)
 
     # -- reading -----------------------------------------------------------------------------
     def query_with_names(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
@@ -282,6 +292,7 @@ class Archive:
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
         from .net.receiver import listen
+        self._finish_removals()
         return listen(self.data_dir, port, database=self.database, dicom_sql=self.dicom_sql,
                       **options)
 

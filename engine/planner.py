@@ -92,6 +92,8 @@ def step_target(action: str, options: dict[str, Any], archive) -> str:
         return f"{target} (table {options['table']})" if options.get("table") else target
     if action == "delete":
         where = str(archive.database)
+        if options.get("files") == "quarantine":
+            return f"{where}, files to {archive.data_dir}/.quarantine"
         return f"{where} and the files in {archive.data_dir}" if options.get("files") is True \
             else f"{where} (files kept)"
     if action == "rebuild":

@@ -288,9 +288,11 @@ class StepRecorder:
         self.report = StepReport(step.index, step.name, step.action, step.target, ctx.dry_run,
                                  started=now_iso())
 
-    def add(self, outcome: Outcome) -> Outcome:
+    def add(self, outcome: Outcome, recorded: bool = False) -> Outcome:
+        """Add an outcome; ``recorded``: already in the audit log (the delete journal writes
+        its outcomes in the transaction that clears its entries)."""
         self.report.outcomes.append(outcome)
-        if self.ctx.audit is not None and not self.ctx.dry_run:
+        if self.ctx.audit is not None and not self.ctx.dry_run and not recorded:
             self.ctx.audit.record(self.ctx.run_id, self.step.index, self.step.name,
                                   self.step.action, self.step.target, outcome)
         return outcome
@@ -401,6 +403,9 @@ def api_run(archive: Any, action: str, options: dict[str, Any],
     from . import ActionContext, get_action
 
     facts = archive_facts(archive)
+    if not dry_run and action in ("delete", "rebuild"):
+        from ..removals import finish_at_start
+        finish_at_start(archive)        # what an interrupted delete left, before planning
     if level == "series" and (uids is None or len(uids) > 0):
         # the planner's own rules and order, as for a job's ``select: {series: [...]}``
         from ..planner import plan_selection
@@ -418,7 +423,9 @@ def api_run(archive: Any, action: str, options: dict[str, Any],
     if not dry_run:
         conn = connect(facts.database)
         log = AuditLog(conn)
-        log.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name)
+        from ..runcontext import run_context    # user, host, pid, version: as a CLI run
+        log.start_run(run_id, plan.job_path, plan.job_sha256, plan.job_name,
+                      **run_context(None))
     try:
         ctx = ActionContext(archive, plan, dry_run=dry_run, force=force, audit=log,
                             run_id=run_id)

@@ -4,6 +4,7 @@
     conquest-run rebuild|store|summary|query ...                      the archive   (cli/archive)
     conquest-run serve|echo ...                                       the network   (cli/network)
     conquest-run history ...                                          past runs     (cli/audit)
+    conquest-run restore RUN                                          quarantine    (cli/restore)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -31,6 +32,7 @@ SUBCOMMANDS = {
     "serve": "network",
     "echo": "network",
     "history": "audit",
+    "restore": "restore",
 }
 
 

@@ -139,9 +139,10 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                   f"{len(step.series)} series, {_plural(step.instance_count, 'instance')} on "
                   f"{step.remote} (C-FIND)")
         if step.destructive:
-            files = step.options.get("files") is True
-            console.print(f"  [red]{totals} will be removed from the database"
-                          f"{' and their files deleted' if files else ' (files kept)'}[/red]")
+            files = step.options.get("files")
+            fate = (" and their files deleted" if files is True else " and their files moved "
+                    "to data/.quarantine/" if files == "quarantine" else " (files kept)")
+            console.print(f"  [red]{totals} will be removed from the database{fate}[/red]")
         elif step.series or step.action not in ("rebuild", "dump"):
             console.print(f"  {totals}")
         if step.remote is None and any(s.action == "retrieve" for s in plan.steps
@@ -186,7 +187,7 @@ def print_report(report, console) -> None:
         if s.step_failed:
             t["failed"] += 1        # the whole step failed: counted, its reason in the note
         note = s.error or ""
-        for key in ("manifest", "file", "peer", "node"):
+        for key in ("manifest", "file", "peer", "node", "quarantine"):
             if not note and s.summary.get(key):
                 note = f"{key}: {s.summary[key]}"
         colour = "red" if not s.ok else "green"
@@ -218,11 +219,13 @@ def print_report(report, console) -> None:
 def _removal(step) -> str:
     from ..expect import plan_counts
     n = plan_counts(step)
-    files = step.options.get("files") is True
+    files = step.options.get("files")
     return (f"step {step.index} ({step.name}) removes {_plural(n['patients'], 'patient')}, "
             f"{n['series']} series, {_plural(n['instances'], 'instance')} from the index"
-            + (f" and deletes {_plural(n['instances'], 'file')} ({_size(step.bytes)})" if files
-               else " (files kept)"))
+            + (f" and deletes {_plural(n['instances'], 'file')} ({_size(step.bytes)})"
+               if files is True else
+               f" and moves {_plural(n['instances'], 'file')} ({_size(step.bytes)}) to "
+               "data/.quarantine/" if files == "quarantine" else " (files kept)"))
 
 
 def confirmed(plan, args) -> int | None:
@@ -284,6 +287,12 @@ def _validate(args, err) -> int:
     return status
 
 
+def _finish_removals(archive, notice) -> None:
+    """Settle what an interrupted delete left before a real run plans on the archive."""
+    from ..removals import finish_at_start
+    finish_at_start(archive, notice=notice)
+
+
 def run(name: str | None, args: argparse.Namespace) -> int:
     """SIGTERM is handled like Ctrl-C: the run is recorded as interrupted, then exit 143."""
     from ..runner import RunInterrupted, sigterm_interrupts
@@ -341,6 +350,8 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
                           args.dicom_sql or plan.dicom_sql)
         try:
             check_plan_sql(plan, archive.schema, args.apply)
+            if not args.dry_run:
+                _finish_removals(archive, notice)
             verify_plan(plan, archive)
         except ConquestRunError as exc:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)
@@ -376,6 +387,8 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     jobs = [job for job, _ in prepared]
     for job, archive in prepared:
         notes: list[str] = []
+        if not args.dry_run and not args.plan_out:
+            _finish_removals(archive, notice)
         with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")

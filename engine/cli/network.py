@@ -103,6 +103,10 @@ def _serve(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
+    if Path(args.database).is_file():     # what an interrupted delete left, settled first
+        from ..archive import Archive
+        from ..removals import finish_at_start
+        finish_at_start(Archive(data, args.database, args.dicom_sql))
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         receiver = listen(data, args.port, database=args.database, dicom_sql=args.dicom_sql,

@@ -90,6 +90,21 @@ class Archive:
             raise
         return conn
 
+    def recover(self, conn: sqlite3.Connection | None = None,
+                notice: Callable[[str], None] | None = None) -> Any:
+        """Reconcile what a killed writer left (``recovery.recover``: files renamed into
+        data/ but not indexed, stale temporary files); one line to ``notice`` (default:
+        stderr) when something was recovered.  Every writing method calls it first."""
+        from .recovery import recover
+        if conn is None:
+            with closing(self.connect()) as own:
+                return self.recover(own, notice)
+        result = recover(conn, self.schema, self.data_dir, self.database)
+        line = result.line()
+        if line is not None:
+            (notice or _to_stderr)(line)
+        return result
+
     def connect_readonly(self) -> sqlite3.Connection:
         """A connection that cannot write (the database must exist)."""
         return db.connect_readonly(self.database)
@@ -111,6 +126,7 @@ class Archive:
         callback(done, total)."""
         self._require_data()
         with closing(self.connect()) as conn:
+            self.recover(conn)
             indexer = Indexer(conn, self.schema, self.data_dir, exclude=[self.database])
             if progress is True:
                 return _with_progress_bar(
@@ -133,14 +149,16 @@ class Archive:
         self._require_data()
         self.ensure_indexed()
         with closing(self.connect()) as conn:
+            self.recover(conn)
             return store(conn, self.schema, self.data_dir, list(paths), move=move)
 
     def store_dataset(self, data: Any) -> StoredFile:
         """Store one pydicom Dataset (or Part-10 bytes) and index it."""
         self._require_data()
-        with closing(self.connect()) as conn, DatasetStore(conn, self.schema,
-                                                           self.data_dir) as ds_store:
-            return ds_store.store(data)
+        with closing(self.connect()) as conn:
+            self.recover(conn)
+            with DatasetStore(conn, self.schema, self.data_dir) as ds_store:
+                return ds_store.store(data)
 
     # -- reading -----------------------------------------------------------------------------
     def query_with_names(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
@@ -260,6 +278,10 @@ class Archive:
         from .net.receiver import listen
         return listen(self.data_dir, port, database=self.database, dicom_sql=self.dicom_sql,
                       **options)
+
+
+def _to_stderr(line: str) -> None:
+    print(f"conquest-run: {line}", file=sys.stderr, flush=True)
 
 
 def _with_progress_bar(run: Callable[[Callable[[int, int], None]], IndexResult]) -> IndexResult:

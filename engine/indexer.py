@@ -34,7 +34,7 @@ from typing import Any
 from .dicomread import HeaderRecord, ReadSpec
 from .errors import ArchiveError
 from .indexwalk import BadFile, FlaggedFile, read_all, read_one, shown_name, storable_name, walk
-from .indexwriter import DEVICE_NAME, LinkChecker, Writer, chunks, merge_modality
+from .indexwriter import DEVICE_NAME, LinkChecker, Statements, Writer, chunks, merge_modality
 from .schema import EXTRAS_TABLE, Schema
 
 MODES = ("all", "missing", "refresh")
@@ -92,10 +92,16 @@ class Indexer:
         self.data_dir = Path(data_dir)
         self.spec = ReadSpec.from_schema(schema)
         self.batch_size = batch_size
+        self.statements: Statements | None = None     # built by the first writer, then kept
         self.excluded = set()
         for p in exclude:
             p = str(Path(p).absolute())
             self.excluded.update({p, p + "-wal", p + "-shm", p + "-journal"})
+
+    def _writer(self) -> Writer:
+        writer = Writer(self.conn, self.schema, int(time.time()), self.statements)
+        self.statements = writer.statements
+        return writer
 
     # -- what is indexed now -------------------------------------------------------------------
     def _known(self, patients: list[str] | None) -> dict[str, tuple[str, Any, Any, bool]]:
@@ -168,7 +174,7 @@ class Indexer:
                         seen[rel] = os.stat(self.data_dir / rel)
                     except OSError:
                         pass
-        writer = Writer(self.conn, self.schema, int(time.time()))
+        writer = self._writer()
         todo: list[str] = []
         if mode == "all":
             if plist is None:
@@ -238,7 +244,7 @@ class Indexer:
         """Index the given files (paths relative to the data directory) and nothing else."""
         started = time.perf_counter()
         result = IndexResult()
-        writer = Writer(self.conn, self.schema, int(time.time()))
+        writer = self._writer()
         for rel in rels:
             item = read_one(str(self.data_dir), rel, self.spec)
             if isinstance(item, BadFile):
@@ -252,7 +258,7 @@ class Indexer:
     def add_records(self, records: Iterable[HeaderRecord]) -> list[BadFile]:
         """Write already-read records (one transaction); returns those refused (inconsistent
         links), which are not written."""
-        writer = Writer(self.conn, self.schema, int(time.time()))
+        writer = self._writer()
         for r in records:
             writer.add(r)
         writer.flush()

@@ -123,17 +123,25 @@ class StoreWriteError(ArchiveError, OSError):
 def atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
                   move: bool = False) -> None:
     """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace; the
-    file and then its folder are fsync'ed before this returns (durable, not just in place)."""
+    file and then its folder are fsync'ed before this returns (durable, not just in place).
+    With ``move`` the original is removed only after that."""
+    tmp = _staged(target, data=data, source=source, link=move)
+    try:
+        os.replace(tmp, target)
+        _fsync(target.parent)
+    except BaseException:
+        _discard(tmp)
+        raise
+    if move and source is not None:
+        _remove_original(source)
+
+
+def _staged(target: Path, data: bytes | None = None, source: Path | None = None,
+            link: bool = False) -> Path:
+    """``target``'s content under a temporary name in its folder, fsync'ed; ``link``: a hard
+    link to ``source`` where the file system allows one (a move then costs no copy), else a
+    copy.  The caller renames it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if move and source is not None and not source.is_symlink():
-        try:
-            os.replace(source, target)   # same file system: one atomic rename
-        except OSError:
-            pass
-        else:
-            _fsync(target)
-            _fsync(target.parent)
-            return
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         if data is not None:
@@ -141,22 +149,37 @@ def atomic_write(target: Path, data: bytes | None = None, source: Path | None = 
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        else:
-            shutil.copyfile(source, tmp)
-            _fsync(tmp)
-        os.replace(tmp, target)
-        _fsync(target.parent)
+            return tmp
+        assert source is not None
+        if link and not source.is_symlink() and os.access(source.parent, os.W_OK | os.X_OK):
+            # (a folder we cannot remove the original from gets a copy, never a shared inode)
+            try:
+                os.link(source, tmp)
+            except OSError:          # another file system, or links not allowed: a copy
+                pass
+            else:
+                _fsync(tmp)
+                return tmp
+        shutil.copyfile(source, tmp)
+        _fsync(tmp)
+        return tmp
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        _discard(tmp)
         raise
-    if move and source is not None:
-        try:
-            os.unlink(source)
-        except OSError as exc:   # stored all the same: the caller reports the original kept
-            raise _SourceKept(exc.strerror or str(exc)) from None
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _remove_original(source: Path) -> None:
+    try:
+        os.unlink(source)
+    except OSError as exc:   # stored all the same: the caller reports the original kept
+        raise _SourceKept(exc.strerror or str(exc)) from None
 
 
 def _fsync(path: Path) -> None:
@@ -227,63 +250,141 @@ def _files_under(paths: list[str | Path]) -> list[tuple[str, Path]]:
     return out
 
 
+@dataclass
+class _Item:
+    """One file of a store batch: where it comes from and goes, and the copy it replaces."""
+    shown: str
+    path: Path
+    record: HeaderRecord
+    target: Path
+    rel: str
+    old: str | None
+    same: bool                   # already the file in data/ (stored from inside the archive)
+
+
+BATCH = 500                      # files per intent write and index commit in store()
+
+
 def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
           paths: list[str | Path], *, move: bool = False) -> StoreResult:
     """Copy (or move) files and folders of files into the archive and index them.
 
     Files that are not readable DICOM are reported in ``result.bad`` and left where they are.
+    In batches of ``BATCH`` files: their paths go into the intent journal (``recovery``), each
+    is written under a temporary name and fsync'ed, renamed into place, each folder fsync'ed
+    once, the rows committed, the journal emptied, and only then (``move``) the originals
+    removed: a kill at any moment loses no original and leaves nothing the next start cannot
+    index (``recovery.recover``).
     """
+    from .recovery import IntentJournal
+
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise data_dir_error(data_dir)
-    placer = _Placer(conn, schema, data_dir)
+    batch = _StoreBatch(conn, schema, data_dir, move, IntentJournal.for_connection(conn))
     spec = ReadSpec.from_schema(schema)
-    indexer = Indexer(conn, schema, data_dir)
     checker = LinkChecker(conn, schema)
     result = StoreResult()
-    records: list[HeaderRecord] = []
-    for shown, path in _files_under(paths):
-        if not path.exists():
-            result.bad.append(BadFile(shown, "a broken symbolic link" if path.is_symlink()
-                                      else "no such file or folder"))
-            continue
-        if not path.is_file():
-            result.bad.append(BadFile(shown, "not a regular file (a device, FIFO or socket)"))
-            continue
-        try:
-            record = read_header(path, shown, spec)
-            target, rel = placer.destination(record)
-        except DicomFileError as exc:
-            result.bad.append(BadFile(shown, exc.message))
-            continue
-        conflict = checker.check(record)
-        if conflict is not None:          # Conquest refuses it: the file is not copied
-            result.bad.append(BadFile(shown, conflict))
-            continue
-        old = placer.previous(record.sop_uid)
-        same = path.resolve() == target
-        if not same:
+    items: list[_Item] = []
+    try:
+        for shown, path in _files_under(paths):
+            if not path.exists():
+                result.bad.append(BadFile(shown, "a broken symbolic link" if path.is_symlink()
+                                          else "no such file or folder"))
+                continue
+            if not path.is_file():
+                result.bad.append(BadFile(shown, "not a regular file (a device, FIFO or "
+                                                 "socket)"))
+                continue
             try:
-                atomic_write(target, source=path, move=move)
-            except _SourceKept as exc:
-                result.bad.append(BadFile(shown, f"stored, but the original could not be "
-                                                 f"removed ({exc})"))
-            except OSError as exc:        # the archive side: read-only, full, ...
-                indexer.add_records(records)   # what is in the archive is in the index
-                raise StoreWriteError(
-                    f"cannot store {shown}: {exc.strerror or exc}; stopped after "
-                    f"{len(result.stored)} files, which are stored and indexed",
-                    file=str(exc.filename or target)) from None
-        checker.note(record)
-        placer.drop_old_copy(old, rel)
-        records.append(placer.finish(record, target, rel))
-        result.stored.append(StoredFile(shown, rel, record.sop_uid, record.patient_id,
-                                        old is not None, record.extras.get("Flags")))
-        if len(records) >= 500:
-            result.bad += indexer.add_records(records)
-            records = []
-    result.bad += indexer.add_records(records)
+                record = read_header(path, shown, spec)
+                target, rel = batch.placer.destination(record)
+            except DicomFileError as exc:
+                result.bad.append(BadFile(shown, exc.message))
+                continue
+            conflict = checker.check(record)
+            if conflict is not None:          # Conquest refuses it: the file is not copied
+                result.bad.append(BadFile(shown, conflict))
+                continue
+            checker.note(record)
+            items.append(_Item(shown, path, record, target, rel,
+                               batch.placer.previous(record.sop_uid),
+                               path.resolve() == target))
+            if len(items) >= BATCH:
+                batch.run(items, result)
+                items = []
+        batch.run(items, result)
+    finally:
+        batch.journal.close()
     return result
+
+
+class _StoreBatch:
+    """store()'s batches: intents, temporary files, renames, folder fsyncs, one commit, and
+    then the originals of a move."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, data_dir: Path, move: bool,
+                 journal: Any) -> None:
+        self.placer = _Placer(conn, schema, data_dir)
+        self.indexer = Indexer(conn, schema, data_dir)
+        self.move = move
+        self.journal = journal
+
+    def run(self, items: list[_Item], result: StoreResult) -> None:
+        if not items:
+            return
+        self.journal.intend([it.rel for it in items if not it.same])
+        placed: list[_Item] = []
+        failure: tuple[_Item, OSError] | None = None
+        folders: dict[Path, None] = {}
+        for it in items:
+            if not it.same:
+                try:
+                    tmp = _staged(it.target, source=it.path, link=self.move)
+                    try:
+                        os.replace(tmp, it.target)
+                    except BaseException:
+                        _discard(tmp)
+                        raise
+                except OSError as exc:        # the archive side: read-only, full, ...
+                    failure = (it, exc)
+                    break
+                folders[it.target.parent] = None
+            placed.append(it)
+        try:
+            for folder in folders:
+                _fsync(folder)
+        except OSError as exc:
+            failure = failure or (placed[-1], exc)
+        records = []
+        for it in placed:
+            self.placer.drop_old_copy(it.old, it.rel)
+            records.append(self.placer.finish(it.record, it.target, it.rel))
+        try:
+            refused = self.indexer.add_records(records)
+        except sqlite3.Error as exc:
+            raise StoreWriteError(
+                f"cannot index the files stored: {exc}; {len(records)} files are in the data "
+                f"directory but not indexed yet (the next store, rebuild or serve indexes "
+                f"them), their originals are kept", file=str(self.placer.data_dir)) from None
+        self.journal.clear()
+        result.bad += refused
+        for it in placed:
+            if self.move and not it.same:
+                try:
+                    _remove_original(it.path)
+                except _SourceKept as exc:
+                    result.bad.append(BadFile(it.shown, f"stored, but the original could not "
+                                                        f"be removed ({exc})"))
+            result.stored.append(StoredFile(it.shown, it.rel, it.record.sop_uid,
+                                            it.record.patient_id, it.old is not None,
+                                            it.record.extras.get("Flags")))
+        if failure is not None:
+            it, exc = failure
+            raise StoreWriteError(
+                f"cannot store {it.shown}: {exc.strerror or exc}; stopped after "
+                f"{len(result.stored)} files, which are stored and indexed",
+                file=str(exc.filename or it.target)) from None
 
 
 def _dataset_bytes(data: Any) -> bytes:
@@ -301,7 +402,8 @@ class DatasetStore:
     """Writes received datasets into the archive; index rows are written every ``batch_size``
     datasets (and on ``flush()`` / ``close()``), so a busy receiver commits in batches.
 
-    Each dataset's file is in place (atomically) when ``store()`` returns.
+    Each dataset's file is in place (atomically) when ``store()`` returns; its path is in the
+    intent journal (``recovery``) from before the rename until its rows are committed.
     """
 
     def __init__(self, conn: sqlite3.Connection, schema: Schema, data_dir: str | Path, *,
@@ -311,6 +413,8 @@ class DatasetStore:
         self.indexer = Indexer(conn, schema, data_dir)
         self.batch_size = max(1, batch_size)
         self.pending: dict[str, HeaderRecord] = {}
+        from .recovery import IntentJournal
+        self.journal = IntentJournal.for_connection(conn)
 
     def store(self, data: Any) -> StoredFile:
         """Write one dataset (a pydicom Dataset with file meta, or Part-10 bytes)."""
@@ -325,6 +429,7 @@ class DatasetStore:
         target, rel = self.placer.destination(record)
         old = self.placer.previous(record.sop_uid)
         pending = self.pending.get(record.sop_uid)
+        self.journal.intend([rel])       # before the file can appear in data/
         atomic_write(target, data=raw)
         self.placer.drop_old_copy(old, rel)
         if pending is not None:
@@ -339,9 +444,13 @@ class DatasetStore:
         if self.pending:
             records, self.pending = list(self.pending.values()), {}
             self.indexer.add_records(records)   # checked in store(): nothing is refused here
+        self.journal.clear()                    # every file renamed in is committed now
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self.journal.close()
 
     def __enter__(self) -> "DatasetStore":
         return self

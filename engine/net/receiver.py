@@ -138,8 +138,10 @@ class ArchiveSink:
     """
 
     def __init__(self, data_dir: str | Path, database: str | Path,
-                 dicom_sql: str | Path | None = None, busy_timeout: float | None = None) -> None:
+                 dicom_sql: str | Path | None = None, busy_timeout: float | None = None,
+                 notice: Callable[[str], None] | None = None) -> None:
         from ..db import connect, ensure_schema
+        from ..recovery import recover
         from ..schema import load_schema
         from ..store import DatasetStore
 
@@ -149,6 +151,11 @@ class ArchiveSink:
             if busy_timeout is not None:
                 self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             ensure_schema(self.conn, schema)
+            # what a killed receiver or store left: files renamed in but not indexed
+            self.recovered = recover(self.conn, schema, data_dir, database)
+            line = self.recovered.line()
+            if line is not None:
+                (notice or _to_stderr)(line)
         except BaseException:
             self.conn.close()
             raise
@@ -322,6 +329,11 @@ class Receiver:
                     self.notice(f"{exc}; retrying")
 
 
+def _to_stderr(line: str) -> None:
+    import sys
+    print(f"conquest-run: {line}", file=sys.stderr, flush=True)
+
+
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
     if vr == b"OB":                       # the long form: 2 reserved bytes, 4-byte length
         return struct.pack("<HH2s2xI", group, elem, vr, len(value)) + value
@@ -386,6 +398,6 @@ def listen(data_dir: str | Path, port: int, *, database: str | Path | None = Non
                                 acse_timeout=acse_timeout, max_associations=max_associations,
                                 max_pdu=max_pdu, busy_timeout=busy_timeout)
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    sink: Sink = ArchiveSink(data_dir, database, dicom_sql, busy_timeout) \
+    sink: Sink = ArchiveSink(data_dir, database, dicom_sql, busy_timeout, log) \
         if index and database is not None else FileSink(data_dir)
     return Receiver(data_dir, settings, sink, log).start()

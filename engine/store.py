@@ -128,10 +128,12 @@ def atomic_write(target: Path, data: bytes | None = None, source: Path | None = 
     tmp = _staged(target, data=data, source=source, link=move)
     try:
         os.replace(tmp, target)
-        _fsync(target.parent)
     except BaseException:
         _discard(tmp)
         raise
+    if move:
+        _discard(tmp)        # a link onto the same file: rename() left both names
+    _fsync(target.parent)
     if move and source is not None:
         _remove_original(source)
 
@@ -346,6 +348,8 @@ class _StoreBatch:
                     except BaseException:
                         _discard(tmp)
                         raise
+                    if self.move:
+                        _discard(tmp)    # a link onto the same file: rename() left both names
                 except OSError as exc:        # the archive side: read-only, full, ...
                     failure = (it, exc)
                     break

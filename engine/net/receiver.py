@@ -196,6 +196,7 @@ class ArchiveSink:
         try:
             self.flush()
         finally:
+            self.store.journal.close()     # removed unless rows are still uncommitted
             self.conn.close()
 
 

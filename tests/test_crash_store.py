@@ -60,12 +60,15 @@ class Forked:
             self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
 
-def kill_when(proc: Forked, ready, timeout: float = 30.0) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` is true (or it ended by itself); reaped."""
+def kill_when(proc: Forked, ready, timeout: float = 30.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` is true (or it ended by itself); reaped.
+    Whether it was killed (rather than done)."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and not ready() and time.monotonic() < deadline:
         time.sleep(0.0005)
+    alive = proc.poll() is None
     proc.kill()
+    return alive
 
 
 def dcm_count(folder: Path) -> int:
@@ -101,7 +104,7 @@ def fresh_copy(template: Path, root: Path) -> tuple[Path, set[str]]:
     return incoming, {p.stem for p in incoming.rglob("*.dcm")}
 
 
-def store_trial(template: Path, root: Path, rng: random.Random, capsys) -> str:
+def store_trial(template: Path, root: Path, rng: random.Random, capsys) -> tuple[str, bool]:
     data, database = root / "data", root / "c.db"
     incoming, sops = fresh_copy(template, root)
     data.mkdir()
@@ -112,7 +115,7 @@ def store_trial(template: Path, root: Path, rng: random.Random, capsys) -> str:
     ready = {"in data": lambda: dcm_count(data) >= k,
              "originals gone": lambda: dcm_count(incoming) <= FILES - k,
              "temporary": lambda: any(".tmp-" in p.name for p in data.rglob(".*"))}[how]
-    kill_when(proc, ready)
+    killed = kill_when(proc, ready)
     # no original lost at the kill: each is at its source or in data/
     at_source = {p.stem for p in incoming.rglob("*.dcm")}
     in_data = {p.stem for p in data.rglob("*.dcm")}
@@ -124,16 +127,18 @@ def store_trial(template: Path, root: Path, rng: random.Random, capsys) -> str:
     assert code == 0, err
     assert check_consistent(data, database) == sops
     assert dcm_count(incoming) == 0
-    return err
+    return err, killed
 
 
 def test_store_move_killed_then_run_again(tmp_path, capsys):
     rng = random.Random(14)
     template = synthetic_files(tmp_path / "template", FILES)
-    recovered = 0
+    recovered = killed = 0
     for trial in range(TRIALS):
-        err = store_trial(template, tmp_path / f"t{trial}", rng, capsys)
+        err, was_killed = store_trial(template, tmp_path / f"t{trial}", rng, capsys)
         recovered += "were in the data directory but not in the index" in err
+        killed += was_killed
+    assert killed >= TRIALS // 2  # most trials were killed mid-way, not done already
     assert recovered >= 1        # some kills fell between the renames and the commit
 
 

@@ -139,10 +139,10 @@ def atomic_write(target: Path, data: bytes | None = None, source: Path | None = 
 
 
 def _staged(target: Path, data: bytes | None = None, source: Path | None = None,
-            link: bool = False) -> Path:
-    """``target``'s content under a temporary name in its folder, fsync'ed; ``link``: a hard
-    link to ``source`` where the file system allows one (a move then costs no copy), else a
-    copy.  The caller renames it into place."""
+            link: bool = False, sync: bool = True) -> Path:
+    """``target``'s content under a temporary name in its folder, fsync'ed (unless ``sync``
+    is false: the caller fsyncs it); ``link``: a hard link to ``source`` where the file system
+    allows one (a move then costs no copy), else a copy.  The caller renames it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -160,10 +160,12 @@ def _staged(target: Path, data: bytes | None = None, source: Path | None = None,
             except OSError:          # another file system, or links not allowed: a copy
                 pass
             else:
-                _fsync(tmp)
+                if sync:
+                    _fsync(tmp)
                 return tmp
         shutil.copyfile(source, tmp)
-        _fsync(tmp)
+        if sync:
+            _fsync(tmp)
         return tmp
     except BaseException:
         _discard(tmp)
@@ -182,6 +184,19 @@ def _remove_original(source: Path) -> None:
         os.unlink(source)
     except OSError as exc:   # stored all the same: the caller reports the original kept
         raise _SourceKept(exc.strerror or str(exc)) from None
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """fsync every file, several at once: the file system's journal then commits them together
+    instead of once per file (fsync releases the GIL)."""
+    if len(paths) < 4:
+        for path in paths:
+            _fsync(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync") as pool:
+        for _ in pool.map(_fsync, paths):
+            pass
 
 
 def _fsync(path: Path) -> None:
@@ -336,25 +351,32 @@ class _StoreBatch:
         if not items:
             return
         self.journal.intend([it.rel for it in items if not it.same])
-        placed: list[_Item] = []
         failure: tuple[_Item, OSError] | None = None
-        folders: dict[Path, None] = {}
-        for it in items:
+        cut = len(items)                  # items[:cut] end up in place
+        tmps: dict[int, Path] = {}
+        for i, it in enumerate(items):
             if not it.same:
                 try:
-                    tmp = _staged(it.target, source=it.path, link=self.move)
-                    try:
-                        os.replace(tmp, it.target)
-                    except BaseException:
-                        _discard(tmp)
-                        raise
-                    if self.move:
-                        _discard(tmp)    # a link onto the same file: rename() left both names
-                except OSError as exc:        # the archive side: read-only, full, ...
-                    failure = (it, exc)
+                    tmps[i] = _staged(it.target, source=it.path, link=self.move, sync=False)
+                except OSError as exc:    # the archive side: read-only, full, ...
+                    failure, cut = (it, exc), i
                     break
-                folders[it.target.parent] = None
-            placed.append(it)
+        try:
+            _fsync_all(list(tmps.values()))   # every file durable before any rename
+        except OSError as exc:
+            failure, cut = (items[min(tmps)], exc), min(tmps)
+        folders: dict[Path, None] = {}
+        for i, tmp in tmps.items():
+            if i < cut:
+                try:
+                    os.replace(tmp, items[i].target)
+                except OSError as exc:
+                    failure, cut = (items[i], exc), i
+                else:
+                    folders[items[i].target.parent] = None
+            if i >= cut or self.move:
+                _discard(tmp)    # not placed; or a link onto the same file (rename() left both)
+        placed = items[:cut]
         try:
             for folder in folders:
                 _fsync(folder)

@@ -22,8 +22,6 @@ __all__ = ["safe_patient_dir", "safe_component", "store", "store_dataset", "Data
 
 import io
 import os
-import secrets
-import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,8 @@ from typing import Any
 
 from .dicomread import HeaderRecord, ReadSpec, read_header
 from .errors import ArchiveError, DicomFileError
+from .durable import SourceKept, discard, fsync_path, fsync_all, remove_original, staged, \
+    atomic_write
 from .indexer import BadFile, Indexer, LinkChecker, data_dir_error
 from .schema import Schema
 
@@ -110,101 +110,10 @@ class StoreResult:
         return text
 
 
-class _SourceKept(Exception):
-    """--move stored the file but could not remove the original."""
-
-
 class StoreWriteError(ArchiveError, OSError):
     """The archive cannot be written (read-only, full, a file where a folder goes).
 
     An ``OSError`` as before, and a located ``ArchiveError`` for the command line."""
-
-
-def atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
-                  move: bool = False) -> None:
-    """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace; the
-    file and then its folder are fsync'ed before this returns (durable, not just in place).
-    With ``move`` the original is removed only after that."""
-    tmp = _staged(target, data=data, source=source, link=move)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        _discard(tmp)
-        raise
-    if move:
-        _discard(tmp)        # a link onto the same file: rename() left both names
-    _fsync(target.parent)
-    if move and source is not None:
-        _remove_original(source)
-
-
-def _staged(target: Path, data: bytes | None = None, source: Path | None = None,
-            link: bool = False, sync: bool = True) -> Path:
-    """``target``'s content under a temporary name in its folder, fsync'ed (unless ``sync``
-    is false: the caller fsyncs it); ``link``: a hard link to ``source`` where the file system
-    allows one (a move then costs no copy), else a copy.  The caller renames it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        if data is not None:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            return tmp
-        assert source is not None
-        if link and not source.is_symlink() and os.access(source.parent, os.W_OK | os.X_OK):
-            # (a folder we cannot remove the original from gets a copy, never a shared inode)
-            try:
-                os.link(source, tmp)
-            except OSError:          # another file system, or links not allowed: a copy
-                pass
-            else:
-                if sync:
-                    _fsync(tmp)
-                return tmp
-        shutil.copyfile(source, tmp)
-        if sync:
-            _fsync(tmp)
-        return tmp
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def _discard(tmp: Path) -> None:
-    try:
-        tmp.unlink()
-    except OSError:
-        pass
-
-
-def _remove_original(source: Path) -> None:
-    try:
-        os.unlink(source)
-    except OSError as exc:   # stored all the same: the caller reports the original kept
-        raise _SourceKept(exc.strerror or str(exc)) from None
-
-
-def _fsync_all(paths: list[Path]) -> None:
-    """fsync every file, several at once: the file system's journal then commits them together
-    instead of once per file (fsync releases the GIL)."""
-    if len(paths) < 4:
-        for path in paths:
-            _fsync(path)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync") as pool:
-        for _ in pool.map(_fsync, paths):
-            pass
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Placer:
@@ -357,12 +266,12 @@ class _StoreBatch:
         for i, it in enumerate(items):
             if not it.same:
                 try:
-                    tmps[i] = _staged(it.target, source=it.path, link=self.move, sync=False)
+                    tmps[i] = staged(it.target, source=it.path, link=self.move, sync=False)
                 except OSError as exc:    # the archive side: read-only, full, ...
                     failure, cut = (it, exc), i
                     break
         try:
-            _fsync_all(list(tmps.values()))   # every file durable before any rename
+            fsync_all(list(tmps.values()))   # every file durable before any rename
         except OSError as exc:
             failure, cut = (items[min(tmps)], exc), min(tmps)
         folders: dict[Path, None] = {}
@@ -375,11 +284,11 @@ class _StoreBatch:
                 else:
                     folders[items[i].target.parent] = None
             if i >= cut or self.move:
-                _discard(tmp)    # not placed; or a link onto the same file (rename() left both)
+                discard(tmp)    # not placed; or a link onto the same file (rename() left both)
         placed = items[:cut]
         try:
             for folder in folders:
-                _fsync(folder)
+                fsync_path(folder)
         except OSError as exc:
             failure = failure or (placed[-1], exc)
         records = []
@@ -398,8 +307,8 @@ class _StoreBatch:
         for it in placed:
             if self.move and not it.same:
                 try:
-                    _remove_original(it.path)
-                except _SourceKept as exc:
+                    remove_original(it.path)
+                except SourceKept as exc:
                     result.bad.append(BadFile(it.shown, f"stored, but the original could not "
                                                         f"be removed ({exc})"))
             result.stored.append(StoredFile(it.shown, it.rel, it.record.sop_uid,

@@ -245,3 +245,32 @@ def test_a_live_writers_journal_is_left_alone(tmp_path):
     assert journal.exists()
     assert archive.query("SELECT count(*) FROM DICOMImages", column=0) == [0]
     shutil.rmtree(data)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("command", ["rebuild --only-missing", "store", "job"])
+def test_every_writing_command_recovers_first(tmp_path, capsys, command):
+    data, database = tmp_path / "data", tmp_path / "c.db"
+    data.mkdir()
+    Archive(data, database).rebuild()
+    rels = generate_files(data, 2, seed=8)       # renamed in by a process killed before commit
+    (tmp_path / f".c.db.intents-{dead_pid()}-0badf00d").write_text("\n".join(rels) + "\n")
+    flags = ["--data", str(data), "--database", str(database)]
+    if command == "job":
+        job = tmp_path / "dump.yml"
+        job.write_text("version: 1\nname: dump\nselect: {modality: CT}\n"
+                       f"action: {{dump: {{file: {tmp_path / 'out.csv'}}}}}\n")
+        argv = [str(job), *flags]
+    else:
+        argv = [*command.split(), *([str(tmp_path / "none")] if command == "store" else []),
+                *flags]
+    capsys.readouterr()
+    main(argv)
+    err = capsys.readouterr().err
+    assert "2 files that were in the data directory but not in the index are indexed now" in err
+    assert check_consistent(data, database) == {Path(r).stem for r in rels}

@@ -91,15 +91,18 @@ class Archive:
         return conn
 
     def recover(self, conn: sqlite3.Connection | None = None,
-                notice: Callable[[str], None] | None = None) -> Any:
+                notice: Callable[[str], None] | None = None, sweep_temps: bool = False) -> Any:
         """Reconcile what a killed writer left (``recovery.recover``: files renamed into
-        data/ but not indexed, stale temporary files); one line to ``notice`` (default:
-        stderr) when something was recovered.  Every writing method calls it first."""
-        from .recovery import recover
+        data/ but not indexed, stale temporary files; ``sweep_temps``: those anywhere under
+        data/); one line to ``notice`` (default: stderr) when something was recovered.  Every
+        writing method calls it first."""
+        from .recovery import recover, sweep_stale_temps
         if conn is None:
             with closing(self.connect()) as own:
-                return self.recover(own, notice)
+                return self.recover(own, notice, sweep_temps)
         result = recover(conn, self.schema, self.data_dir, self.database)
+        if sweep_temps:
+            sweep_stale_temps(self.data_dir, result)
         line = result.line()
         if line is not None:
             (notice or _to_stderr)(line)
@@ -120,13 +123,15 @@ class Archive:
 
     def rebuild(self, patients: Iterable[str] | None = None, mode: str = "all",
                 workers: int = 1,
-                progress: bool | Callable[[int, int], None] = False) -> IndexResult:
+                progress: bool | Callable[[int, int], None] = False,
+                sweep_temps: bool = False) -> IndexResult:
         """(Re)index the data directory.  mode: "all" | "missing" | "refresh"; ``patients``
         narrows it to those PatientIDs.  ``progress``: True for a bar on stderr, or a
-        callback(done, total)."""
+        callback(done, total).  ``sweep_temps``: also remove the temporary files of dead
+        processes anywhere under data/ (``conquest-run rebuild``)."""
         self._require_data()
         with closing(self.connect()) as conn:
-            self.recover(conn)
+            self.recover(conn, sweep_temps=sweep_temps)
             indexer = Indexer(conn, self.schema, self.data_dir, exclude=[self.database])
             if progress is True:
                 return _with_progress_bar(

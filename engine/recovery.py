@@ -19,13 +19,15 @@ two recoveries at once never handle the same one), and for each path in them:
 
 then deletes the journals.  A journal entry whose rows were committed just before the kill
 finds them in place and costs only a header read.  ``stale_temp_owner(name)`` tells whether a
-file name is such a temporary file of a dead process (``rebuild`` removes those it meets on its
-walk).  The result's ``line()`` is the one sentence to print (None when nothing was recovered).
+file name is such a temporary file of a dead process; ``sweep_stale_temps`` walks the whole data
+directory for them (``conquest-run rebuild``, which walks it anyway, so that temporary files an
+older version left without a journal go too).  The result's ``line()`` is the one sentence to print (None when nothing was recovered).
 """
 
 from __future__ import annotations
 
-__all__ = ["IntentJournal", "Recovery", "recover", "stale_temp_owner", "pid_alive"]
+__all__ = ["IntentJournal", "Recovery", "recover", "sweep_stale_temps", "stale_temp_owner",
+           "pid_alive"]
 
 import os
 import re
@@ -254,3 +256,14 @@ def recover(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
         except OSError:
             pass
     return result
+
+
+def sweep_stale_temps(data_dir: str | Path, result: Recovery | None = None) -> Recovery:
+    """Remove every temporary file of a dead process anywhere under ``data_dir``."""
+    result = result if result is not None else Recovery()
+    root = Path(data_dir).resolve()
+    for folder, dirs, _ in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        _remove_stale_temps(Path(folder), root, result)
+    return result
+

@@ -274,3 +274,18 @@ def test_every_writing_command_recovers_first(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert "2 files that were in the data directory but not in the index are indexed now" in err
     assert check_consistent(data, database) == {Path(r).stem for r in rels}
+
+
+def test_rebuild_sweeps_temporaries_that_no_journal_names(tmp_path, capsys):
+    data, database = tmp_path / "data", tmp_path / "c.db"
+    rels = generate_files(data, 2, seed=9)
+    pid = dead_pid()
+    stale = data / Path(rels[0]).parent / f".{Path(rels[0]).name}.tmp-{pid}-00c0ffee"
+    stale.write_bytes(b"left by an older version")
+    live = data / f".z.dcm.tmp-{os.getpid()}-00c0ffee"
+    live.write_bytes(b"")
+    capsys.readouterr()
+    assert main(["rebuild", "--data", str(data), "--database", str(database)]) == 0
+    err = capsys.readouterr().err
+    assert f"(process {pid}) left: 1 temporary files removed" in err
+    assert not stale.exists() and live.exists()

@@ -333,6 +333,19 @@ def _dataset_bytes(data: Any) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(eq=False)
+class ReceivedItem:
+    """One dataset on its way into the archive (``DatasetStore.prepare`` .. ``place``)."""
+    raw: bytes
+    record: HeaderRecord
+    target: Path
+    rel: str
+    tmp: Path | None = None
+    error: OSError | None = None
+    stored: StoredFile | None = None
+    seq: int = 0                 # for a receiver: the order it was placed in
+
+
 class DatasetStore:
     """Writes received datasets into the archive; index rows are written every ``batch_size``
     datasets (and on ``flush()`` / ``close()``), so a busy receiver commits in batches.
@@ -348,32 +361,88 @@ class DatasetStore:
         self.indexer = Indexer(conn, schema, data_dir)
         self.batch_size = max(1, batch_size)
         self.pending: dict[str, HeaderRecord] = {}
+        self.inflight: list[ReceivedItem] = []      # prepared, not yet placed
         from .recovery import IntentJournal
         self.journal = IntentJournal.for_connection(conn)
 
     def store(self, data: Any) -> StoredFile:
         """Write one dataset (a pydicom Dataset with file meta, or Part-10 bytes)."""
+        item = self.prepare(data)
+        try:
+            self.write(item)
+        except BaseException:
+            self.abandon(item)
+            raise
+        self.place([item])
+        if item.error is not None:
+            raise item.error
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+        return item.stored
+
+    # The pieces of store(), for a receiver that groups the renames and commits of
+    # simultaneous associations: prepare() and place() under its lock, write() outside it.
+    def prepare(self, data: Any) -> "ReceivedItem":
+        """Read and check one dataset; raises ``DicomFileError`` for one Conquest refuses."""
         raw = _dataset_bytes(data)
         record = read_header("<dataset>", "<dataset>", self.spec, data=raw)
         checker = LinkChecker(self.placer.conn, self.placer.schema)
-        for pending_record in self.pending.values():
-            checker.note(pending_record)
+        for other in [*self.pending.values(), *(i.record for i in self.inflight)]:
+            checker.note(other)
         conflict = checker.check(record)
         if conflict is not None:          # Conquest refuses it: nothing is written
             raise DicomFileError(conflict)
         target, rel = self.placer.destination(record)
-        old = self.placer.previous(record.sop_uid)
-        pending = self.pending.get(record.sop_uid)
-        self.journal.intend([rel])       # before the file can appear in data/
-        atomic_write(target, data=raw)
-        self.placer.drop_old_copy(old, rel)
-        if pending is not None:
-            self.placer.drop_old_copy(pending.object_file, rel)
-        self.pending[record.sop_uid] = self.placer.finish(record, target, rel)
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-        return StoredFile("<dataset>", rel, record.sop_uid, record.patient_id,
-                          old is not None or pending is not None)
+        item = ReceivedItem(raw, record, target, rel)
+        self.inflight.append(item)
+        return item
+
+    def write(self, item: "ReceivedItem") -> None:
+        """The file under its temporary name, fsync'ed (needs no lock)."""
+        item.tmp = staged(item.target, data=item.raw)
+
+    def abandon(self, item: "ReceivedItem") -> None:
+        self.abandon_inflight(item)
+        if item.tmp is not None:
+            discard(item.tmp)
+
+    def place(self, items: list["ReceivedItem"]) -> None:
+        """One intent write for all, then each renamed into place, each folder fsync'ed once;
+        their rows wait in ``pending`` for ``flush()``.  A failed item gets ``error``."""
+        if not items:
+            return
+        self.journal.intend([i.rel for i in items])     # before they can appear in data/
+        folders: dict[Path, list[ReceivedItem]] = {}
+        for item in items:
+            self.abandon_inflight(item)
+            try:
+                os.replace(item.tmp, item.target)
+            except OSError as exc:
+                discard(item.tmp)
+                item.error = exc
+                continue
+            folders.setdefault(item.target.parent, []).append(item)
+        for folder, placed in folders.items():
+            try:
+                fsync_path(folder)
+            except OSError as exc:        # in place but not surely durable: not a success
+                for item in placed:
+                    item.error = exc
+        for placed in folders.values():
+            for item in placed:
+                record, rel = item.record, item.rel
+                old = self.placer.previous(record.sop_uid)
+                earlier = self.pending.get(record.sop_uid)
+                self.placer.drop_old_copy(old, rel)
+                if earlier is not None:
+                    self.placer.drop_old_copy(earlier.object_file, rel)
+                self.pending[record.sop_uid] = self.placer.finish(record, item.target, rel)
+                item.stored = StoredFile("<dataset>", rel, record.sop_uid, record.patient_id,
+                                         old is not None or earlier is not None)
+
+    def abandon_inflight(self, item: "ReceivedItem") -> None:
+        if item in self.inflight:
+            self.inflight.remove(item)
 
     def flush(self) -> None:
         if self.pending:

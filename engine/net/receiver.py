@@ -130,9 +130,11 @@ class ArchiveSink:
     """Files and index rows, through the archive core's ``DatasetStore`` on one WAL connection.
 
     Durable before acknowledged: ``put()`` returns only once the file is fsync'ed and renamed,
-    its folder fsync'ed (``store.atomic_write``) and its index rows committed.  Commits are
-    grouped: whoever commits takes every row written so far, so the associations waiting
-    meanwhile return without a commit of their own.  A commit that fails raises
+    its folder fsync'ed and its index rows committed.  Each association writes and fsyncs its
+    file under a temporary name on its own (in parallel); renames and commits are grouped:
+    whoever commits places every file ready so far (one intent-journal write for all, one fsync
+    per folder) and commits every row placed so far, so the associations waiting meanwhile
+    return without a commit of their own.  A commit that fails raises
     (``ArchiveError``: the C-STORE fails with 0xA700) and keeps its rows for the next one, which
     the flusher retries every ``BATCH_SECONDS``.
     """
@@ -162,35 +164,51 @@ class ArchiveSink:
         self.store = DatasetStore(self.conn, schema, data_dir, batch_size=1 << 30)
         self.lock = threading.Lock()       # the connection and the store
         self.commit_lock = threading.Lock()
-        self.written = 0                   # rows handed to the store so far
-        self.committed = 0                 # ... of which committed
+        self.ready: list[Any] = []         # written under their temporary names, not placed
+        self.placed = 0                    # items placed so far (their seq)
+        self.committed = 0                 # ... of which the rows are committed
 
     def put(self, encoded: bytes, sop_uid: str) -> str:
         with self.lock:
-            object_file = self.store.store(encoded).object_file
-            self.written += 1
-            mine = self.written
-        self._commit(mine)
-        return object_file
+            item = self.store.prepare(encoded)
+        try:
+            self.store.write(item)         # file and fsync outside the lock: in parallel
+        except BaseException:
+            with self.lock:
+                self.store.abandon(item)
+            raise
+        with self.lock:
+            self.ready.append(item)
+        self._commit(item)
+        return item.rel
 
-    def _commit(self, upto: int) -> None:
+    def _commit(self, item: Any | None) -> None:
+        """Place what is ready (one intent write, the renames, one fsync per folder) and
+        commit every row placed so far, unless another association's commit did already."""
         import sqlite3
 
         with self.commit_lock:
-            if self.committed >= upto:     # in another association's commit meanwhile
-                return
             with self.lock:
-                written, pending = self.written, dict(self.store.pending)
+                batch, self.ready = self.ready, []
+                self.store.place(batch)
+                for placed in batch:
+                    self.placed += 1
+                    placed.seq = self.placed
+                if item is not None and item.error is not None:
+                    raise item.error
+                if self.committed >= (self.placed if item is None else item.seq):
+                    return                 # in another association's commit meanwhile
+                placed, pending = self.placed, dict(self.store.pending)
                 try:
                     self.store.flush()
                 except (sqlite3.Error, OSError) as exc:
                     self.store.pending = {**pending, **self.store.pending}
                     raise ArchiveError(f"the index rows could not be committed ({exc}); "
                                        "kept for the next commit") from None
-                self.committed = written
+                self.committed = placed
 
     def flush(self) -> None:
-        self._commit(self.written)
+        self._commit(None)
 
     def close(self) -> None:
         try:

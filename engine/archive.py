@@ -26,7 +26,7 @@ from typing import Any
 from . import db
 from .errors import ArchiveError
 from .fileflags import flag_tokens, flags_cell
-from .indexer import Indexer, IndexResult, data_dir_error
+from .indexer import IndexResult, data_dir_error
 from .schema import EXTRAS_TABLE, Schema, load_schema
 from .store import DatasetStore, StoredFile, StoreResult, resolve_inside, store
 
@@ -90,6 +90,24 @@ class Archive:
             raise
         return conn
 
+    def recover(self, conn: sqlite3.Connection | None = None,
+                notice: Callable[[str], None] | None = None, sweep_temps: bool = False) -> Any:
+        """Reconcile what a killed writer left (``recovery.recover``: files renamed into
+        data/ but not indexed, stale temporary files; ``sweep_temps``: those anywhere under
+        data/); one line to ``notice`` (default: stderr) when something was recovered.  Every
+        writing method calls it first."""
+        from .recovery import recover, sweep_stale_temps
+        if conn is None:
+            with closing(self.connect()) as own:
+                return self.recover(own, notice, sweep_temps)
+        result = recover(conn, self.schema, self.data_dir, self.database)
+        if sweep_temps:
+            sweep_stale_temps(self.data_dir, result)
+        line = result.line()
+        if line is not None:
+            (notice or _to_stderr)(line)
+        return result
+
     def connect_readonly(self) -> sqlite3.Connection:
         """A connection that cannot write (the database must exist)."""
         return db.connect_readonly(self.database)
@@ -105,13 +123,16 @@ class Archive:
 
     def rebuild(self, patients: Iterable[str] | None = None, mode: str = "all",
                 workers: int = 1,
-                progress: bool | Callable[[int, int], None] = False) -> IndexResult:
+                progress: bool | Callable[[int, int], None] = False,
+                sweep_temps: bool = False) -> IndexResult:
         """(Re)index the data directory.  mode: "all" | "missing" | "refresh"; ``patients``
         narrows it to those PatientIDs.  ``progress``: True for a bar on stderr, or a
-        callback(done, total)."""
+        callback(done, total).  ``sweep_temps``: also remove the temporary files of dead
+        processes anywhere under data/ (``conquest-run rebuild``)."""
         self._require_data()
         from .indexswap import rebuild_atomically
         with closing(self.connect()) as conn:
+            self.recover(conn, sweep_temps=sweep_temps)
             self._finish_removals(conn)
 
             def run(cb: Callable[[int, int], None] | None) -> IndexResult:
@@ -136,16 +157,18 @@ class Archive:
         self._require_data()
         self.ensure_indexed()
         with closing(self.connect()) as conn:
+            self.recover(conn)
             self._finish_removals(conn)
             return store(conn, self.schema, self.data_dir, list(paths), move=move)
 
     def store_dataset(self, data: Any) -> StoredFile:
         """Store one pydicom Dataset (or Part-10 bytes) and index it."""
         self._require_data()
-        with closing(self.connect()) as conn, DatasetStore(conn, self.schema,
-                                                           self.data_dir) as ds_store:
+        with closing(self.connect()) as conn:
+            self.recover(conn)
             self._finish_removals(conn)
-            return ds_store.store(data)
+            with DatasetStore(conn, self.schema, self.data_dir) as ds_store:
+                return ds_store.store(data)
 
     def _finish_removals(self, conn: sqlite3.Connection | None = None) -> None:
         """Settle what an interrupted delete left (``removals.finish_at_start``) before this
@@ -295,6 +318,10 @@ class Archive:
         self._finish_removals()
         return listen(self.data_dir, port, database=self.database, dicom_sql=self.dicom_sql,
                       **options)
+
+
+def _to_stderr(line: str) -> None:
+    print(f"conquest-run: {line}", file=sys.stderr, flush=True)
 
 
 def _with_progress_bar(run: Callable[[Callable[[int, int], None]], IndexResult]) -> IndexResult:

@@ -34,7 +34,8 @@ from typing import Any
 from .dicomread import HeaderRecord, ReadSpec
 from .errors import ArchiveError
 from .indexwalk import BadFile, FlaggedFile, read_all, read_one, shown_name, storable_name, walk
-from .indexwriter import DEVICE_NAME, LinkChecker, Writer, chunks, merge_modality, write_transaction
+from .indexwriter import (DEVICE_NAME, LinkChecker, Statements, Writer, chunks, merge_modality,
+                          write_transaction)
 from .schema import EXTRAS_TABLE, Schema
 
 MODES = ("all", "missing", "refresh")
@@ -96,11 +97,17 @@ class Indexer:
         self.data_dir = Path(data_dir)
         self.spec = ReadSpec.from_schema(schema)
         self.batch_size = batch_size
+        self.statements: Statements | None = None     # built by the first writer, then kept
         self.excluded = set()
         self.walked: dict[str, os.stat_result] = {}   # what the last run() found on disk
         for p in exclude:
             p = str(Path(p).absolute())
             self.excluded.update({p, p + "-wal", p + "-shm", p + "-journal"})
+
+    def _writer(self) -> Writer:
+        writer = Writer(self.conn, self.schema, int(time.time()), self.statements)
+        self.statements = writer.statements
+        return writer
 
     # -- what is indexed now -------------------------------------------------------------------
     def _known(self, patients: list[str] | None) -> dict[str, tuple[str, Any, Any, bool]]:
@@ -172,7 +179,7 @@ class Indexer:
                     except OSError:
                         pass
         self.walked = seen
-        writer = Writer(self.conn, self.schema, int(time.time()))
+        writer = self._writer()
         todo: list[str] = []
         writes: list[Callable[[], Any]] = []     # the deletes, done before the new rows
         if mode == "all":
@@ -274,7 +281,7 @@ class Indexer:
         """Index the given files (paths relative to the data directory) and nothing else."""
         started = time.perf_counter()
         result = IndexResult()
-        writer = Writer(self.conn, self.schema, int(time.time()))
+        writer = self._writer()
         for rel in rels:
             item = read_one(str(self.data_dir), rel, self.spec)
             if isinstance(item, BadFile):
@@ -288,7 +295,7 @@ class Indexer:
     def add_records(self, records: Iterable[HeaderRecord]) -> list[BadFile]:
         """Write already-read records (one transaction); returns those refused (inconsistent
         links), which are not written."""
-        writer = Writer(self.conn, self.schema, int(time.time()))
+        writer = self._writer()
         for r in records:
             writer.add(r)
         writer.flush()

@@ -29,13 +29,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 from .db import BUSY_TIMEOUT_MS, write_refused
 from .errors import ArchiveError
 from .indexer import Indexer, IndexResult, TooManyToHold
 from .indexwalk import BadFile, read_one
-from .indexwriter import DEVICE_NAME, Writer, chunks
+from .indexwriter import DEVICE_NAME, Writer
 from .schema import EXTRAS_TABLE, Schema
 
 _SUFFIX = ".rebuild-"

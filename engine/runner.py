@@ -115,6 +115,8 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
     if database.is_dir():
         raise ArchiveError("the database is a folder, not a file", file=str(database))
     if database.is_file():
+        if not dry_run:
+            archive.recover()          # what a killed writer left, before planning on it
         yield archive
         return
     if not data.is_dir():
@@ -196,6 +198,7 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
     audit = None
     if not dry_run:
         conn = archive.connect()
+        archive.recover(conn)          # what a killed writer left (once: indexed() did it)
         audit = AuditLog(conn)
         audit.know(plan)
         if variables is None:

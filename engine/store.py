@@ -22,8 +22,6 @@ __all__ = ["safe_patient_dir", "safe_component", "store", "store_dataset", "Data
 
 import io
 import os
-import secrets
-import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any
 from .db import disk_full_message, is_disk_full
 from .dicomread import HeaderRecord, ReadSpec, read_header
 from .errors import ArchiveError, DicomFileError
+from .durable import SourceKept, discard, fsync_path, fsync_all, remove_original, staged, \
+    atomic_write
 from .indexer import BadFile, Indexer, LinkChecker, data_dir_error
 from .schema import Schema
 
@@ -111,61 +111,10 @@ class StoreResult:
         return text
 
 
-class _SourceKept(Exception):
-    """--move stored the file but could not remove the original."""
-
-
 class StoreWriteError(ArchiveError, OSError):
     """The archive cannot be written (read-only, full, a file where a folder goes).
 
     An ``OSError`` as before, and a located ``ArchiveError`` for the command line."""
-
-
-def atomic_write(target: Path, data: bytes | None = None, source: Path | None = None,
-                  move: bool = False) -> None:
-    """Write bytes (or copy/move ``source``) to ``target`` via a temp name + os.replace; the
-    file and then its folder are fsync'ed before this returns (durable, not just in place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if move and source is not None and not source.is_symlink():
-        try:
-            os.replace(source, target)   # same file system: one atomic rename
-        except OSError:
-            pass
-        else:
-            _fsync(target)
-            _fsync(target.parent)
-            return
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        if data is not None:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        else:
-            shutil.copyfile(source, tmp)
-            _fsync(tmp)
-        os.replace(tmp, target)
-        _fsync(target.parent)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    if move and source is not None:
-        try:
-            os.unlink(source)
-        except OSError as exc:   # stored all the same: the caller reports the original kept
-            raise _SourceKept(exc.strerror or str(exc)) from None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Placer:
@@ -228,99 +177,174 @@ def _files_under(paths: list[str | Path]) -> list[tuple[str, Path]]:
     return out
 
 
+@dataclass
+class _Item:
+    """One file of a store batch: where it comes from and goes, and the copy it replaces."""
+    shown: str
+    path: Path
+    record: HeaderRecord
+    target: Path
+    rel: str
+    old: str | None
+    same: bool                   # already the file in data/ (stored from inside the archive)
+
+
+BATCH = 500                      # files per intent write and index commit in store()
+
+
 def store(conn: sqlite3.Connection, schema: Schema, data_dir: str | Path,
           paths: list[str | Path], *, move: bool = False) -> StoreResult:
     """Copy (or move) files and folders of files into the archive and index them.
 
     Files that are not readable DICOM are reported in ``result.bad`` and left where they are.
+    In batches of ``BATCH`` files: their paths go into the intent journal (``recovery``), each
+    is written under a temporary name and fsync'ed, renamed into place, each folder fsync'ed
+    once, the rows committed, the journal emptied, and only then (``move``) the originals
+    removed: a kill at any moment loses no original and leaves nothing the next start cannot
+    index (``recovery.recover``).
     """
+    from .recovery import IntentJournal
+
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise data_dir_error(data_dir)
-    placer = _Placer(conn, schema, data_dir)
+    batch = _StoreBatch(conn, schema, data_dir, move, IntentJournal.for_connection(conn))
     spec = ReadSpec.from_schema(schema)
-    indexer = Indexer(conn, schema, data_dir)
     checker = LinkChecker(conn, schema)
     result = StoreResult()
-    records: list[HeaderRecord] = []
-    copied: set[str] = set()          # files this run added as copies (their originals kept)
-
-    def commit(batch: list[HeaderRecord]) -> None:
-        """Index a batch; when its rows cannot be written, the copies it added go again (the
-        originals are kept), so the archive holds no file the index does not know."""
-        try:
-            result.bad += indexer.add_records(batch)
-        except (sqlite3.Error, OSError) as exc:
-            lost = {r.object_file for r in batch}
-            undone = _remove_copies(data_dir, lost & copied)
-            result.stored[:] = [f for f in result.stored if f.object_file not in lost]
-            why = disk_full_message(exc) if is_disk_full(exc) else f"cannot write the index: {exc}"
-            kept = len(lost) - len(undone)
-            raise StoreWriteError(
-                f"{why}; the index rows of the last {len(lost)} files could not be written: "
-                + (f"their {len(undone)} copies were removed again (the originals are kept)"
-                   if undone else "")
-                + ("; " if undone and kept else "")
-                + (f"{kept} of them are in the data folder unindexed (run 'conquest-run "
-                   f"rebuild --only-missing' once the index can be written)" if kept else "")
-                + f"; {len(result.stored)} files before them are stored and indexed",
-                file=str(getattr(exc, "filename", None) or data_dir)) from None
-    for shown, path in _files_under(paths):
-        if not path.exists():
-            result.bad.append(BadFile(shown, "a broken symbolic link" if path.is_symlink()
-                                      else "no such file or folder"))
-            continue
-        if not path.is_file():
-            result.bad.append(BadFile(shown, "not a regular file (a device, FIFO or socket)"))
-            continue
-        try:
-            record = read_header(path, shown, spec)
-            target, rel = placer.destination(record)
-        except DicomFileError as exc:
-            result.bad.append(BadFile(shown, exc.message))
-            continue
-        conflict = checker.check(record)
-        if conflict is not None:          # Conquest refuses it: the file is not copied
-            result.bad.append(BadFile(shown, conflict))
-            continue
-        old = placer.previous(record.sop_uid)
-        same = path.resolve() == target
-        if not same:
+    items: list[_Item] = []
+    try:
+        for shown, path in _files_under(paths):
+            if not path.exists():
+                result.bad.append(BadFile(shown, "a broken symbolic link" if path.is_symlink()
+                                          else "no such file or folder"))
+                continue
+            if not path.is_file():
+                result.bad.append(BadFile(shown, "not a regular file (a device, FIFO or "
+                                                 "socket)"))
+                continue
             try:
-                atomic_write(target, source=path, move=move)
-            except _SourceKept as exc:
-                result.bad.append(BadFile(shown, f"stored, but the original could not be "
-                                                 f"removed ({exc})"))
-            except OSError as exc:        # the archive side: read-only, full, ...
-                commit(records)           # what is in the archive is in the index
-                why = disk_full_message(exc) if is_disk_full(exc) else exc.strerror or exc
-                raise StoreWriteError(
-                    f"cannot store {shown}: {why}; stopped after "
-                    f"{len(result.stored)} files, which are stored and indexed",
-                    file=str(exc.filename or target)) from None
-        checker.note(record)
-        placer.drop_old_copy(old, rel)
-        records.append(placer.finish(record, target, rel))
-        result.stored.append(StoredFile(shown, rel, record.sop_uid, record.patient_id,
-                                        old is not None, record.extras.get("Flags")))
-        if old is None and not same and not move:
-            copied.add(rel)
-        if len(records) >= 500:
-            commit(records)
-            records = []
-    commit(records)
+                record = read_header(path, shown, spec)
+                target, rel = batch.placer.destination(record)
+            except DicomFileError as exc:
+                result.bad.append(BadFile(shown, exc.message))
+                continue
+            conflict = checker.check(record)
+            if conflict is not None:          # Conquest refuses it: the file is not copied
+                result.bad.append(BadFile(shown, conflict))
+                continue
+            checker.note(record)
+            items.append(_Item(shown, path, record, target, rel,
+                               batch.placer.previous(record.sop_uid),
+                               path.resolve() == target))
+            if len(items) >= BATCH:
+                batch.run(items, result)
+                items = []
+        batch.run(items, result)
+    finally:
+        batch.journal.close()
     return result
 
 
-def _remove_copies(data_dir: Path, rels: set[str]) -> list[str]:
-    removed = []
-    for rel in sorted(rels):
+class _StoreBatch:
+    """store()'s batches: intents, temporary files, renames, folder fsyncs, one commit, and
+    then the originals of a move."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Schema, data_dir: Path, move: bool,
+                 journal: Any) -> None:
+        self.placer = _Placer(conn, schema, data_dir)
+        self.indexer = Indexer(conn, schema, data_dir)
+        self.move = move
+        self.journal = journal
+
+    def run(self, items: list[_Item], result: StoreResult) -> None:
+        if not items:
+            return
+        self.journal.intend([it.rel for it in items if not it.same])
+        failure: tuple[_Item, OSError] | None = None
+        cut = len(items)                  # items[:cut] end up in place
+        tmps: dict[int, Path] = {}
+        for i, it in enumerate(items):
+            if not it.same:
+                try:
+                    tmps[i] = staged(it.target, source=it.path, link=self.move, sync=False)
+                except OSError as exc:    # the archive side: read-only, full, ...
+                    failure, cut = (it, exc), i
+                    break
         try:
-            os.unlink(data_dir / rel)
-            removed.append(rel)
-        except OSError:
-            pass
-    return removed
+            fsync_all(list(tmps.values()))   # every file durable before any rename
+        except OSError as exc:
+            failure, cut = (items[min(tmps)], exc), min(tmps)
+        folders: dict[Path, None] = {}
+        for i, tmp in tmps.items():
+            if i < cut:
+                try:
+                    os.replace(tmp, items[i].target)
+                except OSError as exc:
+                    failure, cut = (items[i], exc), i
+                else:
+                    folders[items[i].target.parent] = None
+            if i >= cut or self.move:
+                discard(tmp)    # not placed; or a link onto the same file (rename() left both)
+        placed = items[:cut]
+        try:
+            for folder in folders:
+                fsync_path(folder)
+        except OSError as exc:
+            failure = failure or (placed[-1], exc)
+        records = []
+        for it in placed:
+            self.placer.drop_old_copy(it.old, it.rel)
+            records.append(self.placer.finish(it.record, it.target, it.rel))
+        try:
+            refused = self.indexer.add_records(records)
+        except sqlite3.Error as exc:
+            self._index_failed(exc, placed)
+        self.journal.clear()
+        result.bad += refused
+        for it in placed:
+            if self.move and not it.same:
+                try:
+                    remove_original(it.path)
+                except SourceKept as exc:
+                    result.bad.append(BadFile(it.shown, f"stored, but the original could not "
+                                                        f"be removed ({exc})"))
+            result.stored.append(StoredFile(it.shown, it.rel, it.record.sop_uid,
+                                            it.record.patient_id, it.old is not None,
+                                            it.record.extras.get("Flags")))
+        if failure is not None:
+            it, exc = failure
+            why = disk_full_message(exc) if is_disk_full(exc) else exc.strerror or exc
+            raise StoreWriteError(
+                f"cannot store {it.shown}: {why}; stopped after "
+                f"{len(result.stored)} files, which are stored and indexed",
+                file=str(exc.filename or it.target)) from None
+
+
+    def _index_failed(self, exc: sqlite3.Error, placed: list[_Item]) -> None:
+        """The rows of a batch could not be written: the new copies it added go again (their
+        originals are kept, a move's too) so that the archive holds no file the index does not
+        know; a replaced file stays for the next store, rebuild or serve to index (the journal
+        keeps its intent)."""
+        copies = [it for it in placed if it.old is None and not it.same]
+        undone = 0
+        for it in copies:
+            try:
+                os.unlink(it.target)
+                undone += 1
+            except OSError:
+                pass
+        if undone == len(placed):
+            self.journal.clear()
+        why = disk_full_message(exc) if is_disk_full(exc) else f"cannot write the index: {exc}"
+        kept = len(placed) - undone
+        raise StoreWriteError(
+            f"{why}; the index rows of the last {len(placed)} files could not be written"
+            + (f": their {undone} copies were removed again (the originals are kept)"
+               if undone else "")
+            + (f"; {kept} of them are in the data folder, not indexed yet (the next store, "
+               f"rebuild or serve indexes them)" if kept else ""),
+            file=str(self.placer.data_dir)) from None
 
 
 def _dataset_bytes(data: Any) -> bytes:
@@ -334,11 +358,25 @@ def _dataset_bytes(data: Any) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(eq=False)
+class ReceivedItem:
+    """One dataset on its way into the archive (``DatasetStore.prepare`` .. ``place``)."""
+    raw: bytes
+    record: HeaderRecord
+    target: Path
+    rel: str
+    tmp: Path | None = None
+    error: OSError | None = None
+    stored: StoredFile | None = None
+    seq: int = 0                 # for a receiver: the order it was placed in
+
+
 class DatasetStore:
     """Writes received datasets into the archive; index rows are written every ``batch_size``
     datasets (and on ``flush()`` / ``close()``), so a busy receiver commits in batches.
 
-    Each dataset's file is in place (atomically) when ``store()`` returns.
+    Each dataset's file is in place (atomically) when ``store()`` returns; its path is in the
+    intent journal (``recovery``) from before the rename until its rows are committed.
     """
 
     def __init__(self, conn: sqlite3.Connection, schema: Schema, data_dir: str | Path, *,
@@ -348,37 +386,100 @@ class DatasetStore:
         self.indexer = Indexer(conn, schema, data_dir)
         self.batch_size = max(1, batch_size)
         self.pending: dict[str, HeaderRecord] = {}
+        self.inflight: list[ReceivedItem] = []      # prepared, not yet placed
+        from .recovery import IntentJournal
+        self.journal = IntentJournal.for_connection(conn)
 
     def store(self, data: Any) -> StoredFile:
         """Write one dataset (a pydicom Dataset with file meta, or Part-10 bytes)."""
+        item = self.prepare(data)
+        try:
+            self.write(item)
+        except BaseException:
+            self.abandon(item)
+            raise
+        self.place([item])
+        if item.error is not None:
+            raise item.error
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+        return item.stored
+
+    # The pieces of store(), for a receiver that groups the renames and commits of
+    # simultaneous associations: prepare() and place() under its lock, write() outside it.
+    def prepare(self, data: Any) -> "ReceivedItem":
+        """Read and check one dataset; raises ``DicomFileError`` for one Conquest refuses."""
         raw = _dataset_bytes(data)
         record = read_header("<dataset>", "<dataset>", self.spec, data=raw)
         checker = LinkChecker(self.placer.conn, self.placer.schema)
-        for pending_record in self.pending.values():
-            checker.note(pending_record)
+        for other in [*self.pending.values(), *(i.record for i in self.inflight)]:
+            checker.note(other)
         conflict = checker.check(record)
         if conflict is not None:          # Conquest refuses it: nothing is written
             raise DicomFileError(conflict)
         target, rel = self.placer.destination(record)
-        old = self.placer.previous(record.sop_uid)
-        pending = self.pending.get(record.sop_uid)
-        atomic_write(target, data=raw)
-        self.placer.drop_old_copy(old, rel)
-        if pending is not None:
-            self.placer.drop_old_copy(pending.object_file, rel)
-        self.pending[record.sop_uid] = self.placer.finish(record, target, rel)
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-        return StoredFile("<dataset>", rel, record.sop_uid, record.patient_id,
-                          old is not None or pending is not None)
+        item = ReceivedItem(raw, record, target, rel)
+        self.inflight.append(item)
+        return item
+
+    def write(self, item: "ReceivedItem") -> None:
+        """The file under its temporary name, fsync'ed (needs no lock)."""
+        item.tmp = staged(item.target, data=item.raw)
+
+    def abandon(self, item: "ReceivedItem") -> None:
+        self.abandon_inflight(item)
+        if item.tmp is not None:
+            discard(item.tmp)
+
+    def place(self, items: list["ReceivedItem"]) -> None:
+        """One intent write for all, then each renamed into place, each folder fsync'ed once;
+        their rows wait in ``pending`` for ``flush()``.  A failed item gets ``error``."""
+        if not items:
+            return
+        self.journal.intend([i.rel for i in items])     # before they can appear in data/
+        folders: dict[Path, list[ReceivedItem]] = {}
+        for item in items:
+            self.abandon_inflight(item)
+            try:
+                os.replace(item.tmp, item.target)
+            except OSError as exc:
+                discard(item.tmp)
+                item.error = exc
+                continue
+            folders.setdefault(item.target.parent, []).append(item)
+        for folder, placed in folders.items():
+            try:
+                fsync_path(folder)
+            except OSError as exc:        # in place but not surely durable: not a success
+                for item in placed:
+                    item.error = exc
+        for placed in folders.values():
+            for item in placed:
+                record, rel = item.record, item.rel
+                old = self.placer.previous(record.sop_uid)
+                earlier = self.pending.get(record.sop_uid)
+                self.placer.drop_old_copy(old, rel)
+                if earlier is not None:
+                    self.placer.drop_old_copy(earlier.object_file, rel)
+                self.pending[record.sop_uid] = self.placer.finish(record, item.target, rel)
+                item.stored = StoredFile("<dataset>", rel, record.sop_uid, record.patient_id,
+                                         old is not None or earlier is not None)
+
+    def abandon_inflight(self, item: "ReceivedItem") -> None:
+        if item in self.inflight:
+            self.inflight.remove(item)
 
     def flush(self) -> None:
         if self.pending:
             records, self.pending = list(self.pending.values()), {}
             self.indexer.add_records(records)   # checked in store(): nothing is refused here
+        self.journal.clear()                    # every file renamed in is committed now
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self.journal.close()
 
     def __enter__(self) -> "DatasetStore":
         return self

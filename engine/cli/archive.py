@@ -160,7 +160,8 @@ def run(name: str, args: argparse.Namespace) -> int:
                 archive, "rebuild", " ".join([f"--mode {mode}"] + [
                     f"--patient {p}" for p in args.patient or ()])) as finish:
             result = archive.rebuild(patients=args.patient, mode=mode, workers=args.workers,
-                                     progress=sys.stderr.isatty() and not args.json)
+                                     progress=sys.stderr.isatty() and not args.json,
+                                     sweep_temps=True)
             finish(True, {"mode": mode, "indexed": result.indexed, "removed": result.removed,
                           "bad": len(result.bad)},
                    [Outcome(None, None, FAILED, b.reason, {"path": b.path}) for b in result.bad])

@@ -134,16 +134,20 @@ class ArchiveSink:
     """Files and index rows, through the archive core's ``DatasetStore`` on one WAL connection.
 
     Durable before acknowledged: ``put()`` returns only once the file is fsync'ed and renamed,
-    its folder fsync'ed (``store.atomic_write``) and its index rows committed.  Commits are
-    grouped: whoever commits takes every row written so far, so the associations waiting
-    meanwhile return without a commit of their own.  A commit that fails raises
+    its folder fsync'ed and its index rows committed.  Each association writes and fsyncs its
+    file under a temporary name on its own (in parallel); renames and commits are grouped:
+    whoever commits places every file ready so far (one intent-journal write for all, one fsync
+    per folder) and commits every row placed so far, so the associations waiting meanwhile
+    return without a commit of their own.  A commit that fails raises
     (``ArchiveError``: the C-STORE fails with 0xA700) and keeps its rows for the next one, which
     the flusher retries every ``BATCH_SECONDS``.
     """
 
     def __init__(self, data_dir: str | Path, database: str | Path,
-                 dicom_sql: str | Path | None = None, busy_timeout: float | None = None) -> None:
+                 dicom_sql: str | Path | None = None, busy_timeout: float | None = None,
+                 notice: Callable[[str], None] | None = None) -> None:
         from ..db import connect, ensure_schema
+        from ..recovery import recover
         from ..schema import load_schema
         from ..store import DatasetStore
 
@@ -153,36 +157,56 @@ class ArchiveSink:
             if busy_timeout is not None:
                 self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             ensure_schema(self.conn, schema)
+            # what a killed receiver or store left: files renamed in but not indexed
+            self.recovered = recover(self.conn, schema, data_dir, database)
+            line = self.recovered.line()
+            if line is not None:
+                (notice or _to_stderr)(line)
         except BaseException:
             self.conn.close()
             raise
         self.store = DatasetStore(self.conn, schema, data_dir, batch_size=1 << 30)
         self.lock = threading.Lock()       # the connection and the store
         self.commit_lock = threading.Lock()
-        self.written = 0                   # rows handed to the store so far
-        self.committed = 0                 # ... of which committed
+        self.ready: list[Any] = []         # written under their temporary names, not placed
+        self.placed = 0                    # items placed so far (their seq)
+        self.committed = 0                 # ... of which the rows are committed
         self.data_dir = Path(data_dir)
         self.new_files: dict[str, str] = {}   # SOP -> ObjectFile of new files not committed
 
     def put(self, encoded: bytes, sop_uid: str) -> str:
         with self.lock:
-            stored = self.store.store(encoded)
-            object_file = stored.object_file
-            if not stored.replaced:
-                self.new_files[stored.sop_uid] = object_file
-            self.written += 1
-            mine = self.written
-        self._commit(mine)
-        return object_file
+            item = self.store.prepare(encoded)
+        try:
+            self.store.write(item)         # file and fsync outside the lock: in parallel
+        except BaseException:
+            with self.lock:
+                self.store.abandon(item)
+            raise
+        with self.lock:
+            self.ready.append(item)
+        self._commit(item)
+        return item.rel
 
-    def _commit(self, upto: int) -> None:
+    def _commit(self, item: Any | None) -> None:
+        """Place what is ready (one intent write, the renames, one fsync per folder) and
+        commit every row placed so far, unless another association's commit did already."""
         import sqlite3
 
         with self.commit_lock:
-            if self.committed >= upto:     # in another association's commit meanwhile
-                return
             with self.lock:
-                written, pending = self.written, dict(self.store.pending)
+                batch, self.ready = self.ready, []
+                self.store.place(batch)
+                for placed in batch:
+                    self.placed += 1
+                    placed.seq = self.placed
+                    if placed.stored is not None and not placed.stored.replaced:
+                        self.new_files[placed.stored.sop_uid] = placed.rel
+                if item is not None and item.error is not None:
+                    raise item.error
+                if self.committed >= (self.placed if item is None else item.seq):
+                    return                 # in another association's commit meanwhile
+                placed, pending = self.placed, dict(self.store.pending)
                 try:
                     self.store.flush()
                 except (sqlite3.Error, OSError) as exc:
@@ -191,12 +215,12 @@ class ArchiveSink:
                     full = "the disk is full: " if is_disk_full(exc) else ""
                     raise ArchiveError(f"{full}the index rows could not be committed ({exc}); "
                                        "kept for the next commit") from None
-                self.committed = written
+                self.committed = placed
                 self.new_files = {k: v for k, v in self.new_files.items()
                                   if k in self.store.pending}
 
     def flush(self) -> None:
-        self._commit(self.written)
+        self._commit(None)
 
     def close(self) -> None:
         """The last commit; when it fails (a full disk), the new files whose rows are not in
@@ -222,6 +246,7 @@ class ArchiveSink:
                 f"were removed (the senders were told 0xA700)"
                 + (f"; {kept} replaced files keep their older rows" if kept else "")) from None
         finally:
+            self.store.journal.close()     # removed unless rows are still uncommitted
             self.conn.close()
 
 
@@ -384,6 +409,11 @@ class Receiver:
                     self.notice(f"{exc}; retrying")
 
 
+def _to_stderr(line: str) -> None:
+    import sys
+    print(f"conquest-run: {line}", file=sys.stderr, flush=True)
+
+
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
     if vr == b"OB":                       # the long form: 2 reserved bytes, 4-byte length
         return struct.pack("<HH2s2xI", group, elem, vr, len(value)) + value
@@ -452,7 +482,7 @@ def listen(data_dir: str | Path, port: int, *, database: str | Path | None = Non
                                 max_pdu=max_pdu, busy_timeout=busy_timeout)
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     indexed = index and database is not None
-    sink: Sink = ArchiveSink(data_dir, database, dicom_sql, busy_timeout) \
+    sink: Sink = ArchiveSink(data_dir, database, dicom_sql, busy_timeout, log) \
         if indexed else FileSink(data_dir)
     qr = service = None
     if indexed:

@@ -339,7 +339,10 @@ class Receiver:
             self.notice(str(exc))
         finally:
             if self.audit is not None:
-                self.audit.close(self.received, self.failed)
+                try:
+                    self.audit.close(self.received, self.failed)
+                except ArchiveError as exc:    # a full disk again: said, not raised
+                    self.notice(str(exc))
 
     def __enter__(self) -> "Receiver":
         return self

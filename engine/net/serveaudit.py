@@ -15,12 +15,14 @@ from __future__ import annotations
 
 __all__ = ["ServeAudit", "peer_of"]
 
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from ..audit import AuditLog
+from ..errors import ArchiveError
 from ..report import DONE, FAILED, Outcome
 
 STEP = (1, "serve")
@@ -95,7 +97,10 @@ class ServeAudit:
                          Outcome(None, None, DONE if a.ended == "released" else FAILED, reason,
                                  detail))
             if not self.done:
-                self.log.flush()
+                try:
+                    self.log.flush()
+                except sqlite3.Error:       # a full disk: kept, written by close() or lost
+                    pass
 
     def stored(self, assoc: Any, ok: bool) -> None:
         with self.lock:
@@ -163,5 +168,10 @@ class ServeAudit:
                 self.log.end_run(self.run_id, error is None,
                                  {"associations": self.associations, "received": received,
                                   "failed": failed}, error=error)
+            except sqlite3.Error as exc:
+                from ..db import disk_full_message, is_disk_full
+                why = disk_full_message(exc) if is_disk_full(exc) else str(exc)
+                raise ArchiveError(f"the audit log of this serve run could not be closed: "
+                                   f"{why}") from None
             finally:
                 self.conn.close()

@@ -456,6 +456,10 @@ def _reference_errors(job: Job) -> list[JobError]:
             names.setdefault(step.name, step)
         if step.action in ("copy", "send") and isinstance(opts.get("deidentify"), dict):
             errs += _deidentify_errors(job, base + ("deidentify",), opts["deidentify"])
+        if step.action in ("copy", "send") and isinstance(opts.get("modify"), dict):
+            from .modify import check_block     # keyword, VR and value of each edit
+            errs += [job.error(message, base + ("modify",) + where)
+                     for where, message in check_block(opts["modify"])]
         if step.action == "copy":
             if p := _path_problem(opts["destination"]):
                 errs.append(job.error(f"{_dotted(base + ('destination',))} {p}", base + ("destination",)))

@@ -29,7 +29,7 @@ from .errors import ConquestRunError, JobError
 from .net import AE_TITLE_MAX, ae_title_problem
 from .source import PathKey, Position, Source, load_source, parse_source
 
-SELECT_KEYS = ("query", "patient", "study", "series", "modality")
+SELECT_KEYS = ("query", "patient", "study", "series", "modality", "roi")
 _ACTIONS = ("copy", "dump", "delete", "rebuild", "send")
 _TRUE_TEXTS = ("true", "True", "TRUE")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -46,6 +46,8 @@ class Selection:
     study: tuple[str, ...] = ()
     series: tuple[str, ...] = ()
     modality: tuple[str, ...] = ()
+    roi: tuple[str, ...] = ()           # ROI name globs of RTSTRUCT series (roiselect.py)
+    with_referenced: bool = False       # with roi: also the plans, doses and images they go with
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Selection":
@@ -56,7 +58,8 @@ class Selection:
                 return ()
             return (v,) if isinstance(v, str) else tuple(v)
         return cls(d.get("query"), many(d.get("patient")), many(d.get("study")),
-                   many(d.get("series")), many(d.get("modality")))
+                   many(d.get("series")), many(d.get("modality")), many(d.get("roi")),
+                   d.get("with_referenced") is True)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -65,6 +68,8 @@ class Selection:
         for k in SELECT_KEYS[1:]:
             if getattr(self, k):
                 out[k] = list(getattr(self, k))
+        if self.with_referenced:
+            out["with_referenced"] = True
         return out
 
     @property
@@ -456,6 +461,10 @@ def _reference_errors(job: Job) -> list[JobError]:
             names.setdefault(step.name, step)
         if step.action in ("copy", "send") and isinstance(opts.get("deidentify"), dict):
             errs += _deidentify_errors(job, base + ("deidentify",), opts["deidentify"])
+        if step.select is not None and step.select.with_referenced and not step.select.roi:
+            errs.append(job.error("select.with_referenced adds what ROI-matched structure sets "
+                                  "reference; it needs select.roi",
+                                  step.path + ("select", "with_referenced"), key=True))
         if step.action in ("copy", "send") and isinstance(opts.get("modify"), dict):
             from .modify import check_block     # keyword, VR and value of each edit
             errs += [job.error(message, base + ("modify",) + where)

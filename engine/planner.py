@@ -282,8 +282,12 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
                             limits=limits) if checked is not None else None)
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality)
+    roi_options: dict[str, Any] = {}
+    if sel.roi:                         # RTSTRUCT series by ROI name (engine/roiselect.py)
+        from .roiselect import filter_by_roi
+        series, roi_options = filter_by_roi(resolver, series, sel.roi, sel.with_referenced)
     level = checked.level if checked is not None else "series"
-    options = dict(options)
+    options = dict(options, **roi_options)
     if action == "rebuild" and not sel.empty:
         # The patients a rebuild with a selection re-indexes: those it names (indexed or not
         # yet) and those of the series it found.  An empty list means nothing to do, never
@@ -475,6 +479,8 @@ def _plan_problem(data: Any) -> str | None:
             return f"steps[{i}].destructive: must be {str(step['action'] == 'delete').lower()} " \
                    f"for a {step['action']} step"
         options = dict(step["options"])
+        for key in ("roi_matched", "roi_referenced"):   # what a roi: selection matched
+            options.pop(key, None)
         if step["action"] == "send":
             options.pop("node", None)   # the plan holds the node's settings, resolved
         if step["action"] == "dump":

@@ -131,6 +131,9 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                               escape(s.series_uid), escape(s.description or ""),
                               str(len(s.instances)), _size(s.bytes))
             console.print(table)
+            from ..roiselect import plan_lines
+            for line in plan_lines(step.options):
+                console.print(f"  {escape(line)}")
         totals = (f"{len(step.series)} series, {_plural(step.instance_count, 'instance')}, "
                   f"{_size(step.bytes)}")
         if step.destructive:

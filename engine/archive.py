@@ -256,6 +256,23 @@ class Archive:
         return send_series(self, [str(u) for u in series_uids], host, port, called_ae,
                            **options)
 
+    # -- own data beside the archive (usertables.py) ---------------------------------------------
+    def insert_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Append dicts to the user table ``table`` (created on the first insert, later keys
+        added as columns; Conquest's and conquest-run's tables refused); rows appended."""
+        from .usertables import check_target, insert_rows
+        check_target(table, self.schema)
+        rows = list(rows)             # a bad row (or CSV line) stops it before the database
+        if not rows:
+            return 0
+        with closing(self.connect()) as conn:
+            return insert_rows(conn, table, rows, self.schema)
+
+    def query_schema(self) -> Any:
+        """The schema job SQL is checked against: the layout plus the user tables."""
+        from .sqlcheck import schema_of
+        return schema_of(self)
+
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
         from .net.receiver import listen

@@ -649,5 +649,8 @@ def validate_job(path: str | Path, schema=None, *, display: str | None = None,
         if sql_path is None and Path("dicom.sql").is_file():
             sql_path = "dicom.sql"
         schema = load_schema(sql_path)
+        if job.archive.database is not None:        # its user tables, when it exists
+            from .sqlcheck import with_user_tables
+            schema = with_user_tables(schema, job.archive.database)
     check_job_sql(job, schema)
     return job

@@ -29,7 +29,7 @@ from .db import connect_reader
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
 from .fileflags import flag_tokens
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
-from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column
+from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column, schema_of
 
 _MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
 _CHUNK = 500
@@ -272,7 +272,7 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
     from .jobs import Selection
     sel = Selection.from_dict(select) if select else Selection()
     if sel.query is not None and checked is None:
-        checked = check_query(sel.query, archive.schema, file=file, line=query_line or 1,
+        checked = check_query(sel.query, schema_of(archive), file=file, line=query_line or 1,
                               col=query_col or 1)
     resolver = _Resolver(archive, conn)
     if sel.empty and not _needs_series(action, options):
@@ -310,7 +310,7 @@ def build_plan(job, archive, *, schema=None, named=None,
     the temporary index of a dry run on an archive without a database yet.
     """
     from .jobs import check_step_query
-    schema = schema if schema is not None else archive.schema
+    schema = schema if schema is not None else schema_of(archive)   # + user tables
     named = named if named is not None else archive
     if not Path(archive.database).is_file():
         raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",

@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "serve": "network",
     "echo": "network",
     "history": "audit",
+    "load-csv": "tables",
 }
 
 

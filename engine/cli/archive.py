@@ -139,8 +139,8 @@ def _checked_query(archive: Archive, args: argparse.Namespace) -> tuple[list[str
     functions; any columns), then run bounded on a connection that cannot write."""
     from contextlib import closing
 
-    from ..sqlcheck import QueryLimits, check_query, run_query
-    checked = check_query(args.sql, archive.schema, file="SQL", require_column=False)
+    from ..sqlcheck import QueryLimits, check_query, run_query, schema_of
+    checked = check_query(args.sql, schema_of(archive), file="SQL", require_column=False)
     archive.ensure_indexed()
     limits = QueryLimits(timeout=args.query_timeout, max_rows=_QUERY_MAX_ROWS)
     with closing(archive.connect_readonly()) as conn:

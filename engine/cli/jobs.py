@@ -277,7 +277,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     from ..jobs import check_job_sql, load_job
     from ..planner import build_plan, check_plan_sql, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan
-    from ..sqlcheck import QueryLimits
+    from ..sqlcheck import QueryLimits, schema_of
 
     err = _console(stderr=True)
     out = _console()
@@ -317,7 +317,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         archive = Archive(args.data or plan.data_dir, args.database or plan.database,
                           args.dicom_sql or plan.dicom_sql)
         try:
-            check_plan_sql(plan, archive.schema, args.apply)
+            check_plan_sql(plan, schema_of(archive), args.apply)
             verify_plan(plan, archive)
         except ConquestRunError as exc:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)
@@ -343,7 +343,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         try:
             job = load_job(path)
             archive = archive_for_job(job, **_overrides(args))
-            check_job_sql(job, archive.schema)
+            check_job_sql(job, schema_of(archive))   # + the database's user tables
             prepared.append((job, archive))
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)

@@ -256,6 +256,26 @@ class Archive:
         return send_series(self, [str(u) for u in series_uids], host, port, called_ae,
                            **options)
 
+    # -- extra columns (extracolumns.py) -----------------------------------------------------------
+    def add_column(self, level: str, tag: Any, name: str, *,
+                   dicom_sql: str | Path | None = None) -> dict[str, Any]:
+        """Add a column for ``tag`` (keyword, "(gggg,eeee)" or int) to ``level`` (Patient,
+        Study, Series, Image): written into the archive's dicom.sql (or ``dicom_sql``, created
+        from the current layout if missing), added to an existing database with ALTER TABLE and
+        filled by reading that tag only.  The column is the first 10 characters of ``name``."""
+        from .extracolumns import add_entry, extend_database
+        from .schema import default_dicom_sql_path
+        target = Path(dicom_sql) if dicom_sql is not None else self.dicom_sql
+        if target is None:
+            raise ArchiveError("this archive uses the built-in layout; pass dicom_sql='dicom.sql' "
+                               "to write a copy of it with the new column")
+        source = target if target.is_file() else (self.dicom_sql or default_dicom_sql_path())
+        add_entry(target, source.read_text(encoding="latin-1"), self.schema, level, tag, name)
+        self.dicom_sql, self.schema = target, load_schema(target)
+        if not self.database.is_file():
+            return {"columns": [name[:10]], "rows_updated": 0}
+        return extend_database(self, [name[:10]])
+
     # -- own data beside the archive (usertables.py) ---------------------------------------------
     def insert_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
         """Append dicts to the user table ``table`` (created on the first insert, later keys

@@ -288,6 +288,20 @@ class Archive:
         with closing(self.connect()) as conn:
             return insert_rows(conn, table, rows, self.schema)
 
+    def image_statistics(self, select: dict[str, Any] | None = None, table: str | None = None,
+                         with_problems: bool = False) -> Any:
+        """Pixel statistics per selected series (``imagestats.py``; select as in a job, all
+        series by default); appended to the user table ``table`` when given.  The rows, or
+        (rows, undecodable instances) with ``with_problems``."""
+        from .imagestats import series_statistics
+        from .usertables import check_target
+        if table is not None:
+            check_target(table, self.schema)
+        rows, problems = series_statistics(self, select)
+        if table is not None:
+            self.insert_rows(table, rows)
+        return (rows, problems) if with_problems else rows
+
     def query_schema(self) -> Any:
         """The schema job SQL is checked against: the layout plus the user tables."""
         from .sqlcheck import schema_of

@@ -32,6 +32,7 @@ SUBCOMMANDS = {
     "echo": "network",
     "history": "audit",
     "load-csv": "tables",
+    "image-stats": "tables",
 }
 
 

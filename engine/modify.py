@@ -247,7 +247,7 @@ class _Counts:
 
     def add(self, rel: str, sop_uid: str, counts: dict[str, Any]) -> None:
         self.files += 1
-        for key, n in (counts.get("modified") or counts).items():
+        for key, n in counts.items():
             if key in self.totals and isinstance(n, int):
                 self.totals[key] += n
 

@@ -469,50 +469,9 @@ def check_query(sql: str, schema, *, file: str | None = None, line: int = 1, col
     return _Checker(sql, schema, file, line, col, locate).run(require_column)
 
 
-# -- user tables: own data beside the archive (usertables.py) ------------------------------------
-class _WithUserTables:
-    """A schema that also knows the user tables found in the database (read, never written)."""
 
-    def __init__(self, schema, extra: dict[str, dict[str, str]]) -> None:
-        self._schema = schema
-        self._extra = extra
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._schema, name)
-
-    def sqlglot_schema(self) -> dict[str, dict[str, str]]:
-        out = dict(self._schema.sqlglot_schema())
-        known = {t.lower() for t in out}
-        out.update({t: cols for t, cols in self._extra.items() if t.lower() not in known})
-        return out
-
-
-def with_user_tables(schema, database) -> Any:
-    """``schema`` plus the user tables of ``database`` (when it exists), so that job queries
-    may read what ``Archive.insert_rows`` or ``conquest-run load-csv`` put there."""
-    import sqlite3
-    from pathlib import Path
-
-    from .db import connect_reader
-    from .usertables import user_tables
-    if database is None or not Path(database).is_file():
-        return schema
-    try:
-        conn = connect_reader(database)
-    except Exception:               # unreadable here: the run itself says why, later
-        return schema
-    try:
-        extra = user_tables(conn, schema)
-    except sqlite3.Error:
-        return schema
-    finally:
-        conn.close()
-    return _WithUserTables(schema, extra) if extra else schema
-
-
-def schema_of(archive) -> Any:
-    """The schema job SQL is checked against for ``archive``: its layout and its user tables."""
-    return with_user_tables(archive.schema, getattr(archive, "database", None))
-
+# user tables (own data beside the archive): the schema a job query is checked against learns
+# them from the database (usertables.py)
+from .usertables import schema_of, with_user_tables  # noqa: E402
 
 __all__ += ["with_user_tables", "schema_of"]

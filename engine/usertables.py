@@ -7,12 +7,12 @@ tables (the layout's, ``UIDMODS``, and the usual others of a Conquest server), c
 own (``RTExtras``, ``ConquestRun*``), SQLite's and the views are refused as targets.  Table and
 column names must be plain identifiers (letters, digits, ``_``; at most 64) and are quoted in
 the statements; values are always parameters.  :func:`user_tables` lists such tables with their
-columns, which the SQL check of jobs learns (``sqlcheck.with_user_tables``).
+columns, which the SQL check of jobs learns (:func:`with_user_tables`, :func:`schema_of`).
 """
 
 from __future__ import annotations
 
-__all__ = ["insert_rows", "check_target", "user_tables", "name_problem", "csv_rows", "RESERVED_TABLES"]
+__all__ = ["insert_rows", "check_target", "with_user_tables", "schema_of", "user_tables", "name_problem", "csv_rows", "RESERVED_TABLES"]
 
 import csv
 import datetime
@@ -200,3 +200,46 @@ def csv_rows(path: str | Path, *, as_text: bool = False) -> Iterator[dict[str, A
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ArchiveError(f"not a readable CSV: {exc}", file=str(path),
                                line=reader.line_num) from None
+
+
+# -- the schema job SQL is checked against, with the user tables -------------------------------
+class _WithUserTables:
+    """A schema that also knows the user tables found in the database (read, never written)."""
+
+    def __init__(self, schema, extra: dict[str, dict[str, str]]) -> None:
+        self._schema = schema
+        self._extra = extra
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._schema, name)
+
+    def sqlglot_schema(self) -> dict[str, dict[str, str]]:
+        out = dict(self._schema.sqlglot_schema())
+        known = {t.lower() for t in out}
+        out.update({t: cols for t, cols in self._extra.items() if t.lower() not in known})
+        return out
+
+
+def with_user_tables(schema, database) -> Any:
+    """``schema`` plus the user tables of ``database`` (when it exists), so that job queries
+    may read what ``Archive.insert_rows`` or ``conquest-run load-csv`` put there (re-exported
+    by ``sqlcheck``)."""
+    from .db import connect_reader
+    if database is None or not Path(database).is_file():
+        return schema
+    try:
+        conn = connect_reader(database)
+    except Exception:               # unreadable here: the run itself says why, later
+        return schema
+    try:
+        extra = user_tables(conn, schema)
+    except sqlite3.Error:
+        return schema
+    finally:
+        conn.close()
+    return _WithUserTables(schema, extra) if extra else schema
+
+
+def schema_of(archive) -> Any:
+    """The schema job SQL is checked against for ``archive``: its layout and its user tables."""
+    return with_user_tables(archive.schema, getattr(archive, "database", None))

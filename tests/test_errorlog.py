@@ -8,7 +8,6 @@ import sqlite3
 import sys
 import textwrap
 
-import pytest
 
 from conquest_run import synthetic
 from conquest_run.archive import Archive

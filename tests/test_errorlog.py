@@ -8,7 +8,6 @@ import sqlite3
 import sys
 import textwrap
 
-
 from conquest_run import synthetic
 from conquest_run.archive import Archive
 from conquest_run.cli import main

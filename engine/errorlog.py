@@ -30,6 +30,7 @@ LOGGER = "conquest_run"
 MAX_BYTES = 1024 * 1024
 BACKUPS = 3
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_REDRAW = re.compile(r"\x1b\[(\d*[AKJ]|\?25[lh])")     # cursor moves, erases: a live display
 _FORMAT = "%(asctime)s %(levelname)s run=%(run_id)s pid=%(process)d %(name)s: %(message)s"
 
 
@@ -106,8 +107,8 @@ class _StderrTee:
         return written
 
     def _log(self, line: str) -> None:
-        if "\r" in line:                            # a redrawn progress line
-            line = line.rsplit("\r", 1)[-1]
+        if "\r" in line or _REDRAW.search(line):     # a progress bar being drawn
+            return
         line = _ANSI.sub("", line).strip()
         if not line:
             return

@@ -93,11 +93,14 @@ def test_the_log_rotates_by_size(tmp_path):
         for n in range(40):
             print(f"conquest-run: error number {n}", file=sys.stderr)
         print("note: a warning", file=sys.stderr)
+        sys.stderr.write("\x1b[?25l\rcopy to out \u2501\u2501 50%\n\x1b[2K\x1b[1A\n")
+        sys.stderr.write("\x1b[31mconquest-run: in colour\x1b[0m")      # no newline yet
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["small.log", "small.log.1", "small.log.2"]
     assert all(p.stat().st_size <= 400 for p in tmp_path.iterdir())
     last = _lines(tmp_path / "small.log.1") + _lines(log)
-    assert last[-1].split(" ", 2)[1] == "WARNING" and last[-2].endswith("error number 39")
+    assert last[-1].endswith(" conquest_run.stderr: conquest-run: in colour")
+    assert last[-2].split(" ", 2)[1] == "WARNING" and last[-3].endswith("error number 39")
 
 
 def test_an_unusable_log_file_is_a_plain_error(tmp_path, capsys):

@@ -103,3 +103,25 @@ def test_with_referenced_without_roi_is_a_located_error(tmp_path, capsys):
     job.write_text("version: 1\nselect: {roi: []}\naction:\n  copy: {destination: out}\n")
     assert main(["--validate", str(job)]) == 2
     assert f"{job}:2:15: select.roi must list at least one value" in capsys.readouterr().err
+
+
+def test_the_example_job_selects_the_lung_sets_and_edits_the_copies(tmp_path, monkeypatch, capsys):
+    import pydicom
+    from _jobs_support import sandbox
+    root = sandbox(tmp_path)
+    monkeypatch.chdir(root)
+    assert main(["--dry-run", "jobs/export_lung_sets.yml"]) == 0
+    out = capsys.readouterr().out
+    assert "ROI match: " in out and ": Lung_L, Lung_R" in out
+    assert out.count("referenced by structure set") == 3        # plan, dose, CT
+    assert not (root / "exports").exists()
+    assert main(["jobs/export_lung_sets.yml"]) == 0
+    files = sorted((root / "exports" / "lung-sets").rglob("*.dcm"))
+    modalities = sorted(str(pydicom.dcmread(p).Modality) for p in files)
+    assert modalities[-3:] == ["RTDOSE", "RTPLAN", "RTSTRUCT"] and set(modalities[:-3]) == {"CT"}
+    for p in files:
+        ds = pydicom.dcmread(p)
+        assert ds.InstitutionName == "Plan review" and ds.PatientID == "RT/002 A.B"
+        if ds.Modality == "RTSTRUCT":
+            assert [r.ROIName for r in ds.StructureSetROISequence] == [
+                "BODY", "PTV", "LUNG_LEFT", "LUNG_RIGHT"]

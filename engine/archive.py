@@ -312,6 +312,57 @@ class Archive:
         from .actions.retrieve import retrieve_series
         return retrieve_series(self, node, method=method, port=port, **options)
 
+    # -- extra columns (extracolumns.py) -----------------------------------------------------------
+    def add_column(self, level: str, tag: Any, name: str, *,
+                   dicom_sql: str | Path | None = None) -> dict[str, Any]:
+        """Add a column for ``tag`` (keyword, "(gggg,eeee)" or int) to ``level`` (Patient,
+        Study, Series, Image): written into the archive's dicom.sql (or ``dicom_sql``, created
+        from the current layout if missing), added to an existing database with ALTER TABLE and
+        filled by reading that tag only.  The column is the first 10 characters of ``name``."""
+        from .extracolumns import add_entry, extend_database
+        from .schema import default_dicom_sql_path
+        target = Path(dicom_sql) if dicom_sql is not None else self.dicom_sql
+        if target is None:
+            raise ArchiveError("this archive uses the built-in layout; pass dicom_sql='dicom.sql' "
+                               "to write a copy of it with the new column")
+        source = target if target.is_file() else (self.dicom_sql or default_dicom_sql_path())
+        add_entry(target, source.read_text(encoding="latin-1"), self.schema, level, tag, name)
+        self.dicom_sql, self.schema = target, load_schema(target)
+        if not self.database.is_file():
+            return {"columns": [name[:10]], "rows_updated": 0}
+        return extend_database(self, [name[:10]])
+
+    # -- own data beside the archive (usertables.py) ---------------------------------------------
+    def insert_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Append dicts to the user table ``table`` (created on the first insert, later keys
+        added as columns; Conquest's and conquest-run's tables refused); rows appended."""
+        from .usertables import check_target, insert_rows
+        check_target(table, self.schema)
+        rows = list(rows)             # a bad row (or CSV line) stops it before the database
+        if not rows:
+            return 0
+        with closing(self.connect()) as conn:
+            return insert_rows(conn, table, rows, self.schema)
+
+    def image_statistics(self, select: dict[str, Any] | None = None, table: str | None = None,
+                         with_problems: bool = False) -> Any:
+        """Pixel statistics per selected series (``imagestats.py``; select as in a job, all
+        series by default); appended to the user table ``table`` when given.  The rows, or
+        (rows, undecodable instances) with ``with_problems``."""
+        from .imagestats import series_statistics
+        from .usertables import check_target
+        if table is not None:
+            check_target(table, self.schema)
+        rows, problems = series_statistics(self, select)
+        if table is not None:
+            self.insert_rows(table, rows)
+        return (rows, problems) if with_problems else rows
+
+    def query_schema(self) -> Any:
+        """The schema job SQL is checked against: the layout plus the user tables."""
+        from .sqlcheck import schema_of
+        return schema_of(self)
+
     def listen(self, port: int, **options: Any) -> Any:
         """Start a C-STORE/C-ECHO receiver into this archive (see ``receiver.listen``)."""
         from .net.receiver import listen

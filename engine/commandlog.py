@@ -28,6 +28,8 @@ def recorded_command(archive: Any, command: str, what: str
 
     from .runcontext import run_context
     run_id = uuid.uuid4().hex
+    from .errorlog import mark_run
+    mark_run(run_id, f"{command} {what}".strip())
     context = {k: v for k, v in run_context(None).items() if k != "job_commit"}
     path = f"conquest-run {command} {what}".strip()
     opened: list[tuple[Any, AuditLog]] = []

@@ -219,8 +219,9 @@ def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
                 if missing:
                     raise ArchiveError(
                         f"table {table.name} lacks the columns {', '.join(missing)} of "
-                        f"{schema.source}; the database was made from another dicom.sql "
-                        f"(rebuild it into a new database file)")
+                        f"{schema.source}; if you added them there, run conquest-run rebuild "
+                        f"--refresh --columns {','.join(missing)}; otherwise the database was "
+                        f"made from another dicom.sql (rebuild it into a new database file)")
         for stmt in schema.extras_ddl():
             conn.execute(stmt)
         if _add_missing_extras_columns(conn):

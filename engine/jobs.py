@@ -29,7 +29,7 @@ from .errors import ConquestRunError, JobError
 from .net import AE_TITLE_MAX, ae_title_problem
 from .source import PathKey, Position, Source, load_source, parse_source
 
-SELECT_KEYS = ("query", "patient", "study", "series", "modality", "study_date", "remote")
+SELECT_KEYS = ("query", "patient", "study", "series", "modality", "study_date", "remote", "roi")
 _ACTIONS = ("copy", "dump", "delete", "rebuild", "send", "retrieve")
 _SINGLE_KEYS = ("study_date", "remote")     # one string each, not a list
 _TRUE_TEXTS = ("true", "True", "TRUE")
@@ -49,6 +49,8 @@ class Selection:
     modality: tuple[str, ...] = ()
     study_date: str | None = None       # YYYYMMDD, or a range (studydate.py)
     remote: str | None = None           # a node name: C-FIND there instead of the local index
+    roi: tuple[str, ...] = ()           # ROI name globs of RTSTRUCT series (roiselect.py)
+    with_referenced: bool = False       # with roi: also the plans, doses and images they go with
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Selection":
@@ -60,7 +62,7 @@ class Selection:
             return (v,) if isinstance(v, str) else tuple(v)
         return cls(d.get("query"), many(d.get("patient")), many(d.get("study")),
                    many(d.get("series")), many(d.get("modality")), d.get("study_date"),
-                   d.get("remote"))
+                   d.get("remote"), many(d.get("roi")), d.get("with_referenced") is True)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -69,6 +71,8 @@ class Selection:
         for k in SELECT_KEYS[1:]:
             if getattr(self, k):
                 out[k] = getattr(self, k) if k in _SINGLE_KEYS else list(getattr(self, k))
+        if self.with_referenced:
+            out["with_referenced"] = True
         return out
 
     @property
@@ -460,6 +464,14 @@ def _reference_errors(job: Job) -> list[JobError]:
             names.setdefault(step.name, step)
         if step.action in ("copy", "send") and isinstance(opts.get("deidentify"), dict):
             errs += _deidentify_errors(job, base + ("deidentify",), opts["deidentify"])
+        if step.select is not None and step.select.with_referenced and not step.select.roi:
+            errs.append(job.error("select.with_referenced adds what ROI-matched structure sets "
+                                  "reference; it needs select.roi",
+                                  step.path + ("select", "with_referenced"), key=True))
+        if step.action in ("copy", "send") and isinstance(opts.get("modify"), dict):
+            from .modify import check_block     # keyword, VR and value of each edit
+            errs += [job.error(message, base + ("modify",) + where)
+                     for where, message in check_block(opts["modify"])]
         if step.action == "copy":
             if p := _path_problem(opts["destination"]):
                 errs.append(job.error(f"{_dotted(base + ('destination',))} {p}", base + ("destination",)))
@@ -642,5 +654,8 @@ def validate_job(path: str | Path, schema=None, *, display: str | None = None,
         if sql_path is None and Path("dicom.sql").is_file():
             sql_path = "dicom.sql"
         schema = load_schema(sql_path)
+        if job.archive.database is not None:        # its user tables, when it exists
+            from .sqlcheck import with_user_tables
+            schema = with_user_tables(schema, job.archive.database)
     check_job_sql(job, schema)
     return job

@@ -29,7 +29,7 @@ from .db import connect_reader
 from .errors import ArchiveError, ConquestRunError, JobError, PlanChangedError
 from .fileflags import flag_tokens
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
-from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column
+from .sqlcheck import CheckedQuery, QueryLimits, check_query, query_column, schema_of
 
 _MODALITY, _SERIES_DESC, _SOP_CLASS = 0x00080060, 0x0008103E, 0x00080016
 _STUDY_DATE = 0x00080020
@@ -301,7 +301,7 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
     except ValueError as exc:
         raise JobError(f"select.study_date: {exc}", file=file, line=line) from None
     if sel.query is not None and checked is None:
-        checked = check_query(sel.query, archive.schema, file=file, line=query_line or 1,
+        checked = check_query(sel.query, schema_of(archive), file=file, line=query_line or 1,
                               col=query_col or 1)
     resolver = _Resolver(archive, conn)
     if sel.empty and not _needs_series(action, options):
@@ -312,8 +312,12 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality,
                                   study_date=dates)
+    roi_options: dict[str, Any] = {}
+    if sel.roi:                         # RTSTRUCT series by ROI name (engine/roiselect.py)
+        from .roiselect import filter_by_roi
+        series, roi_options = filter_by_roi(resolver, series, sel.roi, sel.with_referenced)
     level = checked.level if checked is not None else "series"
-    options = dict(options)
+    options = dict(options, **roi_options)
     if action == "rebuild" and not sel.empty:
         # The patients a rebuild with a selection re-indexes: those it names (indexed or not
         # yet) and those of the series it found.  An empty list means nothing to do, never
@@ -337,7 +341,7 @@ def build_plan(job, archive, *, schema=None, named=None,
     the temporary index of a dry run on an archive without a database yet.
     """
     from .jobs import check_step_query
-    schema = schema if schema is not None else archive.schema
+    schema = schema if schema is not None else schema_of(archive)   # + user tables
     named = named if named is not None else archive
     if not Path(archive.database).is_file():
         raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",
@@ -519,6 +523,8 @@ def _plan_problem(data: Any) -> str | None:
             return f"steps[{i}].destructive: must be {str(step['action'] == 'delete').lower()} " \
                    f"for a {step['action']} step"
         options = dict(step["options"])
+        for key in ("roi_matched", "roi_referenced"):   # what a roi: selection matched
+            options.pop(key, None)
         if step["action"] in ("send", "retrieve"):
             options.pop("node", None)   # the plan holds the node's settings, resolved
         if step["action"] == "dump":

@@ -193,6 +193,8 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
     from .runcontext import run_context
     check_plan_secrets(plan)    # a de-identifying step's secret, before anything is exported
     run_id = run_id or uuid.uuid4().hex
+    from .errorlog import log_step, mark_run
+    mark_run(run_id, plan.job_path)     # the error log's lines carry this run id from here
     report = RunReport(run_id, plan.job_path, plan.job_sha256, dry_run, started=now_iso())
     conn = None
     audit = None
@@ -229,6 +231,7 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
             step_report = _run_step(step, ctx)
             current = None
             report.steps.append(step_report)
+            log_step(step_report)       # its errors and failed outcomes, to the error log
             if audit is not None and step_report.error:
                 audit.record_step_error(run_id, step.index, step.name, step.action, step.target,
                                         step_report.error)

@@ -467,3 +467,11 @@ def check_query(sql: str, schema, *, file: str | None = None, line: int = 1, col
     ``require_column=False`` (``conquest-run query``): any columns; the level is ``"rows"``.
     """
     return _Checker(sql, schema, file, line, col, locate).run(require_column)
+
+
+
+# user tables (own data beside the archive): the schema a job query is checked against learns
+# them from the database (usertables.py)
+from .usertables import schema_of, with_user_tables  # noqa: E402
+
+__all__ += ["with_user_tables", "schema_of"]

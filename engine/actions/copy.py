@@ -42,6 +42,7 @@ from ..audit import now_iso
 from ..deid import SecretError, open_export, write_file
 from ..deid.export import deid_layout_problem
 from ..deid.report import REPORT_NAME
+from ..modify import ModifyError, chain, open_modify
 from ..errors import ActionError, ArchiveError, JobError
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
 from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
@@ -243,6 +244,10 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         deid = open_export(step.options, [s.patient_id or "" for s in step.series])
     except SecretError as exc:
         return rec.fail_step(f"copy: {exc}")
+    try:
+        writer, modify_summary = chain(deid, open_modify(step.options))
+    except ModifyError as exc:
+        return rec.fail_step(f"copy: {exc}")
     if deid is not None and (problem := deid_layout_problem(deid, layout, dest_abs)):
         return rec.fail_step(f"copy: {problem}")
     if problem := destination_problem(dest_abs, facts.data_dir, facts.database):
@@ -270,7 +275,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                 for inst in series.instances:
                     outcome = _copy_one(fs, facts, dest_abs, layout, series, inst,
                                         indexed.get(inst.sop_uid, {}), overwrite, used,
-                                        manifest_name, deid)
+                                        manifest_name, deid, writer)
                     rec.add(outcome)
                     if outcome.status in (DONE, SKIPPED) and "sha256" in outcome.detail:
                         shown = outcome.detail if deid is not None else {}
@@ -295,6 +300,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             deid.report.write(fs, dest_abs / REPORT_NAME)
             deid.write_mapping(fs)
             summary.update(deid.summary(), deidentification=str(dest / REPORT_NAME))
+        summary.update(modify_summary())
     except OSError as exc:
         return rec.fail_step(f"copy: {os_reason(exc)}")
     finally:
@@ -305,7 +311,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
 
 def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
               inst: "PlannedInstance", indexed: dict[str, Any], overwrite: str,
-              used: dict[str, str], manifest_name: str | None, deid: Any = None) -> Outcome:
+              used: dict[str, str], manifest_name: str | None, deid: Any = None,
+              writer: Any = None) -> Outcome:
     def failed(reason: str, **detail: Any) -> Outcome:
         return Outcome(inst.sop_uid, series.series_uid, FAILED, reason, detail)
 
@@ -331,11 +338,12 @@ def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
                       path=rel)
     if not src.is_file():
         return failed(f"source file missing: {inst.path}", source=inst.path, path=rel)
-    if deid is not None:
+    if writer is not None:              # de-identified and/or edited (modify:)
         try:
-            status, reason, detail = write_file(deid, fs, src, target, rel, overwrite)
+            status, reason, detail = write_file(writer, fs, src, target, rel, overwrite)
         except OSError as exc:
-            return failed(f"de-identified copy failed: {exc.strerror or exc}", path=rel)
+            what = "de-identified" if deid is not None else "modified"
+            return failed(f"{what} copy failed: {exc.strerror or exc}", path=rel)
         return Outcome(inst.sop_uid, series.series_uid, status, reason, detail)
     try:
         if os.path.lexists(target):
@@ -363,14 +371,17 @@ def _copy_one(fs, facts, dest: Path, layout: Layout, series: "PlannedSeries",
 def copy_series(archive: Any, series_uids: "list[str] | tuple[str, ...]",
                 destination: "str | os.PathLike", layout: str = "patient",
                 overwrite: str = "never", manifest: "str | bool" = "json",
-                dry_run: bool = False, deidentify: "dict[str, Any] | None" = None
-                ) -> StepReport:
+                dry_run: bool = False, deidentify: "dict[str, Any] | None" = None,
+                modify: "dict[str, Any] | None" = None) -> StepReport:
     """Python API: copy the named series' files to ``destination`` (see the module doc);
-    ``deidentify`` is a job's ``deidentify:`` block (profile, options, secret_env, ...)."""
+    ``deidentify`` is a job's ``deidentify:`` block (profile, options, secret_env, ...),
+    ``modify`` its ``modify:`` block (set, remove, rename_roi; engine/modify.py)."""
     from ._local import api_run
     options = {"destination": os.fspath(destination), "layout": layout, "overwrite": overwrite,
                "manifest": manifest}
     if deidentify is not None:
         options["deidentify"] = dict(deidentify)
+    if modify is not None:
+        options["modify"] = dict(modify)
     return api_run(archive, "copy", options, list(series_uids), dry_run=dry_run,
                    target=os.fspath(destination))

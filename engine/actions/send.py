@@ -29,6 +29,7 @@ from ..net import (MAX_ASSOCIATIONS, DicomTransport, DryTransport, PeerSettings,
 from ..report import DONE, FAILED, SKIPPED, Outcome, StepReport
 from ..deid import SecretError, open_export
 from ..deid.export import deid_send_item
+from ..modify import ModifyError, chain, journal_part, open_modify
 from ._local import filesystem, progress
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         report.error = str(exc)
         report.ended = now_iso()
         return report
-    target = journal_target(settings.target, step.options.get("deidentify"))
+    target = (journal_target(settings.target, step.options.get("deidentify"))
+              + journal_part(step.options))
     report.summary["peer"] = settings.target
     try:
         deid = open_export(step.options, [s.patient_id or "" for s in step.series])
@@ -102,7 +104,13 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         report.error = f"send: {exc}"
         report.ended = now_iso()
         return report
-    scratch = tempfile.TemporaryDirectory(prefix="conquest-run-deid-") if deid else None
+    try:
+        writer, modify_summary = chain(deid, open_modify(step.options))
+    except ModifyError as exc:
+        report.error = f"send: {exc}"
+        report.ended = now_iso()
+        return report
+    scratch = tempfile.TemporaryDirectory(prefix="conquest-run-deid-") if writer else None
 
     with progress(ctx, step.instance_count, f"send {target}") as advance:
         def record(outcome: Outcome) -> None:
@@ -115,7 +123,7 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             if (ctx.echo if ctx.dry_run else step.options.get("verify", False)):
                 report.summary["echo_seconds"] = round(echo(settings), 4)
             confirmed = set() if ctx.force else _confirmed(ctx, target)
-            items = _items(step, ctx, confirmed, record, deid,
+            items = _items(step, ctx, confirmed, record, writer,
                            Path(scratch.name) if scratch else None)
             batches = group_associations(items, parts=settings.associations)
             report.summary["associations"] = len(batches)
@@ -134,6 +142,7 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         report.summary["deidentification"] = deid.report.to_dict()["instances"]
         if not ctx.dry_run:
             deid.write_mapping(filesystem(False))
+    report.summary.update(modify_summary())
     _in_plan_order(step, report)
     report.summary["warnings"] = sum(1 for o in report.outcomes
                                      if o.status == DONE and "warning" in o.reason)
@@ -215,8 +224,8 @@ def send_series(archive: Any, series_uids: "list[str] | tuple[str, ...] | None",
                 port: int, called_ae: str, *, calling_ae: str = "CONQUEST_RUN",
                 associations: int = 1, retries: int = 2, retry_delay: float = 1.0,
                 timeout: float = 30.0, verify: bool = False, force: bool = False,
-                dry_run: bool = False, deidentify: "dict[str, Any] | None" = None
-                ) -> StepReport:
+                dry_run: bool = False, deidentify: "dict[str, Any] | None" = None,
+                modify: "dict[str, Any] | None" = None) -> StepReport:
     """Python API: send the named series (all when None) to ``called_ae@host:port``.
 
     The same path as a job's send step, audited and resumable: instances the peer confirmed
@@ -230,6 +239,8 @@ def send_series(archive: Any, series_uids: "list[str] | tuple[str, ...] | None",
                "timeout": timeout, "verify": verify}
     if deidentify is not None:
         options["deidentify"] = dict(deidentify)
+    if modify is not None:
+        options["modify"] = dict(modify)
     settings = peer_settings(options)               # ActionError before any reading
     return api_run(archive, ACTION, options, None if series_uids is None else list(series_uids),
                    dry_run=dry_run, force=force, target=settings.target, error=NetworkError)

@@ -33,6 +33,8 @@ SUBCOMMANDS = {
     "echo": "network",
     "history": "audit",
     "restore": "restore",
+    "load-csv": "tables",
+    "image-stats": "tables",
 }
 
 
@@ -48,18 +50,33 @@ def add_archive_flags(parser: argparse.ArgumentParser, *, defaults: bool = True)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # read by main() before parsing (errorlog.take_log_file); listed here for --help
+        self.add_argument("--log-file", metavar="PATH", default=None,
+                          help="also write warnings and errors to PATH (size-rotated)")
+
     def error(self, message: str):  # usage errors exit 2 with argparse's message
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..errorlog import log_file_of, logging_to, take_log_file
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --log-file PATH, for every command (engine/errorlog.py); log_file_of() is where the
+    # project file's log_file: joins in
+    argv, log_file = take_log_file(argv)
     with warnings.catch_warnings():
         # pydicom warns about each odd value it meets in other people's files; the commands
         # report unusable files themselves (bad files, failed outcomes), so keep stderr for that
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
-        return _main(argv)
+        try:
+            with logging_to(log_file_of(log_file)):
+                return _main(argv)
+        except ConquestRunError as exc:        # an unusable --log-file
+            print(f"{exc}", file=sys.stderr)
+            return exc.exit_code
 
 
 def _main(argv: list[str]) -> int:

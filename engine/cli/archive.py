@@ -46,6 +46,9 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                           help="re-index changed files, drop rows of vanished files")
         parser.add_argument("--workers", type=int, default=1, metavar="N",
                             help="parse in N worker processes (default 1)")
+        parser.add_argument("--columns", action="append", metavar="NAME",
+                            help="with --refresh: add these dicom.sql columns to the database "
+                                 "and read only their values (repeatable or comma-separated)")
         _add_listing_flags(parser)
     elif name == "store":
         parser.description = "Copy files or folders into data/<PatientID>/ and index them."
@@ -139,12 +142,30 @@ def _checked_query(archive: Archive, args: argparse.Namespace) -> tuple[list[str
     functions; any columns), then run bounded on a connection that cannot write."""
     from contextlib import closing
 
-    from ..sqlcheck import QueryLimits, check_query, run_query
-    checked = check_query(args.sql, archive.schema, file="SQL", require_column=False)
+    from ..sqlcheck import QueryLimits, check_query, run_query, schema_of
+    checked = check_query(args.sql, schema_of(archive), file="SQL", require_column=False)
     archive.ensure_indexed()
     limits = QueryLimits(timeout=args.query_timeout, max_rows=_QUERY_MAX_ROWS)
     with closing(archive.connect_readonly()) as conn:
         return run_query(conn, checked, params=args.param, limits=limits, file="SQL")
+
+
+def _refresh_columns(archive: Archive, args: argparse.Namespace) -> int:
+    """``rebuild --refresh --columns NAME``: extend the database, re-read those tags only."""
+    from ..extracolumns import extend_database
+    if not args.refresh or args.patient:
+        print("conquest-run rebuild: --columns goes with --refresh (and no --patient)",
+              file=sys.stderr)
+        return 2
+    names = [n.strip() for arg in args.columns for n in arg.split(",") if n.strip()]
+    result = extend_database(archive, names)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{', '.join(result['columns'])}: {result['rows_updated']} rows updated from "
+              f"{result['files_read']} files" + (f", {result['unreadable']} unreadable"
+                                                  if result["unreadable"] else ""))
+    return 1 if result["unreadable"] else 0
 
 
 def run(name: str, args: argparse.Namespace) -> int:
@@ -154,6 +175,8 @@ def run(name: str, args: argparse.Namespace) -> int:
         if args.workers < 1:
             print("conquest-run rebuild: --workers must be at least 1", file=sys.stderr)
             return 2
+        if args.columns:
+            return _refresh_columns(archive, args)
         from ..commandlog import recorded_command
         from ..report import DONE, FAILED, Outcome
         with recorded_command(

@@ -134,6 +134,9 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                               escape(s.series_uid), escape(s.description or ""),
                               str(len(s.instances)), _size(s.bytes))
             console.print(table)
+            from ..roiselect import plan_lines
+            for line in plan_lines(step.options):
+                console.print(f"  {escape(line)}")
         totals = (f"{len(step.series)} series, {_plural(step.instance_count, 'instance')}, "
                   f"{_size(step.bytes)}" if step.remote is None else
                   f"{len(step.series)} series, {_plural(step.instance_count, 'instance')} on "
@@ -309,7 +312,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     from ..jobs import check_job_sql, load_job
     from ..planner import build_plan, check_plan_sql, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan
-    from ..sqlcheck import QueryLimits
+    from ..sqlcheck import QueryLimits, schema_of
 
     err = _console(stderr=True)
     out = _console()
@@ -349,7 +352,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         archive = Archive(args.data or plan.data_dir, args.database or plan.database,
                           args.dicom_sql or plan.dicom_sql)
         try:
-            check_plan_sql(plan, archive.schema, args.apply)
+            check_plan_sql(plan, schema_of(archive), args.apply)
             if not args.dry_run:
                 _finish_removals(archive, notice)
             verify_plan(plan, archive)
@@ -377,7 +380,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         try:
             job = load_job(path)
             archive = archive_for_job(job, **_overrides(args))
-            check_job_sql(job, archive.schema)
+            check_job_sql(job, schema_of(archive))   # + the database's user tables
             prepared.append((job, archive))
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)

@@ -29,6 +29,7 @@ class DeidExport:
         self.profile = Profile(settings.options)
         self.names = Pseudonyms(secret, settings.patient_id, patient_ids)
         self.report = DeidReport(settings.profile, self.profile.options, self.profile.release)
+        self.post: Any = None    # (bytes, ds, counts) -> the same, run after (engine/modify.py)
 
     def __repr__(self) -> str:
         return f"DeidExport({self.settings.to_dict()})"
@@ -37,11 +38,12 @@ class DeidExport:
         """(bytes, dataset, counts) of the de-identified file; ``Refused`` for burned-in text."""
         data = Path(path).read_bytes()
         try:
-            return deidentify_bytes(data, self.profile, self.names,
-                                    allow_burned_in=self.settings.allow_burned_in)
+            got = deidentify_bytes(data, self.profile, self.names,
+                                   allow_burned_in=self.settings.allow_burned_in)
         except BurnedIn as exc:
             raise Refused(f"not exported: {exc} (burned-in text; allow_burned_in: true "
                           "exports it anyway)") from None
+        return got if self.post is None else self.post(*got)
 
     def path_values(self, series: Any, inst: Any) -> dict[str, str]:
         """The plan's fields for a copy layout, as the export shows them."""

@@ -63,6 +63,8 @@ class ServeAudit:
         context = {k: v for k, v in run_context(None).items() if k != "job_commit"}
         self.log.start_run(self.run_id, f"conquest-run serve {what}".strip(), "", "serve",
                            **context)
+        from ..errorlog import mark_run
+        mark_run(self.run_id, f"serve {what}".strip())     # the error log's run id
 
     # -- associations ----------------------------------------------------------------------
     def handlers(self) -> list[tuple[Any, Any]]:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .receiver import ArchiveSink, Receiver, ReceiverSettings
+from .receiver import Receiver, ReceiverSettings
+from .sinks import ArchiveSink
 
 STATUS_NOT_AUTHORIZED = 0x0124
 

@@ -28,7 +28,8 @@ from .errors import ArchiveError
 from .fileflags import flag_tokens, flags_cell
 from .indexer import IndexResult, data_dir_error
 from .schema import EXTRAS_TABLE, Schema, load_schema
-from .store import DatasetStore, StoredFile, StoreResult, resolve_inside, store
+from .datasetstore import DatasetStore
+from .store import StoredFile, StoreResult, resolve_inside, store
 
 _MODALITY, _SERIES_DESC, _SERIES_DATE, _STUDY_DATE = 0x00080060, 0x0008103E, 0x00080021, 0x00080020
 

@@ -132,7 +132,7 @@ def test_store_failure_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_store_dataset_for_the_receiver(tmp_path):
-    from conquest_run.store import DatasetStore, store_dataset
+    from conquest_run.datasetstore import DatasetStore, store_dataset
     data = tmp_path / "data"
     data.mkdir()
     archive = Archive(data, tmp_path / "c.db")

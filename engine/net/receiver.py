@@ -2,7 +2,7 @@
 
 Each received dataset is written as received (file meta + the peer's encoded bytes, never
 decoded and re-encoded) into ``data/<safe PatientID>/<SOPInstanceUID>.dcm`` through a temporary
-file and a rename (``store.DatasetStore``), and its index rows are committed on a WAL connection,
+file and a rename (``datasetstore.DatasetStore``), and its index rows are committed on a WAL connection,
 so a job can read while the receiver writes.  A C-STORE is answered "success" only once the file
 and its folder are fsync'ed and its rows committed (commits grouped across associations); one
 whose commit fails is answered 0xA700 and its rows are retried by a flusher thread.

@@ -1,5 +1,5 @@
 """Where ``serve``'s receiver puts what it receives: ``FileSink`` (files only, ``--no-index``)
-and ``ArchiveSink`` (files and index rows through ``store.DatasetStore``, a C-STORE answered
+and ``ArchiveSink`` (files and index rows through ``datasetstore.DatasetStore``, a C-STORE answered
 only once its file is durable and its rows committed, commits grouped across associations).
 """
 
@@ -74,7 +74,7 @@ class ArchiveSink:
         from ..db import connect, ensure_schema
         from ..recovery import recover
         from ..schema import load_schema
-        from ..store import DatasetStore
+        from ..datasetstore import DatasetStore
 
         schema = load_schema(dicom_sql)
         self.conn = connect(database)

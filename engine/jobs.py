@@ -103,6 +103,8 @@ class Job:
     steps: tuple[Step, ...]
     version: int = 1
     source: Source | None = field(default=None, compare=False, repr=False)
+    variables: dict[str, Any] = field(default_factory=dict)     # the values used (jobvars)
+    var_specs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def locate(self, path: PathKey, *, key: bool = False) -> Position:
         if self.source is None:
@@ -549,8 +551,11 @@ def _steps(data: dict[str, Any], source: Source) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def job_from_source(source: Source) -> Job:
-    """Check a parsed job (schema, then references) and build the ``Job``."""
+def job_from_source(source: Source, given=None, *, validating: bool = False) -> Job:
+    """Check a parsed job (schema, variables, then references) and build the ``Job``.
+
+    ``given``: variable values (``jobvars.GivenValue`` by name); ``validating``: a variable
+    without a value takes a stand-in of its type instead of being an error."""
     data = source.data
     if not isinstance(data, dict):
         pos = source.value_at(())
@@ -560,25 +565,28 @@ def job_from_source(source: Source) -> Job:
     errors = _schema_errors(source)
     if errors:
         raise JobErrors(errors)
+    from .jobvars import bind_job_vars
+    data, var_specs, variables = bind_job_vars(source, given, validating=validating)
     arch = data.get("archive") or {}
     name = data.get("name") or Path(source.path).stem
     job = Job(source.path, source.sha256, name, data.get("description", ""),
               ArchiveSpec(arch.get("data"), arch.get("database"), arch.get("dicom_sql")),
               {k: dict(v) for k, v in (data.get("nodes") or {}).items()},
-              _steps(data, source), data["version"], source)
+              _steps(data, source), data["version"], source, variables, var_specs)
     errors = _reference_errors(job)
     if errors:
         raise JobErrors(errors)
     return job
 
 
-def load_job(path: str | Path, *, display: str | None = None) -> Job:
+def load_job(path: str | Path, *, display: str | None = None, given=None,
+             validating: bool = False) -> Job:
     """Read a job file and check YAML, schema and references (no database needed)."""
-    return job_from_source(load_source(path, display=display))
+    return job_from_source(load_source(path, display=display), given, validating=validating)
 
 
-def parse_job(text: str, path: str = "<job>") -> Job:
-    return job_from_source(parse_source(text, path))
+def parse_job(text: str, path: str = "<job>", given=None, *, validating: bool = False) -> Job:
+    return job_from_source(parse_source(text, path), given, validating=validating)
 
 
 def check_job_sql(job: Job, schema) -> None:
@@ -624,9 +632,9 @@ def check_step_query(job: Job, step: Step, schema):
 
 
 def validate_job(path: str | Path, schema=None, *, display: str | None = None,
-                 dicom_sql: str | Path | None = None) -> Job:
+                 dicom_sql: str | Path | None = None, given=None) -> Job:
     """``load_job`` plus the SQL checks, with the schema from ``dicom_sql`` / the job / built-in."""
-    job = load_job(path, display=display)
+    job = load_job(path, display=display, given=given, validating=True)
     if schema is None:
         from .schema import load_schema
         sql_path = dicom_sql if dicom_sql is not None else job.archive.dicom_sql

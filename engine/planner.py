@@ -254,9 +254,11 @@ class _Resolver:
 
 
 def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int | None,
-                col: int | None, limits: QueryLimits = QueryLimits()) -> set[str]:
+                col: int | None, limits: QueryLimits = QueryLimits(),
+                params: Any = ()) -> set[str]:
     with closing(_reader(archive)) as conn:
-        return query_column(conn, checked, limits=limits, file=file, line=line, col=col)
+        return query_column(conn, checked, limits=limits, file=file, line=line, col=col,
+                            params=params)
 
 
 def _needs_series(action: str, options: dict[str, Any]) -> bool:
@@ -267,8 +269,9 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
               select: dict[str, Any] | None, checked: CheckedQuery | None = None,
               line: int | None = None, file: str | None = None,
               query_line: int | None = None, query_col: int | None = None,
-              limits: QueryLimits = QueryLimits()) -> PlanStep:
-    """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection."""
+              limits: QueryLimits = QueryLimits(), params: Any = ()) -> PlanStep:
+    """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection;
+    ``params``: the values of the query's ``:name`` parameters (job variables)."""
     from .jobs import Selection
     sel = Selection.from_dict(select) if select else Selection()
     if sel.query is not None and checked is None:
@@ -279,7 +282,7 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
         series: tuple[PlannedSeries, ...] = ()
     else:
         uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col,
-                            limits=limits) if checked is not None else None)
+                            limits=limits, params=params) if checked is not None else None)
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality)
     level = checked.level if checked is not None else "series"
@@ -306,6 +309,7 @@ def build_plan(job, archive, *, schema=None, named=None,
     the temporary index of a dry run on an archive without a database yet.
     """
     from .jobs import check_step_query
+    from .jobvars import bound_params
     schema = schema if schema is not None else archive.schema
     named = named if named is not None else archive
     if not Path(archive.database).is_file():
@@ -321,7 +325,8 @@ def build_plan(job, archive, *, schema=None, named=None,
                 archive, conn, index=step.index, name=step.name, action=step.action,
                 options=options, select=step.select.to_dict() if step.select else None,
                 checked=checked, line=step.line, file=job.path, query_line=qpos.line,
-                query_col=qpos.column, limits=limits)
+                query_col=qpos.column, limits=limits,
+                params=bound_params(job.variables, step.select.query if step.select else None))
             if named is not archive:
                 planned = replace(planned, target=step_target(step.action, options, named))
             _refuse_use_after_delete(job, step, planned, steps)
@@ -329,7 +334,7 @@ def build_plan(job, archive, *, schema=None, named=None,
     return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),
                 _absolute(named.database),
                 None if getattr(named, "dicom_sql", None) is None else _absolute(named.dicom_sql),
-                tuple(steps), _now())
+                tuple(steps), _now(), variables=dict(job.variables))
 
 
 def _refuse_use_after_delete(job, step, planned: PlanStep, earlier: list[PlanStep]) -> None:
@@ -451,7 +456,10 @@ def _plan_schema(defs: dict[str, Any]) -> dict[str, Any]:
                 "format": {"const": 1}, "job_path": text, "job_sha256": text, "job_name": text,
                 "data_dir": path, "database": path, "dicom_sql": {"type": ["string", "null"],
                                                                   "minLength": 1},
-                "created": text, "steps": {"type": "array", "minItems": 1, "items": step}}}
+                "created": text, "steps": {"type": "array", "minItems": 1, "items": step},
+                "variables": {"type": "object", "additionalProperties": {"anyOf": [
+                    {"type": ["string", "integer"]},
+                    {"type": "array", "items": {"type": "string"}}]}}}}
 
 
 def _plan_problem(data: Any) -> str | None:

@@ -48,8 +48,21 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
                              "no terminal is attached")
     parser.add_argument("--echo", action="store_true",
                         help="with --dry-run: C-ECHO the send peers (the only network traffic)")
+    parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a job variable declared under vars: (repeatable; a list as "
+                             "A,B,C)")
+    parser.add_argument("--vars-file", metavar="FILE",
+                        help="a YAML mapping of job variables (--var overrides it)")
     add_query_timeout(parser)
     add_archive_flags(parser, defaults=False)
+
+
+def given_vars(args) -> dict:
+    """The variable values of --vars-file then --var (the later wins)."""
+    from ..jobvars import load_vars_file, parse_var_args
+    given = load_vars_file(args.vars_file) if getattr(args, "vars_file", None) else {}
+    given.update(parse_var_args(getattr(args, "var", None)))
+    return given
 
 
 def add_query_timeout(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +122,10 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
                   + ("  [yellow](dry run: nothing will be changed)[/yellow]" if dry_run else ""))
     console.print(f"  archive: data {escape(_shown(plan.data_dir))}, "
                   f"database {escape(_shown(plan.database))}")
+    if plan.variables:
+        console.print("  variables: " + ", ".join(
+            f"{escape(k)}={escape(','.join(v) if isinstance(v, list) else str(v))}"
+            for k, v in plan.variables.items()))
     for note in notes:
         console.print(f"  [yellow]{escape(note)}[/yellow]")
     for step in plan.steps:
@@ -239,9 +256,16 @@ def _validate(args, err) -> int:
     status = 0
     out = _console()
     results = []
+    try:
+        given = given_vars(args)
+    except ConquestRunError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    declared: set[str] = set()
     for path in args.jobs:
         try:
-            job = validate_job(path, schema)
+            job = validate_job(path, schema, given=given)
+            declared |= set(job.var_specs)
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)
             status = max(status, exc.exit_code)
@@ -253,6 +277,13 @@ def _validate(args, err) -> int:
         results.append({"path": path, "valid": True, "steps": len(job.steps), "errors": []})
         if not args.json:
             out.print(f"{path}: valid ({_plural(len(job.steps), 'step')})", markup=False)
+    if status == 0 and given:
+        from ..jobvars import check_given
+        try:
+            check_given(given, declared)
+        except ConquestRunError as exc:
+            print(str(exc), file=sys.stderr)
+            status = exc.exit_code
     if args.json:
         print(json.dumps({"valid": status == 0, "jobs": results}, indent=2))
     return status
@@ -336,15 +367,27 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     # every job is checked (YAML, schema, references, SQL) before any runs
     prepared = []
     invalid = 0
+    try:
+        given = given_vars(args)
+    except ConquestRunError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     for path in args.jobs:
         try:
-            job = load_job(path)
+            job = load_job(path, given=given)
             archive = archive_for_job(job, **_overrides(args))
             check_job_sql(job, archive.schema)
             prepared.append((job, archive))
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)
             invalid = max(invalid, exc.exit_code)
+    if not invalid and given:
+        from ..jobvars import check_given
+        try:
+            check_given(given, {n for job, _ in prepared for n in job.var_specs})
+        except ConquestRunError as exc:
+            print(str(exc), file=sys.stderr)
+            invalid = exc.exit_code
     if invalid:
         return invalid
     jobs = [job for job, _ in prepared]

@@ -105,6 +105,7 @@ class Job:
     source: Source | None = field(default=None, compare=False, repr=False)
     variables: dict[str, Any] = field(default_factory=dict)     # the values used (jobvars)
     var_specs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    project: Any = field(default=None, compare=False, repr=False)  # project.Project or None
 
     def locate(self, path: PathKey, *, key: bool = False) -> Position:
         if self.source is None:
@@ -551,11 +552,13 @@ def _steps(data: dict[str, Any], source: Source) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def job_from_source(source: Source, given=None, *, validating: bool = False) -> Job:
+def job_from_source(source: Source, given=None, *, validating: bool = False,
+                    project=None) -> Job:
     """Check a parsed job (schema, variables, then references) and build the ``Job``.
 
     ``given``: variable values (``jobvars.GivenValue`` by name); ``validating``: a variable
-    without a value takes a stand-in of its type instead of being an error."""
+    without a value takes a stand-in of its type instead of being an error; ``project``: the
+    ``project.Project`` whose archive and nodes the job inherits."""
     data = source.data
     if not isinstance(data, dict):
         pos = source.value_at(())
@@ -567,12 +570,15 @@ def job_from_source(source: Source, given=None, *, validating: bool = False) -> 
         raise JobErrors(errors)
     from .jobvars import bind_job_vars
     data, var_specs, variables = bind_job_vars(source, given, validating=validating)
+    if project is not None:
+        from .project import inherit
+        data = inherit(data, project)
     arch = data.get("archive") or {}
     name = data.get("name") or Path(source.path).stem
     job = Job(source.path, source.sha256, name, data.get("description", ""),
               ArchiveSpec(arch.get("data"), arch.get("database"), arch.get("dicom_sql")),
               {k: dict(v) for k, v in (data.get("nodes") or {}).items()},
-              _steps(data, source), data["version"], source, variables, var_specs)
+              _steps(data, source), data["version"], source, variables, var_specs, project)
     errors = _reference_errors(job)
     if errors:
         raise JobErrors(errors)
@@ -580,9 +586,16 @@ def job_from_source(source: Source, given=None, *, validating: bool = False) -> 
 
 
 def load_job(path: str | Path, *, display: str | None = None, given=None,
-             validating: bool = False) -> Job:
-    """Read a job file and check YAML, schema and references (no database needed)."""
-    return job_from_source(load_source(path, display=display), given, validating=validating)
+             validating: bool = False, project: Any = "find") -> Job:
+    """Read a job file and check YAML, schema and references (no database needed).
+
+    ``project="find"``: the nearest ``conquest-run.yml`` (``project.find_project``), if any."""
+    source = load_source(path, display=display)
+    if project == "find":
+        from .project import find_project, load_project
+        found = find_project(path)
+        project = load_project(found) if found is not None else None
+    return job_from_source(source, given, validating=validating, project=project)
 
 
 def parse_job(text: str, path: str = "<job>", given=None, *, validating: bool = False) -> Job:

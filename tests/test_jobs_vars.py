@@ -138,6 +138,8 @@ def test_cli_vars_file_and_unknown_var(scratch, capsys):
     code, out, err = _run(capsys, "--vars-file", "vars.yml", "--dry-run", "job.yml")
     assert code == 0, err
     assert "patient=PAT003, since=19990101" in out
+    assert "relative paths are from the working directory (no conquest-run.yml found)" in out
+    assert "archive: data directory data, database conquest.db" in out    # not "data data"
     _write(scratch, "patient: 12\n", "bad.yml")
     code, out, err = _run(capsys, "--vars-file", "bad.yml", "--validate", "job.yml")
     assert code == 2 and "bad.yml:1:10: variable patient must be a string; quote it" in err

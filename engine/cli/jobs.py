@@ -17,6 +17,7 @@ __all__ = ["register", "run"]
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import add_archive_flags
@@ -120,7 +121,7 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
     console.print(f"[bold]Plan[/bold] for {escape(plan.job_path)} "
                   f"([cyan]{escape(plan.job_name)}[/cyan])"
                   + ("  [yellow](dry run: nothing will be changed)[/yellow]" if dry_run else ""))
-    console.print(f"  archive: data {escape(_shown(plan.data_dir))}, "
+    console.print(f"  archive: data directory {escape(_shown(plan.data_dir))}, "
                   f"database {escape(_shown(plan.database))}")
     if plan.variables:
         console.print("  variables: " + ", ".join(
@@ -205,6 +206,15 @@ def print_report(report, console) -> None:
     console.print(f"{'Dry run' if report.dry_run else 'Run'} {report.run_id}: {status}")
 
 
+def paths_note(job) -> str:
+    """Where the job's relative archive paths are from (the plan header says it)."""
+    import os
+    if job.project is not None:
+        return (f"project file {_shown(job.project.path)}: relative paths are from "
+                f"{_shown(job.project.root) if _shown(job.project.root) != '.' else os.curdir}")
+    return "relative paths are from the working directory (no conquest-run.yml found)"
+
+
 # -- confirmation -----------------------------------------------------------------------------
 def _removal(step) -> str:
     from ..expect import plan_counts
@@ -263,6 +273,22 @@ def _validate(args, err) -> int:
         return exc.exit_code
     declared: set[str] = set()
     for path in args.jobs:
+        from ..project import PROJECT_FILE, load_project
+        if Path(path).name == PROJECT_FILE:
+            try:
+                load_project(path)
+            except ConquestRunError as exc:
+                print(str(exc), file=sys.stderr)
+                status = max(status, exc.exit_code)
+                errors = exc.errors if isinstance(exc, JobErrors) else [exc]
+                results.append({"path": path, "valid": False, "errors": [
+                    {"file": e.file, "line": e.line, "column": e.column, "message": e.message}
+                    for e in errors]})
+                continue
+            results.append({"path": path, "valid": True, "project": True, "errors": []})
+            if not args.json:
+                out.print(f"{path}: valid (project file)", markup=False)
+            continue
         try:
             job = validate_job(path, schema, given=given)
             declared |= set(job.var_specs)
@@ -392,7 +418,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         return invalid
     jobs = [job for job, _ in prepared]
     for job, archive in prepared:
-        notes: list[str] = []
+        notes: list[str] = [paths_note(job)]
         with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")

@@ -46,11 +46,15 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
                           help="re-index changed files, drop rows of vanished files")
         parser.add_argument("--workers", type=int, default=1, metavar="N",
                             help="parse in N worker processes (default 1)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="say what would be indexed and removed; change nothing")
         _add_listing_flags(parser)
     elif name == "store":
         parser.description = "Copy files or folders into data/<PatientID>/ and index them."
         parser.add_argument("paths", nargs="+", metavar="PATH")
         parser.add_argument("--move", action="store_true", help="move instead of copy")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="read each file and say where it would go; change nothing")
         _add_listing_flags(parser)
     elif name == "summary":
         parser.description = ("One line per series: patient, modality, instances, size, and the "
@@ -147,6 +151,34 @@ def _checked_query(archive: Archive, args: argparse.Namespace) -> tuple[list[str
         return run_query(conn, checked, params=args.param, limits=limits, file="SQL")
 
 
+def _dry_run(args: argparse.Namespace, archive: Archive, mode: str | None) -> int:
+    """``rebuild --dry-run`` (mode given) or ``store --dry-run``: said, nothing changed."""
+    from ..dryrun import preview_rebuild, preview_store
+    if mode is not None:
+        preview = preview_rebuild(archive, mode=mode, patients=args.patient)
+        if args.json:
+            print(json.dumps({"command": "rebuild", "dry_run": True, **vars(preview),
+                              "summary": preview.summary()}, indent=2))
+        else:
+            print(preview.summary())
+        return 0
+    result = preview_store(archive, [str(p) for p in args.paths])
+    if args.json:
+        print(json.dumps({"command": "store", "dry_run": True, "summary": result.summary(),
+                          "files": [{"path": s, "object_file": o, "replaces": r}
+                                    for s, o, r in result.stored],
+                          "bad": [{"path": b.path, "reason": b.reason} for b in result.bad]},
+                         indent=2, ensure_ascii=False))
+    else:
+        for b in result.bad:
+            print(f"{b.path}: {b.reason}", file=sys.stderr)
+        if args.verbose:
+            for s, o, r in result.stored:
+                print(f"{s} -> {o}{' (replaces)' if r else ''}")
+        print(result.summary())
+    return 1 if result.bad else 0
+
+
 def run(name: str, args: argparse.Namespace) -> int:
     archive = _archive(args)
     if name == "rebuild":
@@ -154,6 +186,8 @@ def run(name: str, args: argparse.Namespace) -> int:
         if args.workers < 1:
             print("conquest-run rebuild: --workers must be at least 1", file=sys.stderr)
             return 2
+        if args.dry_run:
+            return _dry_run(args, archive, mode)
         from ..commandlog import recorded_command
         from ..report import DONE, FAILED, Outcome
         with recorded_command(
@@ -168,6 +202,8 @@ def run(name: str, args: argparse.Namespace) -> int:
                        {"indexed": result.indexed, "unchanged": result.unchanged,
                         "removed": result.removed, "skipped": result.skipped})
     if name == "store":
+        if args.dry_run:
+            return _dry_run(args, archive, None)
         from ..commandlog import recorded_command
         from ..report import DONE, FAILED, Outcome
         with recorded_command(

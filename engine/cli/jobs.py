@@ -115,7 +115,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
+def print_plan(plan, console, *, dry_run: bool, notes: list[str] = (),
+               archive=None) -> None:
+    """``archive``: when given, a copy step says how many files are new, identical or
+    different at their targets (``copypreview``)."""
     from rich.markup import escape
     from rich.table import Table
     console.print(f"[bold]Plan[/bold] for {escape(plan.job_path)} "
@@ -155,8 +158,16 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
             files = step.options.get("files") is True
             console.print(f"  [red]{totals} will be removed from the database"
                           f"{' and their files deleted' if files else ' (files kept)'}[/red]")
+        elif not step.series and step.action not in ("rebuild", "dump"):
+            console.print(f"  [yellow]step {step.index} selected nothing[/yellow]")
         elif step.series or step.action not in ("rebuild", "dump"):
             console.print(f"  {totals}")
+        if archive is not None and step.action == "copy" and step.series:
+            from ..copypreview import copy_preview, describe_copy_preview
+            counts = copy_preview(step, archive)
+            if counts is not None:
+                console.print("  " + escape(describe_copy_preview(
+                    counts, str(step.options.get("overwrite", "never")))))
     console.print()
     adds = sum(s.instance_count for s in plan.steps if not s.destructive)
     destroys = sum(s.instance_count for s in plan.steps if s.destructive)
@@ -377,7 +388,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)
             return exc.exit_code
         if not args.json:
-            print_plan(plan, out, dry_run=args.dry_run)
+            print_plan(plan, out, dry_run=args.dry_run, archive=archive)
         refused = confirmed(plan, args)
         if refused is not None:
             return refused
@@ -432,12 +443,12 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
                 if args.json:
                     results.append({"plan": plan.to_dict()})
                 else:
-                    print_plan(plan, out, dry_run=True, notes=notes)
+                    print_plan(plan, out, dry_run=True, notes=notes, archive=arc)
                     out.print(f"Plan saved to {args.plan_out}; run it with "
                               f"conquest-run --apply {args.plan_out}", markup=False)
                 continue
             if not args.json:
-                print_plan(plan, out, dry_run=args.dry_run, notes=notes)
+                print_plan(plan, out, dry_run=args.dry_run, notes=notes, archive=arc)
             refused = confirmed(plan, args)
             if refused is not None:
                 return max(status, refused)

@@ -52,3 +52,37 @@ def test_store_dry_run(scratch: Path, capsys, tmp_path_factory):
     assert f"again.dcm -> RT001/{one.name} (replaces)" in out
     assert "store would put 1 files into the archive (1 replacing" in out
     assert tree_state(scratch) == before
+
+
+def test_rebuild_job_on_a_missing_database_indexes_once(scratch: Path, capsys, monkeypatch):
+    from conquest_run.indexer import Indexer
+    runs = []
+    real = Indexer.run
+
+    def counted(self, **kw):
+        runs.append(kw.get("mode", "all"))
+        return real(self, **kw)
+    monkeypatch.setattr(Indexer, "run", counted)
+    (scratch / "rb.yml").write_text("version: 1\naction: {rebuild: {}}\n")
+    code, out, err = _run(capsys, "--dry-run", "rb.yml")
+    assert code == 0, err
+    assert "conquest.db does not exist: the job's rebuild creates it (in this dry run, a " \
+           "temporary one)" in err
+    assert not (scratch / "conquest.db").exists()
+    code, out, err = _run(capsys, "rb.yml")
+    assert code == 0, err
+    assert "indexing data first" not in err
+    assert runs == ["all"]         # the real run indexes once; the dry run not at all
+    import sqlite3
+    with sqlite3.connect(scratch / "conquest.db") as conn:
+        assert conn.execute("select count(*) from DICOMImages").fetchone()[0] == 23
+
+
+def test_dry_run_on_a_missing_database_says_what_a_real_run_would_do(scratch: Path, capsys):
+    (scratch / "d.yml").write_text("version: 1\nselect: {modality: RTPLAN}\n"
+                                   "action: {dump: {file: plans.csv}}\n")
+    code, out, err = _run(capsys, "--dry-run", "d.yml")
+    assert code == 0, err
+    assert "the index conquest.db does not exist: a real run would index data into it first" \
+        in err
+    assert not (scratch / "conquest.db").exists() and not (scratch / "plans.csv").exists()

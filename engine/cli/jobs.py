@@ -430,7 +430,10 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     jobs = [job for job, _ in prepared]
     for job, archive in prepared:
         notes: list[str] = [paths_note(job)]
-        with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
+        rebuilds = all(s.action == "rebuild" and (s.select is None or s.select.empty)
+                       for s in job.steps)
+        with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress,
+                     rebuilds=rebuilds) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")
             plan = build_plan(job, arc, named=archive,

@@ -117,14 +117,25 @@ def _text(value: object) -> str:
     return str(value).replace("\t", " ").replace("\n", "\\n")
 
 
-def _print_table(title: str, header: list[str], rows: list[tuple], show_header: bool = True) -> None:
+def middle(uid: str | None, width: int = 23) -> str:
+    """A UID shortened in the middle on a terminal (its start and end tell series apart)."""
+    text = uid or ""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[:keep // 2] + "\u2026" + text[len(text) - (keep - keep // 2):]
+
+
+def _print_table(title: str, header: list[str], rows: list[tuple], show_header: bool = True,
+                 no_wrap: tuple[int, ...] = ()) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
         table = Table(title=Text(title), show_header=show_header)
-        for h in header:
-            table.add_column(Text(h), overflow="fold")
+        for i, h in enumerate(header):
+            table.add_column(Text(h), overflow="ellipsis" if i in no_wrap else "fold",
+                             no_wrap=i in no_wrap)
         for r in rows:
             table.add_row(*(Text(_text(v)) for v in r))
         Console().print(table)
@@ -228,9 +239,21 @@ def run(name: str, args: argparse.Namespace) -> int:
             notice=lambda text: print(f"note: {text}", file=sys.stderr))
         header = ["PatientID", "Study", "Series", "Modality", "Description", "Date",
                   "Instances", "Bytes", "Flags"]
-        _print_table(f"{len(rows)} series in {archive.database}", header,
-                     [(s.patient_id, s.study_uid, s.series_uid, s.modality, s.description,
-                       s.date, s.instances, s.bytes, s.flags) for s in rows])
+        if not sys.stdout.isatty():         # piped: TSV, full UIDs, sizes in bytes
+            _print_table("", header, [(s.patient_id, s.study_uid, s.series_uid, s.modality,
+                                       s.description, s.date, s.instances, s.bytes, s.flags)
+                                      for s in rows])
+            return 0
+        from .jobs import _size
+        patients = len({s.patient_id for s in rows})
+        title = (f"{len(rows)} series of {patients} patient{'s' if patients != 1 else ''}, "
+                 f"{sum(s.instances or 0 for s in rows)} instances, "
+                 f"{_size(sum(s.bytes or 0 for s in rows))} in {archive.database}")
+        header[7] = "Size"
+        _print_table(title, header,
+                     [(s.patient_id, middle(s.study_uid), middle(s.series_uid), s.modality,
+                       s.description, s.date, s.instances, _size(s.bytes or 0), s.flags)
+                      for s in rows], no_wrap=(1, 2))
         return 0
     if name == "query":
         header, rows = _checked_query(archive, args)

@@ -612,7 +612,8 @@ def check_job_sql(job: Job, schema) -> None:
             except ConquestRunError as exc:
                 errors.append(exc)
         if step.action == "copy" and isinstance(step.options.get("layout"), str):
-            errors += _layout_errors(job, step, schema)
+            from .layoutcheck import layout_errors
+            errors += layout_errors(job, step, schema)
         if step.action == "dump" and step.options.get("table") is not None:
             table = step.options["table"]
             known = {t.lower(): t for t in schema.sqlglot_schema()}
@@ -625,25 +626,6 @@ def check_job_sql(job: Job, schema) -> None:
                     step.path + ("action", "dump", "table")))
     if errors:
         raise JobErrors(errors)
-
-
-def _layout_errors(job: Job, step: Step, schema) -> list[ConquestRunError]:
-    """A copy layout template's fields against the index columns, located in the template."""
-    from .actions.copy import check_layout
-    path = step.path + ("action", "copy", "layout")
-    try:
-        check_layout(step.options["layout"], schema)
-    except JobError as exc:
-        message = exc.message.removeprefix("copy: ")
-        pos = job.locate(path)
-        written = _get(job.source.data, path) if job.source is not None else None
-        field_name = re.search(r"\{(\w+)\}", message)
-        if isinstance(written, str) and field_name and \
-                (at := written.find("{" + field_name.group(1))) >= 0:
-            pos = job.source.locate_in_scalar(path, written, at + 1)
-        return [JobError(f"{_dotted(path)}: {message}", file=job.path, line=pos.line,
-                         column=pos.column)]
-    return []
 
 
 def check_step_query(job: Job, step: Step, schema):

@@ -47,7 +47,8 @@ def test_summary_terminal_and_piped(scratch: Path, capsys):
     text = _on_terminal(["summary"], scratch)
     assert "15 series of 3 patients, 23 instances, 66.9 kB in conquest.db" in text
     assert full_uid not in text                          # shortened in the middle...
-    assert f"{full_uid[:11]}\u2026{full_uid[-11:]}" in text      # ...on one line
+    assert re.search(re.escape(full_uid[:8]) + "[0-9.]*\u2026[0-9.]*" + re.escape(full_uid[-8:]),
+                     text)                               # ...on one line
     assert " kB " in text
 
 
@@ -64,3 +65,29 @@ def test_history_piped_is_tsv_and_json_errors(scratch: Path, capsys):
     assert json.loads(out)["error"]["message"] == "no run 'nosuch' in the audit log"
     assert main(["history", "--database", "missing.db", "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["file"] == "missing.db"
+
+
+def test_progress_bar_counts_failures(scratch: Path):
+    job = scratch / "cp.yml"
+    job.write_text("version: 1\nselect: {modality: CT}\naction: {copy: {destination: out}}\n")
+    assert main(["cp.yml"]) == 0
+    first = sorted((scratch / "out").rglob("*.dcm"))[0]
+    first.write_bytes(b"different")                      # overwrite: never -> one failure
+    leader, follower = pty.openpty()
+    env = dict(os.environ, COLUMNS="160", TERM="xterm")
+    proc = subprocess.Popen([sys.executable, "-m", "conquest_run", "cp.yml"], cwd=scratch,
+                            env=env, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=60) == 1
+    os.close(leader)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert "copy to out" in text and "1 failed" in text

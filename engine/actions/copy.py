@@ -267,7 +267,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     copied = 0
     try:
         fs.makedirs(dest_abs)
-        with progress(ctx, step.instance_count, f"copy to {destination}") as advance:
+        with progress(ctx, step.instance_count, f"copy to {destination}", rec) as advance:
             for series in step.series:
                 indexed = (_index_values(conn, facts.schema, layout, series.series_uid)
                            if conn is not None else {})

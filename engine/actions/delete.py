@@ -172,7 +172,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     removed = 0
     kept: list[str] = []
     images = gone["images"]
-    with progress(ctx, step.instance_count, "delete") as advance:
+    with progress(ctx, step.instance_count, "delete", rec) as advance:
         for series in step.series:
             for inst in series.instances:
                 row = images.get(inst.sop_uid)

@@ -127,7 +127,8 @@ def middle(uid: str | None, width: int = 23) -> str:
 
 
 def _print_table(title: str, header: list[str], rows: list[tuple], show_header: bool = True,
-                 no_wrap: tuple[int, ...] = ()) -> None:
+                 no_wrap: tuple[int, ...] = (), min_widths: dict[int, int] | None = None
+                 ) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
@@ -135,7 +136,7 @@ def _print_table(title: str, header: list[str], rows: list[tuple], show_header: 
         table = Table(title=Text(title), show_header=show_header)
         for i, h in enumerate(header):
             table.add_column(Text(h), overflow="ellipsis" if i in no_wrap else "fold",
-                             no_wrap=i in no_wrap)
+                             no_wrap=i in no_wrap, min_width=(min_widths or {}).get(i))
         for r in rows:
             table.add_row(*(Text(_text(v)) for v in r))
         Console().print(table)
@@ -250,10 +251,18 @@ def run(name: str, args: argparse.Namespace) -> int:
                  f"{sum(s.instances or 0 for s in rows)} instances, "
                  f"{_size(sum(s.bytes or 0 for s in rows))} in {archive.database}")
         header[7] = "Size"
-        _print_table(title, header,
-                     [(s.patient_id, middle(s.study_uid), middle(s.series_uid), s.modality,
-                       s.description, s.date, s.instances, _size(s.bytes or 0), s.flags)
-                      for s in rows], no_wrap=(1, 2))
+        table = [[s.patient_id, s.study_uid, s.series_uid, s.modality, s.description, s.date,
+                  s.instances, _size(s.bytes or 0), s.flags] for s in rows]
+        short = (0, 3, 5, 6, 7)          # kept whole: the UIDs give way to them
+        widths = {i: min(16, max([len(header[i])] + [len(_text(r[i])) for r in table]))
+                  for i in short}
+        from rich.console import Console
+        room = Console().width - sum(widths.values()) - 3 * len(header) - 12
+        uid = max(9, min(23, room // 3))
+        for r in table:
+            r[1], r[2] = middle(r[1], uid), middle(r[2], uid)
+        _print_table(title, header, [tuple(r) for r in table], no_wrap=(1, 2),
+                     min_widths=widths)
         return 0
     if name == "query":
         header, rows = _checked_query(archive, args)

@@ -196,7 +196,8 @@ def _outcome_table(console, outcomes: list[dict], *, with_run: bool) -> None:
     if not sys.stdout.isatty():
         _tsv([c.replace(" / ", "_").replace(" ", "_") for c in columns], [
             ([o["run_id"]] if with_run else []) + [
-                o["step"], o["action"], o["target"], o["patient_id"],
+                f"{o['step']} {o['step_name'] or ''}".strip(), o["action"], o["target"],
+                o["patient_id"],
                 "(whole step)" if o["detail"].get("scope") == "step" else o["sop_uid"],
                 o["status"], " ".join(x for x in (o["reason"] or "", str(
                     o["detail"].get("path") or o["detail"].get("file") or "")) if x)]

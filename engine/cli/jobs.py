@@ -22,6 +22,7 @@ from typing import Any
 
 from . import add_archive_flags
 from ..errors import ConquestRunError
+from .jobinputs import given_vars, paths_note, unknown_vars
 
 
 def register(name: str | None, parser: argparse.ArgumentParser) -> None:
@@ -56,14 +57,6 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
                         help="a YAML mapping of job variables (--var overrides it)")
     add_query_timeout(parser)
     add_archive_flags(parser, defaults=False)
-
-
-def given_vars(args) -> dict:
-    """The variable values of --vars-file then --var (the later wins)."""
-    from ..jobvars import load_vars_file, parse_var_args
-    given = load_vars_file(args.vars_file) if getattr(args, "vars_file", None) else {}
-    given.update(parse_var_args(getattr(args, "var", None)))
-    return given
 
 
 def add_query_timeout(parser: argparse.ArgumentParser) -> None:
@@ -217,15 +210,6 @@ def print_report(report, console) -> None:
     console.print(f"{'Dry run' if report.dry_run else 'Run'} {report.run_id}: {status}")
 
 
-def paths_note(job) -> str:
-    """Where the job's relative archive paths are from (the plan header says it)."""
-    import os
-    if job.project is not None:
-        return (f"project file {_shown(job.project.path)}: relative paths are from "
-                f"{_shown(job.project.root) if _shown(job.project.root) != '.' else os.curdir}")
-    return "relative paths are from the working directory (no conquest-run.yml found)"
-
-
 # -- confirmation -----------------------------------------------------------------------------
 def _removal(step) -> str:
     from ..expect import plan_counts
@@ -315,12 +299,7 @@ def _validate(args, err) -> int:
         if not args.json:
             out.print(f"{path}: valid ({_plural(len(job.steps), 'step')})", markup=False)
     if status == 0 and given:
-        from ..jobvars import check_given
-        try:
-            check_given(given, declared)
-        except ConquestRunError as exc:
-            print(str(exc), file=sys.stderr)
-            status = exc.exit_code
+        status = unknown_vars(given, declared)
     if args.json:
         print(json.dumps({"valid": status == 0, "jobs": results}, indent=2))
     return status
@@ -419,12 +398,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             invalid = max(invalid, exc.exit_code)
     if not invalid and given:
-        from ..jobvars import check_given
-        try:
-            check_given(given, {n for job, _ in prepared for n in job.var_specs})
-        except ConquestRunError as exc:
-            print(str(exc), file=sys.stderr)
-            invalid = exc.exit_code
+        invalid = unknown_vars(given, {n for job, _ in prepared for n in job.var_specs})
     if invalid:
         return invalid
     jobs = [job for job, _ in prepared]

@@ -74,12 +74,12 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
     if name is None:
         width = max(len(n) for n in SUBCOMMANDS)
         text = "commands:\n" + "\n".join(
-            f"  {n:<{width}}  {SUMMARY[n]}" for n in (*SUBCOMMANDS, "help")
-            if n in SUMMARY) + "\n\n" + text
+            f"  {n:<{width}}  {SUMMARY.get(n, '')}".rstrip() for n in (*SUBCOMMANDS, "help")
+            ) + "\n\n" + text
     parser = _Parser(prog="conquest-run" + (f" {name}" if name else ""), epilog=text,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.register(name, parser)
-    if not parser.description:
+    if not parser.description and SUMMARY.get(name):
         parser.description = SUMMARY[name][:1].upper() + SUMMARY[name][1:] + "."
     if name is None:
         from .. import __version__

@@ -57,7 +57,7 @@ def completion_parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(f"{__package__}.{module_name}")
-        p = sub.add_parser(name, help=SUMMARY.get(name, ""))
+        p = sub.add_parser(name, help=SUMMARY.get(name, name))
         module.register(name, p)
         for action in p._actions:
             if name == "show" and action.dest == "job":

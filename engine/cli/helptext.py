@@ -53,7 +53,9 @@ EXIT_CODES = "exit codes: 0 all done, 1 some work failed, 2 invalid input or usa
 
 
 def epilog(name: str | None) -> str:
-    lines = ["examples:"] + [f"  {e}" for e in EXAMPLES.get(name, [])] + ["", EXIT_CODES]
+    examples = EXAMPLES.get(name, [])
+    lines = (["examples:"] + [f"  {e}" for e in examples] + [""] if examples else []) \
+        + [EXIT_CODES]
     return "\n".join(lines)
 
 

@@ -124,8 +124,11 @@ def test_cli_run_binds_records_and_plans(scratch, capsys):
     plan = json.loads(Path("plan.json").read_text())
     assert plan["variables"] == {"patient": "RT001", "since": "20000101", "mods": ["RTPLAN"]}
     assert {s["patient_id"] for s in plan["steps"][0]["series"]} == {"RT001"}
+    code, out, err = _run(capsys, "--apply", "plan.json", "--var", "patient=PAT003")
+    assert code == 2 and "a saved plan already holds the values" in err
     code, out, err = _run(capsys, "--apply", "plan.json")
     assert code == 0, err
+    assert "variables: mods=RTPLAN, patient=RT001, since=20000101" in out
     assert sorted(p.parent.name for p in Path("out/RT001/RT001").rglob("*.dcm")) == ["RTPLAN"]
     with sqlite3.connect("conquest.db") as conn:
         (variables,) = conn.execute("select Variables from ConquestRunRuns").fetchone()

@@ -325,6 +325,10 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
 
     err = _console(stderr=True)
     out = _console()
+    if args.apply and (args.var or args.vars_file):
+        err.print("conquest-run: error: --var and --vars-file set a job's variables; a saved "
+                  "plan already holds the values it was planned with", markup=False)
+        return 2
     if args.apply and args.jobs:
         err.print("conquest-run: error: --apply runs a saved plan; give no job files with it",
                   markup=False)

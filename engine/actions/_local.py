@@ -312,9 +312,11 @@ class StepRecorder:
 # -- progress ------------------------------------------------------------------------------
 @contextmanager
 def progress(ctx: "ActionContext", total: int, label: str,
-             recorder: "StepRecorder | None" = None) -> Iterator[Callable[[int], None]]:
+             recorder: "StepRecorder | Callable[[], int] | None" = None
+             ) -> Iterator[Callable[[int], None]]:
     """``advance(n)`` for a progress bar on stderr when ``ctx.progress``; a no-op otherwise.
-    The bar shows the rate and, with ``recorder``, a running count of failed outcomes."""
+    The bar shows the rate and, with ``recorder`` (a StepRecorder, or a function giving the
+    count), a running count of failed outcomes."""
     if not ctx.progress or total < 2:
         yield lambda n=1: None
         return
@@ -328,7 +330,8 @@ def progress(ctx: "ActionContext", total: int, label: str,
 
     def fields(task_id) -> dict[str, str]:
         speed = bar.tasks[0].speed if bar.tasks else None
-        failed = 0 if recorder is None else recorder.failures
+        failed = (0 if recorder is None else recorder() if callable(recorder)
+                  else recorder.failures)
         return {"rate": f"{speed:.1f}/s" if speed else "",
                 "failed": f"{failed} failed" if failed else ""}
     with bar:

@@ -111,6 +111,9 @@ class Job:
     steps: tuple[Step, ...]
     version: int = 1
     source: Source | None = field(default=None, compare=False, repr=False)
+    variables: dict[str, Any] = field(default_factory=dict)     # the values used (jobvars)
+    var_specs: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    project: Any = field(default=None, compare=False, repr=False)  # project.Project or None
 
     def locate(self, path: PathKey, *, key: bool = False) -> Position:
         if self.source is None:
@@ -567,8 +570,13 @@ def _steps(data: dict[str, Any], source: Source) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def job_from_source(source: Source) -> Job:
-    """Check a parsed job (schema, then references) and build the ``Job``."""
+def job_from_source(source: Source, given=None, *, validating: bool = False,
+                    project=None) -> Job:
+    """Check a parsed job (schema, variables, then references) and build the ``Job``.
+
+    ``given``: variable values (``jobvars.GivenValue`` by name); ``validating``: a variable
+    without a value takes a stand-in of its type instead of being an error; ``project``: the
+    ``project.Project`` whose archive and nodes the job inherits."""
     data = source.data
     if not isinstance(data, dict):
         pos = source.value_at(())
@@ -578,25 +586,38 @@ def job_from_source(source: Source) -> Job:
     errors = _schema_errors(source)
     if errors:
         raise JobErrors(errors)
+    from .jobvars import bind_job_vars
+    data, var_specs, variables = bind_job_vars(source, given, validating=validating)
+    if project is not None:
+        from .project import inherit
+        data = inherit(data, project)
     arch = data.get("archive") or {}
     name = data.get("name") or Path(source.path).stem
     job = Job(source.path, source.sha256, name, data.get("description", ""),
               ArchiveSpec(arch.get("data"), arch.get("database"), arch.get("dicom_sql")),
               {k: dict(v) for k, v in (data.get("nodes") or {}).items()},
-              _steps(data, source), data["version"], source)
+              _steps(data, source), data["version"], source, variables, var_specs, project)
     errors = _reference_errors(job)
     if errors:
         raise JobErrors(errors)
     return job
 
 
-def load_job(path: str | Path, *, display: str | None = None) -> Job:
-    """Read a job file and check YAML, schema and references (no database needed)."""
-    return job_from_source(load_source(path, display=display))
+def load_job(path: str | Path, *, display: str | None = None, given=None,
+             validating: bool = False, project: Any = "find") -> Job:
+    """Read a job file and check YAML, schema and references (no database needed).
+
+    ``project="find"``: the nearest ``conquest-run.yml`` (``project.find_project``), if any."""
+    source = load_source(path, display=display)
+    if project == "find":
+        from .project import find_project, load_project
+        found = find_project(path)
+        project = load_project(found) if found is not None else None
+    return job_from_source(source, given, validating=validating, project=project)
 
 
-def parse_job(text: str, path: str = "<job>") -> Job:
-    return job_from_source(parse_source(text, path))
+def parse_job(text: str, path: str = "<job>", given=None, *, validating: bool = False) -> Job:
+    return job_from_source(parse_source(text, path), given, validating=validating)
 
 
 def check_job_sql(job: Job, schema) -> None:
@@ -608,6 +629,9 @@ def check_job_sql(job: Job, schema) -> None:
                 check_step_query(job, step, schema)
             except ConquestRunError as exc:
                 errors.append(exc)
+        if step.action == "copy" and isinstance(step.options.get("layout"), str):
+            from .layoutcheck import layout_errors
+            errors += layout_errors(job, step, schema)
         if step.action == "dump" and step.options.get("table") is not None:
             table = step.options["table"]
             known = {t.lower(): t for t in schema.sqlglot_schema()}
@@ -642,9 +666,9 @@ def check_step_query(job: Job, step: Step, schema):
 
 
 def validate_job(path: str | Path, schema=None, *, display: str | None = None,
-                 dicom_sql: str | Path | None = None) -> Job:
+                 dicom_sql: str | Path | None = None, given=None) -> Job:
     """``load_job`` plus the SQL checks, with the schema from ``dicom_sql`` / the job / built-in."""
-    job = load_job(path, display=display)
+    job = load_job(path, display=display, given=given, validating=True)
     if schema is None:
         from .schema import load_schema
         sql_path = dicom_sql if dicom_sql is not None else job.archive.dicom_sql

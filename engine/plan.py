@@ -81,6 +81,7 @@ class Plan:
     steps: tuple[PlanStep, ...]
     created: str = ""                  # ISO time
     format: int = field(default=PLAN_FORMAT)
+    variables: dict[str, Any] = field(default_factory=dict)  # the job variables' values used
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,4 +111,4 @@ class Plan:
                                   sd.get("query"), sd.get("line"), sd.get("select")))
         return cls(d["job_path"], d["job_sha256"], d["job_name"], d["data_dir"], d["database"],
                    d.get("dicom_sql"), tuple(steps), d.get("created", ""),
-                   d.get("format", PLAN_FORMAT))
+                   d.get("format", PLAN_FORMAT), dict(d.get("variables") or {}))

@@ -271,9 +271,11 @@ class _Resolver:
 
 
 def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int | None,
-                col: int | None, limits: QueryLimits = QueryLimits()) -> set[str]:
+                col: int | None, limits: QueryLimits = QueryLimits(),
+                params: Any = ()) -> set[str]:
     with closing(_reader(archive)) as conn:
-        return query_column(conn, checked, limits=limits, file=file, line=line, col=col)
+        return query_column(conn, checked, limits=limits, file=file, line=line, col=col,
+                            params=params)
 
 
 def _needs_series(action: str, options: dict[str, Any]) -> bool:
@@ -285,9 +287,10 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
               line: int | None = None, file: str | None = None,
               query_line: int | None = None, query_col: int | None = None,
               limits: QueryLimits = QueryLimits(),
-              nodes: dict[str, dict[str, Any]] | None = None) -> PlanStep:
+              nodes: dict[str, dict[str, Any]] | None = None, params: Any = ()) -> PlanStep:
     """One ``PlanStep`` from a selection (``select`` as in a job file) on an open connection;
-    a remote selection (``select.remote``) is a C-FIND of that node (``remoteplan.py``)."""
+    a remote selection (``select.remote``) is a C-FIND of that node (``remoteplan.py``);
+    ``params``: the values of the query's ``:name`` parameters (job variables)."""
     from .jobs import Selection
     from .studydate import parse_study_date
     sel = Selection.from_dict(select) if select else Selection()
@@ -308,7 +311,7 @@ def plan_step(archive, conn, *, index: int, name: str, action: str, options: dic
         series: tuple[PlannedSeries, ...] = ()
     else:
         uids = (_query_uids(archive, checked, file=file, line=query_line, col=query_col,
-                            limits=limits) if checked is not None else None)
+                            limits=limits, params=params) if checked is not None else None)
         series = resolver.resolve(checked=checked, uids=uids, patient=sel.patient,
                                   study=sel.study, series=sel.series, modality=sel.modality,
                                   study_date=dates)
@@ -341,6 +344,7 @@ def build_plan(job, archive, *, schema=None, named=None,
     the temporary index of a dry run on an archive without a database yet.
     """
     from .jobs import check_step_query
+    from .jobvars import bound_params
     schema = schema if schema is not None else schema_of(archive)   # + user tables
     named = named if named is not None else archive
     if not Path(archive.database).is_file():
@@ -356,7 +360,8 @@ def build_plan(job, archive, *, schema=None, named=None,
                 archive, conn, index=step.index, name=step.name, action=step.action,
                 options=options, select=step.select.to_dict() if step.select else None,
                 checked=checked, line=step.line, file=job.path, query_line=qpos.line,
-                query_col=qpos.column, limits=limits, nodes=job.nodes)
+                query_col=qpos.column, limits=limits, nodes=job.nodes,
+                params=bound_params(job.variables, step.select.query if step.select else None))
             if named is not archive:
                 planned = replace(planned, target=step_target(step.action, planned.options,
                                                               named))
@@ -365,7 +370,7 @@ def build_plan(job, archive, *, schema=None, named=None,
     return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),
                 _absolute(named.database),
                 None if getattr(named, "dicom_sql", None) is None else _absolute(named.dicom_sql),
-                tuple(steps), _now())
+                tuple(steps), _now(), variables=dict(job.variables))
 
 
 def _refuse_use_after_delete(job, step, planned: PlanStep, earlier: list[PlanStep]) -> None:
@@ -499,7 +504,10 @@ def _plan_schema(defs: dict[str, Any]) -> dict[str, Any]:
                 "format": {"const": 1}, "job_path": text, "job_sha256": text, "job_name": text,
                 "data_dir": path, "database": path, "dicom_sql": {"type": ["string", "null"],
                                                                   "minLength": 1},
-                "created": text, "steps": {"type": "array", "minItems": 1, "items": step}}}
+                "created": text, "steps": {"type": "array", "minItems": 1, "items": step},
+                "variables": {"type": "object", "additionalProperties": {"anyOf": [
+                    {"type": ["string", "integer"]},
+                    {"type": "array", "items": {"type": "string"}}]}}}}
 
 
 def _plan_problem(data: Any) -> str | None:

@@ -101,11 +101,13 @@ def archive_for_job(job, *, data: str | None = None, database: str | None = None
 
 @contextmanager
 def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s: None,
-            progress: bool = False) -> Iterator[Any]:
+            progress: bool = False, rebuilds: bool = False) -> Iterator[Any]:
     """The archive to plan on: indexed first when its database does not exist.
 
     A real run indexes into the archive's own database (with a notice).  A dry run indexes into
     a temporary database that is deleted afterwards, so nothing is written next to the archive.
+    ``rebuilds``: the job only rebuilds the index, so it is not indexed first (its own rebuild
+    would index everything a second time); the plan is made on an empty index.
     """
     from .archive import Archive
     from .indexer import data_dir_error
@@ -122,16 +124,28 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
     if not data.is_dir():
         raise ArchiveError("neither the database nor the data directory exists",
                            file=str(archive.database))
+    if rebuilds:
+        notice(f"{archive.database} does not exist: the job's rebuild creates it"
+               + (" (in this dry run, a temporary one)" if dry_run else ""))
     if not dry_run:
-        notice(f"{archive.database} does not exist: indexing {archive.data_dir} first")
-        archive.rebuild(progress=progress)
+        if rebuilds:
+            archive.connect().close()       # an empty index with the schema: the job fills it
+        else:
+            notice(f"{archive.database} does not exist: indexing {archive.data_dir} first")
+            archive.rebuild(progress=progress)
         yield archive
         return
-    notice(f"{archive.database} does not exist: indexing {archive.data_dir} into a temporary "
-           "database for this dry run (nothing is written)")
+    if not rebuilds:
+        notice(f"the index {archive.database} does not exist: a real run would index "
+               f"{archive.data_dir} into it first; this dry run indexes it into a temporary "
+               "database for this dry run instead, deleted afterwards (nothing is written "
+               "beside the archive)")
     with tempfile.TemporaryDirectory(prefix="conquest-run-dry-") as tmp:
         temp = Archive(archive.data_dir, Path(tmp) / "conquest.db", archive.dicom_sql)
-        temp.rebuild(progress=progress)
+        if rebuilds:
+            temp.connect().close()
+        else:
+            temp.rebuild(progress=progress)
         yield temp
 
 

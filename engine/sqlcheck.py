@@ -352,6 +352,11 @@ class _Checker:
                     for src in s.sources.values():
                         near += _original(src, source_columns(src) or set(), self)
                     s = s.parent
+                if getattr(column.this, "quoted", False) and \
+                        self.sql[off:off + 1] == '"':
+                    raise self.error(f"unknown column {column.name} (in SQL, strings take "
+                                     f"single quotes: '{column.name}'; double quotes name a "
+                                     f"column)", off)
                 raise self.error(f"unknown column {column.name}"
                                  + _suggest(column.name, near, None), off)
 

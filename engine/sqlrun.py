@@ -129,14 +129,16 @@ def run_query(conn: sqlite3.Connection, checked: CheckedQuery, *,
 
 def query_column(conn: sqlite3.Connection, checked: CheckedQuery, *,
                  limits: QueryLimits = QueryLimits(), file: str | None = None,
-                 line: int | None = None, col: int | None = None) -> set[str]:
-    """The distinct non-null values of ``checked.column``, streamed (a job's selection)."""
+                 line: int | None = None, col: int | None = None,
+                 params: Any = ()) -> set[str]:
+    """The distinct non-null values of ``checked.column``, streamed (a job's selection);
+    ``params``: the job variables the query binds (``:name``)."""
     conn.set_authorizer(authorizer)
     out: set[str] = set()
     try:
         with limited(conn, limits) as hit:
             try:
-                cur = conn.execute(checked.sql)
+                cur = conn.execute(checked.sql, params)
                 names = [d[0].lower() for d in cur.description or ()]
                 if checked.column.lower() not in names:
                     raise SqlCheckError(f"the query returned no {checked.column} column (it "

@@ -56,13 +56,35 @@ def _write(out: Path, ds) -> str:
     return path.relative_to(out).as_posix()
 
 
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]) if argv else DEFAULT_OUT
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="make_sample.py", description="Write the deterministic sample archive (three "
+        "patients with linked CT, RTSTRUCT, RTPLAN, RTDOSE; one MR) as <PatientID>/<UID>.dcm.",
+        epilog="An existing folder is replaced only when it holds exactly the files this "
+               "script writes (a sample it made before); any other folder is refused.")
+    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT,
+                        metavar="OUTPUT_DATA_DIR",
+                        help=f"where to write (default: {DEFAULT_OUT.relative_to(HERE.parent)})")
+    out = parser.parse_args(argv).out
+    if out.exists() and not out.is_dir():
+        print(f"make_sample.py: {out} exists and is not a folder; nothing written",
+              file=sys.stderr)
+        return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
     try:
         files = write_sample(tmp)
         if out.exists():
+            there = _files(out)
+            if there and there != set(files):
+                print(f"make_sample.py: {out} holds files this script did not write; refusing "
+                      "to replace it (remove it or name another folder)", file=sys.stderr)
+                return 2
             shutil.rmtree(out)
         tmp.rename(out)
     finally:

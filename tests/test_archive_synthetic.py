@@ -61,3 +61,24 @@ def test_committed_sample_is_what_the_script_writes(tmp_path):
                    check=True, capture_output=True)
     assert tree(out) == tree(committed)
     assert sum(len(v) for v in tree(out).values()) < 400 * 1024
+
+
+def test_make_sample_help_and_refusal(tmp_path):
+    script = str(REPO / "examples" / "make_sample.py")
+    res = subprocess.run([sys.executable, script, "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and "OUTPUT_DATA_DIR" in res.stdout
+    assert list(tmp_path.iterdir()) == []                # no folder named --help
+    mine = tmp_path / "mine"
+    (mine / "P").mkdir(parents=True)
+    (mine / "P" / "keep.dcm").write_bytes(b"precious")
+    res = subprocess.run([sys.executable, script, str(mine)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "refusing to replace it" in res.stderr
+    assert (mine / "P" / "keep.dcm").read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]   # no temporary folder left
+    out = tmp_path / "sample"
+    for _ in range(2):                                   # its own sample is replaced
+        res = subprocess.run([sys.executable, script, str(out)], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr

@@ -287,11 +287,13 @@ class StepRecorder:
         self.ctx = ctx
         self.report = StepReport(step.index, step.name, step.action, step.target, ctx.dry_run,
                                  started=now_iso())
+        self.failures = 0           # failed outcomes so far (shown by the progress bar)
 
     def add(self, outcome: Outcome, recorded: bool = False) -> Outcome:
         """Add an outcome; ``recorded``: already in the audit log (the delete journal writes
         its outcomes in the transaction that clears its entries)."""
         self.report.outcomes.append(outcome)
+        self.failures += outcome.status == "failed"
         if self.ctx.audit is not None and not self.ctx.dry_run and not recorded:
             self.ctx.audit.record(self.ctx.run_id, self.step.index, self.step.name,
                                   self.step.action, self.step.target, outcome)
@@ -311,8 +313,12 @@ class StepRecorder:
 
 # -- progress ------------------------------------------------------------------------------
 @contextmanager
-def progress(ctx: "ActionContext", total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """``advance(n)`` for a progress bar on stderr when ``ctx.progress``; a no-op otherwise."""
+def progress(ctx: "ActionContext", total: int, label: str,
+             recorder: "StepRecorder | Callable[[], int] | None" = None
+             ) -> Iterator[Callable[[int], None]]:
+    """``advance(n)`` for a progress bar on stderr when ``ctx.progress``; a no-op otherwise.
+    The bar shows the rate and, with ``recorder`` (a StepRecorder, or a function giving the
+    count), a running count of failed outcomes."""
     if not ctx.progress or total < 2:
         yield lambda n=1: None
         return
@@ -320,11 +326,23 @@ def progress(ctx: "ActionContext", total: int, label: str) -> Iterator[Callable[
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
     bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                   MofNCompleteColumn(),
+                   MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TextColumn("{task.fields[failed]}", style="red"),
                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+    def fields(task_id) -> dict[str, str]:
+        speed = bar.tasks[0].speed if bar.tasks else None
+        failed = (0 if recorder is None else recorder() if callable(recorder)
+                  else recorder.failures)
+        return {"rate": f"{speed:.1f}/s" if speed else "",
+                "failed": f"{failed} failed" if failed else ""}
     with bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
+        task = bar.add_task(label, total=total, rate="", failed="")
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+            bar.update(task, **fields(task))
+        yield advance
 
 
 # -- the Python API: one-step plans --------------------------------------------------------

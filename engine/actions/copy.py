@@ -113,9 +113,12 @@ def check_layout(layout: str, schema: "Schema") -> Layout:
                            "fields")
         hit = known.get(field.lower())
         if hit is None:
-            names = ", ".join(sorted({c for _, c in known.values()}))
-            raise JobError(f"copy: layout field {{{field}}} is not a column of the index; "
-                           f"known columns: {names}")
+            import difflib
+            names = sorted({c for _, c in known.values()})
+            close = difflib.get_close_matches(field, names, n=1, cutoff=0.6)
+            raise JobError(f"copy: layout field {{{field}}} is not a column of the index"
+                           + (f" (did you mean {close[0]}?)" if close
+                              else f"; known columns: {', '.join(names)}"))
         fields.append(hit[1])
         columns[hit[1]] = hit
     if template.startswith("/") or "\\" in "".join(literals):
@@ -200,6 +203,7 @@ def _write_manifest(fs, path: Path, fmt: str, ctx: "ActionContext", layout: Layo
     if fmt == "json":
         doc = {"format": MANIFEST_FORMAT_VERSION, "job": ctx.plan.job_name,
                "job_sha256": ctx.plan.job_sha256, "created": created,
+               "run_id": ctx.run_id,     # the run in the audit log (ConquestRunRuns.RunId)
                "layout": layout.template, "count": len(entries),
                "bytes": sum(e["size"] for e in entries), "instances": entries}
         with fs.atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
@@ -207,10 +211,10 @@ def _write_manifest(fs, path: Path, fmt: str, ctx: "ActionContext", layout: Layo
     else:
         with fs.atomic_open(path, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(MANIFEST_FIELDS + ("job", "job_sha256", "created"))
+            w.writerow(MANIFEST_FIELDS + ("job", "job_sha256", "created", "run_id"))
             for e in entries:
                 w.writerow([e[k] for k in MANIFEST_FIELDS]
-                           + [ctx.plan.job_name, ctx.plan.job_sha256, created])
+                           + [ctx.plan.job_name, ctx.plan.job_sha256, created, ctx.run_id])
 
 
 def _options(step: "PlanStep") -> tuple[str, str, str, str | None]:
@@ -268,7 +272,7 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
     copied = 0
     try:
         fs.makedirs(dest_abs)
-        with progress(ctx, step.instance_count, f"copy to {destination}") as advance:
+        with progress(ctx, step.instance_count, f"copy to {destination}", rec) as advance:
             for series in step.series:
                 indexed = (_index_values(conn, facts.schema, layout, series.series_uid)
                            if conn is not None else {})

@@ -54,7 +54,7 @@ def readonly_rows(conn: sqlite3.Connection, sql: str,
     prepared."""
     conn.set_authorizer(authorizer)
     try:
-        cur = conn.execute(sql, tuple(params))
+        cur = conn.execute(sql, params if isinstance(params, dict) else tuple(params))
     except sqlite3.DatabaseError as exc:
         raise ActionError(f"dump: the query failed: {exc}") from None
     cur.arraysize = FETCH
@@ -313,6 +313,9 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
             names, rows = readonly_rows(conn, f"SELECT * FROM {_quote_ident(name)}")
             source = f"table {name}"
         elif step.query:
+            if not params:
+                from ..jobvars import bound_params
+                params = bound_params(ctx.plan.variables, step.query)
             names, rows = readonly_rows(conn, step.query, params)
             source = "query"
         else:

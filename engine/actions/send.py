@@ -112,9 +112,11 @@ def _run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return report
     scratch = tempfile.TemporaryDirectory(prefix="conquest-run-deid-") if writer else None
 
-    with progress(ctx, step.instance_count, f"send {target}") as advance:
+    failures = [0]      # for the progress bar's running count
+    with progress(ctx, step.instance_count, f"send {target}", lambda: failures[0]) as advance:
         def record(outcome: Outcome) -> None:
             report.outcomes.append(outcome)
+            failures[0] += outcome.status == "failed"
             if ctx.audit is not None:
                 ctx.audit.record(ctx.run_id, step.index, step.name, ACTION, target, outcome)
             advance(1)

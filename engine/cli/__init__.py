@@ -5,6 +5,9 @@
     conquest-run serve|echo ...                                       the network   (cli/network)
     conquest-run history ...                                          past runs     (cli/audit)
     conquest-run restore RUN                                          quarantine    (cli/restore)
+    conquest-run load-csv|image-stats ...                             own tables    (cli/tables)
+    conquest-run init|list|show ...                                   job repositories (cli/repo)
+    conquest-run completion bash|zsh | help [CMD]      (cli/completion, cli/helptext)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -35,6 +38,10 @@ SUBCOMMANDS = {
     "restore": "restore",
     "load-csv": "tables",
     "image-stats": "tables",
+    "init": "repo",
+    "list": "repo",
+    "show": "repo",
+    "completion": "completion",
 }
 
 
@@ -79,21 +86,58 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
 
 
+def build_parser(name: str | None) -> argparse.ArgumentParser:
+    """The parser of one command (None: running job files), with its help text."""
+    from .helptext import SUMMARY, epilog
+    module = importlib.import_module(f"{__package__}.{SUBCOMMANDS.get(name, 'jobs')}")
+    text = epilog(name)
+    if name is None:
+        width = max(len(n) for n in SUBCOMMANDS)
+        text = "commands:\n" + "\n".join(
+            f"  {n:<{width}}  {SUMMARY.get(n, '')}".rstrip() for n in (*SUBCOMMANDS, "help")
+            ) + "\n\n" + text
+    parser = _Parser(prog="conquest-run" + (f" {name}" if name else ""), epilog=text,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.register(name, parser)
+    if not parser.description and SUMMARY.get(name):
+        parser.description = SUMMARY[name][:1].upper() + SUMMARY[name][1:] + "."
+    if name is None:
+        from .. import __version__
+        parser.add_argument("--version", action="version", version=f"conquest-run {__version__}")
+    return parser
+
+
+def _help(words: list[str]) -> int:
+    from .helptext import unknown_command
+    if not words:
+        build_parser(None).print_help()
+        return 0
+    if words[0] == "help":
+        print("usage: conquest-run help [COMMAND]\n\nShow the help of conquest-run or of one "
+              "command.")
+        return 0
+    if words[0] not in SUBCOMMANDS:
+        print(unknown_command(words[0], [*SUBCOMMANDS, "help"]), file=sys.stderr)
+        return 2
+    build_parser(words[0]).print_help()
+    return 0
+
+
 def _main(argv: list[str]) -> int:
+    from .helptext import looks_like_job, unknown_command
     try:
+        if argv and argv[0] == "help":
+            return _help(argv[1:])
         if argv and argv[0] in SUBCOMMANDS:
             name = argv[0]
             module = importlib.import_module(f"{__package__}.{SUBCOMMANDS[name]}")
-            parser = _Parser(prog=f"conquest-run {name}")
-            module.register(name, parser)
-            args = parser.parse_args(argv[1:])
+            args = build_parser(name).parse_args(argv[1:])
             return module.run(name, args)
+        if argv and not argv[0].startswith("-") and not looks_like_job(argv[0]):
+            print(unknown_command(argv[0], [*SUBCOMMANDS, "help"]), file=sys.stderr)
+            return 2
         module = importlib.import_module(f"{__package__}.jobs")
-        parser = _Parser(prog="conquest-run", epilog="subcommands: " + ", ".join(SUBCOMMANDS))
-        module.register(None, parser)
-        from .. import __version__
-        parser.add_argument("--version", action="version", version=f"conquest-run {__version__}")
-        args = parser.parse_args(argv)
+        args = build_parser(None).parse_args(argv)
         return module.run(None, args)
     except ConquestRunError as exc:
         print(f"{exc}", file=sys.stderr)

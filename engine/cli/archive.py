@@ -49,11 +49,15 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--columns", action="append", metavar="NAME",
                             help="with --refresh: add these dicom.sql columns to the database "
                                  "and read only their values (repeatable or comma-separated)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="say what would be indexed and removed; change nothing")
         _add_listing_flags(parser)
     elif name == "store":
         parser.description = "Copy files or folders into data/<PatientID>/ and index them."
         parser.add_argument("paths", nargs="+", metavar="PATH")
         parser.add_argument("--move", action="store_true", help="move instead of copy")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="read each file and say where it would go; change nothing")
         _add_listing_flags(parser)
     elif name == "summary":
         parser.description = ("One line per series: patient, modality, instances, size, and the "
@@ -116,14 +120,26 @@ def _text(value: object) -> str:
     return str(value).replace("\t", " ").replace("\n", "\\n")
 
 
-def _print_table(title: str, header: list[str], rows: list[tuple], show_header: bool = True) -> None:
+def middle(uid: str | None, width: int = 23) -> str:
+    """A UID shortened in the middle on a terminal (its start and end tell series apart)."""
+    text = uid or ""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[:keep // 2] + "\u2026" + text[len(text) - (keep - keep // 2):]
+
+
+def _print_table(title: str, header: list[str], rows: list[tuple], show_header: bool = True,
+                 no_wrap: tuple[int, ...] = (), min_widths: dict[int, int] | None = None
+                 ) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
         table = Table(title=Text(title), show_header=show_header)
-        for h in header:
-            table.add_column(Text(h), overflow="fold")
+        for i, h in enumerate(header):
+            table.add_column(Text(h), overflow="ellipsis" if i in no_wrap else "fold",
+                             no_wrap=i in no_wrap, min_width=(min_widths or {}).get(i))
         for r in rows:
             table.add_row(*(Text(_text(v)) for v in r))
         Console().print(table)
@@ -168,6 +184,34 @@ def _refresh_columns(archive: Archive, args: argparse.Namespace) -> int:
     return 1 if result["unreadable"] else 0
 
 
+def _dry_run(args: argparse.Namespace, archive: Archive, mode: str | None) -> int:
+    """``rebuild --dry-run`` (mode given) or ``store --dry-run``: said, nothing changed."""
+    from ..dryrun import preview_rebuild, preview_store
+    if mode is not None:
+        preview = preview_rebuild(archive, mode=mode, patients=args.patient)
+        if args.json:
+            print(json.dumps({"command": "rebuild", "dry_run": True, **vars(preview),
+                              "summary": preview.summary()}, indent=2))
+        else:
+            print(preview.summary())
+        return 0
+    result = preview_store(archive, [str(p) for p in args.paths])
+    if args.json:
+        print(json.dumps({"command": "store", "dry_run": True, "summary": result.summary(),
+                          "files": [{"path": s, "object_file": o, "replaces": r}
+                                    for s, o, r in result.stored],
+                          "bad": [{"path": b.path, "reason": b.reason} for b in result.bad]},
+                         indent=2, ensure_ascii=False))
+    else:
+        for b in result.bad:
+            print(f"{b.path}: {b.reason}", file=sys.stderr)
+        if args.verbose:
+            for s, o, r in result.stored:
+                print(f"{s} -> {o}{' (replaces)' if r else ''}")
+        print(result.summary())
+    return 1 if result.bad else 0
+
+
 def run(name: str, args: argparse.Namespace) -> int:
     archive = _archive(args)
     if name == "rebuild":
@@ -177,6 +221,8 @@ def run(name: str, args: argparse.Namespace) -> int:
             return 2
         if args.columns:
             return _refresh_columns(archive, args)
+        if args.dry_run:
+            return _dry_run(args, archive, mode)
         from ..commandlog import recorded_command
         from ..report import DONE, FAILED, Outcome
         with recorded_command(
@@ -192,6 +238,8 @@ def run(name: str, args: argparse.Namespace) -> int:
                        {"indexed": result.indexed, "unchanged": result.unchanged,
                         "removed": result.removed, "skipped": result.skipped})
     if name == "store":
+        if args.dry_run:
+            return _dry_run(args, archive, None)
         from ..commandlog import recorded_command
         from ..report import DONE, FAILED, Outcome
         with recorded_command(
@@ -216,9 +264,29 @@ def run(name: str, args: argparse.Namespace) -> int:
             notice=lambda text: print(f"note: {text}", file=sys.stderr))
         header = ["PatientID", "Study", "Series", "Modality", "Description", "Date",
                   "Instances", "Bytes", "Flags"]
-        _print_table(f"{len(rows)} series in {archive.database}", header,
-                     [(s.patient_id, s.study_uid, s.series_uid, s.modality, s.description,
-                       s.date, s.instances, s.bytes, s.flags) for s in rows])
+        if not sys.stdout.isatty():         # piped: TSV, full UIDs, sizes in bytes
+            _print_table("", header, [(s.patient_id, s.study_uid, s.series_uid, s.modality,
+                                       s.description, s.date, s.instances, s.bytes, s.flags)
+                                      for s in rows])
+            return 0
+        from .jobs import _size
+        patients = len({s.patient_id for s in rows})
+        title = (f"{len(rows)} series of {patients} patient{'s' if patients != 1 else ''}, "
+                 f"{sum(s.instances or 0 for s in rows)} instances, "
+                 f"{_size(sum(s.bytes or 0 for s in rows))} in {archive.database}")
+        header[7] = "Size"
+        table = [[s.patient_id, s.study_uid, s.series_uid, s.modality, s.description, s.date,
+                  s.instances, _size(s.bytes or 0), s.flags] for s in rows]
+        short = (0, 3, 5, 6, 7)          # kept whole: the UIDs give way to them
+        widths = {i: min(16, max([len(header[i])] + [len(_text(r[i])) for r in table]))
+                  for i in short}
+        from rich.console import Console
+        room = Console().width - sum(widths.values()) - 3 * len(header) - 12
+        uid = max(9, min(23, room // 3))
+        for r in table:
+            r[1], r[2] = middle(r[1], uid), middle(r[2], uid)
+        _print_table(title, header, [tuple(r) for r in table], no_wrap=(1, 2),
+                     min_widths=widths)
         return 0
     if name == "query":
         header, rows = _checked_query(archive, args)

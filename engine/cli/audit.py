@@ -117,7 +117,29 @@ def _outcome_filters(args) -> dict[str, Any]:
     return got
 
 
+def _tsv(header: list[str], rows: list[list[Any]]) -> None:
+    """Piped output: tab-separated, full values, no colours (as ``query`` prints)."""
+    def cell(v: Any) -> str:
+        return "" if v is None else str(v).replace("\t", " ").replace("\n", "\\n")
+    print("\t".join(header))
+    for row in rows:
+        print("\t".join(cell(v) for v in row))
+
+
 def run(name: str, args: argparse.Namespace) -> int:
+    """With --json, an error is JSON on stdout too ({"error": ...}), with the same exit code."""
+    try:
+        return _run(name, args)
+    except ConquestRunError as exc:
+        if not args.json:
+            raise
+        print(json.dumps({"error": {"message": exc.message, "file": exc.file,
+                                    "exit_code": exc.exit_code}}, indent=2))
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(name: str, args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise ConquestRunError("--limit must be 0 (all) or more")
     since = _since(args.since)
@@ -172,6 +194,16 @@ def _outcome_table(console, outcomes: list[dict], *, with_run: bool) -> None:
     from rich.table import Table
     columns = (["run"] if with_run else []) + ["step", "action", "target", "patient",
                                                "SOP instance", "status", "reason / path"]
+    if not sys.stdout.isatty():
+        _tsv([c.replace(" / ", "_").replace(" ", "_") for c in columns], [
+            ([o["run_id"]] if with_run else []) + [
+                f"{o['step']} {o['step_name'] or ''}".strip(), o["action"], o["target"],
+                o["patient_id"],
+                "(whole step)" if o["detail"].get("scope") == "step" else o["sop_uid"],
+                o["status"], " ".join(x for x in (o["reason"] or "", str(
+                    o["detail"].get("path") or o["detail"].get("file") or "")) if x)]
+            for o in outcomes])
+        return
     table = Table(*columns)
     for o in outcomes:
         colour = {"done": "green", "skipped": "yellow", "failed": "red"}.get(o["status"], "")
@@ -206,6 +238,13 @@ def _show_runs(runs: list[dict], as_json: bool) -> int:
         return 0
     if not runs:
         print("no runs recorded yet", file=sys.stderr)
+        return 0
+    if not sys.stdout.isatty():
+        _tsv(["run", "started", "job", "user", "result", "done", "skipped", "failed"],
+             [[r["run_id"], r["started"], r["job_name"] or r["job_path"], r["user"],
+               (r.get("state") or "unfinished") + (f" ({r['signal']})" if r.get("signal")
+                                                   else ""),
+               r["done"], r["skipped"], r["failed"]] for r in runs])
         return 0
     table = Table("run", "started", "job", "user", "result", "done", "skipped", "failed")
     for r in runs:

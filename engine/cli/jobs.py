@@ -17,10 +17,12 @@ __all__ = ["register", "run"]
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import add_archive_flags
 from ..errors import ConquestRunError
+from .jobinputs import given_vars, paths_note, unknown_vars
 
 
 def register(name: str | None, parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,11 @@ def register(name: str | None, parser: argparse.ArgumentParser) -> None:
                              "no terminal is attached")
     parser.add_argument("--echo", action="store_true",
                         help="with --dry-run: C-ECHO the send peers (the only network traffic)")
+    parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a job variable declared under vars: (repeatable; a list as "
+                             "A,B,C)")
+    parser.add_argument("--vars-file", metavar="FILE",
+                        help="a YAML mapping of job variables (--var overrides it)")
     add_query_timeout(parser)
     add_archive_flags(parser, defaults=False)
 
@@ -102,14 +109,21 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
+def print_plan(plan, console, *, dry_run: bool, notes: list[str] = (),
+               archive=None) -> None:
+    """``archive``: when given, a copy step says how many files are new, identical or
+    different at their targets (``copypreview``)."""
     from rich.markup import escape
     from rich.table import Table
     console.print(f"[bold]Plan[/bold] for {escape(plan.job_path)} "
                   f"([cyan]{escape(plan.job_name)}[/cyan])"
                   + ("  [yellow](dry run: nothing will be changed)[/yellow]" if dry_run else ""))
-    console.print(f"  archive: data {escape(_shown(plan.data_dir))}, "
+    console.print(f"  archive: data directory {escape(_shown(plan.data_dir))}, "
                   f"database {escape(_shown(plan.database))}")
+    if plan.variables:
+        console.print("  variables: " + ", ".join(
+            f"{escape(k)}={escape(','.join(v) if isinstance(v, list) else str(v))}"
+            for k, v in plan.variables.items()))
     for note in notes:
         console.print(f"  [yellow]{escape(note)}[/yellow]")
     for step in plan.steps:
@@ -146,8 +160,16 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = ()) -> None:
             fate = (" and their files deleted" if files is True else " and their files moved "
                     "to data/.quarantine/" if files == "quarantine" else " (files kept)")
             console.print(f"  [red]{totals} will be removed from the database{fate}[/red]")
+        elif not step.series and step.action not in ("rebuild", "dump", "retrieve"):
+            console.print(f"  [yellow]step {step.index} selected nothing[/yellow]")
         elif step.series or step.action not in ("rebuild", "dump"):
             console.print(f"  {totals}")
+        if archive is not None and step.action == "copy" and step.series:
+            from ..copypreview import copy_preview, describe_copy_preview
+            counts = copy_preview(step, archive)
+            if counts is not None:
+                console.print("  " + escape(describe_copy_preview(
+                    counts, str(step.options.get("overwrite", "never")))))
         if step.remote is None and any(s.action == "retrieve" for s in plan.steps
                                        if s.index < step.index):
             console.print("  [dim](planned again once the retrieve before it has run)[/dim]")
@@ -271,9 +293,32 @@ def _validate(args, err) -> int:
     status = 0
     out = _console()
     results = []
+    try:
+        given = given_vars(args)
+    except ConquestRunError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    declared: set[str] = set()
     for path in args.jobs:
+        from ..project import PROJECT_FILE, load_project
+        if Path(path).name == PROJECT_FILE:
+            try:
+                load_project(path)
+            except ConquestRunError as exc:
+                print(str(exc), file=sys.stderr)
+                status = max(status, exc.exit_code)
+                errors = exc.errors if isinstance(exc, JobErrors) else [exc]
+                results.append({"path": path, "valid": False, "errors": [
+                    {"file": e.file, "line": e.line, "column": e.column, "message": e.message}
+                    for e in errors]})
+                continue
+            results.append({"path": path, "valid": True, "project": True, "errors": []})
+            if not args.json:
+                out.print(f"{path}: valid (project file)", markup=False)
+            continue
         try:
-            job = validate_job(path, schema)
+            job = validate_job(path, schema, given=given)
+            declared |= set(job.var_specs)
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)
             status = max(status, exc.exit_code)
@@ -285,6 +330,8 @@ def _validate(args, err) -> int:
         results.append({"path": path, "valid": True, "steps": len(job.steps), "errors": []})
         if not args.json:
             out.print(f"{path}: valid ({_plural(len(job.steps), 'step')})", markup=False)
+    if status == 0 and given:
+        status = unknown_vars(given, declared)
     if args.json:
         print(json.dumps({"valid": status == 0, "jobs": results}, indent=2))
     return status
@@ -316,6 +363,10 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
 
     err = _console(stderr=True)
     out = _console()
+    if args.apply and (args.var or args.vars_file):
+        err.print("conquest-run: error: --var and --vars-file set a job's variables; a saved "
+                  "plan already holds the values it was planned with", markup=False)
+        return 2
     if args.apply and args.jobs:
         err.print("conquest-run: error: --apply runs a saved plan; give no job files with it",
                   markup=False)
@@ -360,7 +411,7 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
             print(f"{args.apply}: {exc.message}", file=sys.stderr)
             return exc.exit_code
         if not args.json:
-            print_plan(plan, out, dry_run=args.dry_run)
+            print_plan(plan, out, dry_run=args.dry_run, archive=archive)
         refused = confirmed(plan, args)
         if refused is not None:
             return refused
@@ -376,23 +427,33 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
     # every job is checked (YAML, schema, references, SQL) before any runs
     prepared = []
     invalid = 0
+    try:
+        given = given_vars(args)
+    except ConquestRunError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     for path in args.jobs:
         try:
-            job = load_job(path)
+            job = load_job(path, given=given)
             archive = archive_for_job(job, **_overrides(args))
             check_job_sql(job, schema_of(archive))   # + the database's user tables
             prepared.append((job, archive))
         except ConquestRunError as exc:
             print(str(exc), file=sys.stderr)
             invalid = max(invalid, exc.exit_code)
+    if not invalid and given:
+        invalid = unknown_vars(given, {n for job, _ in prepared for n in job.var_specs})
     if invalid:
         return invalid
     jobs = [job for job, _ in prepared]
     for job, archive in prepared:
-        notes: list[str] = []
+        notes: list[str] = [paths_note(job)]
         if not args.dry_run and not args.plan_out:
             _finish_removals(archive, notice)
-        with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress) as arc:
+        rebuilds = all(s.action == "rebuild" and (s.select is None or s.select.empty)
+                       for s in job.steps)
+        with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress,
+                     rebuilds=rebuilds) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")
             plan = build_plan(job, arc, named=archive,
@@ -405,12 +466,12 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
                 if args.json:
                     results.append({"plan": plan.to_dict()})
                 else:
-                    print_plan(plan, out, dry_run=True, notes=notes)
+                    print_plan(plan, out, dry_run=True, notes=notes, archive=arc)
                     out.print(f"Plan saved to {args.plan_out}; run it with "
                               f"conquest-run --apply {args.plan_out}", markup=False)
                 continue
             if not args.json:
-                print_plan(plan, out, dry_run=args.dry_run, notes=notes)
+                print_plan(plan, out, dry_run=args.dry_run, notes=notes, archive=arc)
             refused = confirmed(plan, args)
             if refused is not None:
                 return max(status, refused)

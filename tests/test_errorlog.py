@@ -45,6 +45,25 @@ def test_errors_of_a_command_go_to_the_log_one_line_each(tmp_path, capsys):
     assert f"{job}:2:24: " in lines[0] or f"{job}:2:24: " in lines[1]
 
 
+def test_the_project_files_log_file_is_used_without_the_option(tmp_path, capsys, monkeypatch):
+    """``log_file:`` in conquest-run.yml (relative to the project folder) logs a job's errors
+    when the job lies in that repository, wherever the command is run from; --log-file wins."""
+    repo = tmp_path / "repo"
+    (repo / "jobs").mkdir(parents=True)
+    (repo / "conquest-run.yml").write_text("version: 1\nlog_file: logs/conquest-run.log\n")
+    (repo / "logs").mkdir()
+    job = repo / "jobs" / "bad.yml"
+    job.write_text("version: 1\nselect: {modality: CT, colour: red}\naction:\n  dump: {}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--validate", str(job)]) == 2
+    lines = _lines(repo / "logs" / "conquest-run.log")
+    assert lines and all(" ERROR run=- " in line for line in lines)
+    other = tmp_path / "other.log"
+    assert main(["--validate", str(job), "--log-file", str(other)]) == 2
+    assert len(_lines(repo / "logs" / "conquest-run.log")) == len(lines)     # not written again
+    assert _lines(other)
+
+
 def test_off_by_default(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["--validate", str(tmp_path / "missing.yml")]) == 2

@@ -79,11 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         # report unusable files themselves (bad files, failed outcomes), so keep stderr for that
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
         try:
-            with logging_to(log_file_of(log_file)):
+            with logging_to(log_file_of(log_file, {"log_file": _project_log_file(argv)})):
                 return _main(argv)
         except ConquestRunError as exc:        # an unusable --log-file
             print(f"{exc}", file=sys.stderr)
             return exc.exit_code
+
+
+def _project_log_file(argv: list[str]) -> str | None:
+    """``log_file:`` of the project file that governs this command: the one beside (or above)
+    the first job file named, else the working directory's, as git finds its repository.  An
+    unreadable project file is the command's own error to report, not this one's."""
+    from pathlib import Path
+
+    from ..project import PROJECT_FILE, find_project, load_project
+    jobs = [Path(a) for a in argv if a.endswith((".yml", ".yaml")) and Path(a).name != PROJECT_FILE]
+    start = next((p.parent for p in jobs if p.is_file()), Path.cwd())
+    try:
+        found = find_project(start)
+        return load_project(found).log_file if found is not None else None
+    except (ConquestRunError, OSError):
+        return None
 
 
 def build_parser(name: str | None) -> argparse.ArgumentParser:

@@ -109,6 +109,39 @@ def inherit(data: dict[str, Any], project: Project) -> dict[str, Any]:
     if "dicom_sql" not in archive and (Path(project.root) / "dicom.sql").is_file():
         archive["dicom_sql"] = str(Path(project.root) / "dicom.sql")
     out["archive"] = archive
+    if isinstance(data.get("action"), dict):
+        out["action"] = _action_paths(data["action"], Path(project.root))
+    if isinstance(data.get("steps"), list):
+        out["steps"] = [dict(s, action=_action_paths(s["action"], Path(project.root)))
+                        if isinstance(s, dict) and isinstance(s.get("action"), dict) else s
+                        for s in data["steps"]]
     if project.nodes or data.get("nodes"):
         out["nodes"] = {**project.nodes, **(data.get("nodes") or {})}
     return out
+
+
+# the output paths of an action that are relative to where the job is run from without a
+# project file, and to the project's folder with one
+_OUTPUT_PATHS = {"copy": ("destination",), "dump": ("file",)}
+
+
+def _action_paths(action: dict[str, Any], root: Path) -> dict[str, Any]:
+    """An action with its relative output paths (copy destination, dump file, a de-identified
+    export's mapping) made absolute from the project's folder; anything else as it is (the
+    schema reports wrong types, with their positions)."""
+    out = dict(action)
+    for name, options in action.items():
+        if not isinstance(options, dict):
+            continue
+        options = dict(options)
+        for key in _OUTPUT_PATHS.get(name, ()):
+            if isinstance(options.get(key), str) and options[key] and \
+                    not Path(options[key]).is_absolute():
+                options[key] = str(root / options[key])
+        deid = options.get("deidentify")
+        if isinstance(deid, dict) and isinstance(deid.get("mapping"), str) and \
+                deid["mapping"] and not Path(deid["mapping"]).is_absolute():
+            options["deidentify"] = dict(deid, mapping=str(root / deid["mapping"]))
+        out[name] = options
+    return out
+

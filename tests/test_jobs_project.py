@@ -53,6 +53,29 @@ def test_jobs_inherit_and_override(repo: Path):
     assert own.archive.database == str(repo / "archive" / "conquest.db")
 
 
+def test_output_paths_are_from_the_project_folder_too(repo: Path, tmp_path: Path, monkeypatch):
+    """A copy job of a repository exports beside the project wherever it is run from; an
+    absolute destination and a job without a project are left alone."""
+    shutil.copytree(SAMPLE_DATA, repo / "archive" / "data")
+    (repo / "jobs" / "export.yml").write_text(
+        "version: 1\nsteps:\n  - name: plans\n    select: {modality: RTPLAN}\n"
+        "    action: {copy: {destination: exports/plans}}\n"
+        "  - name: list\n    action: {dump: {file: exports/series.csv, table: DICOMSeries}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main([str(repo / "jobs" / "export.yml")]) == 0
+    assert list((repo / "exports" / "plans").rglob("*.dcm"))
+    assert (repo / "exports" / "series.csv").is_file()
+    assert list(elsewhere.iterdir()) == []
+    job = load_job(repo / "jobs" / "export.yml")
+    assert job.steps[0].options["destination"] == str(repo / "exports" / "plans")
+    absolute = str(tmp_path / "abs")
+    (repo / "jobs" / "abs.yml").write_text(
+        f"version: 1\nselect: {{modality: RTPLAN}}\naction: {{copy: {{destination: '{absolute}'}}}}\n")
+    assert load_job(repo / "jobs" / "abs.yml").steps[0].options["destination"] == absolute
+
+
 def test_without_project_paths_stay_relative(tmp_path: Path):
     (tmp_path / "job.yml").write_text(SEND.replace("node: tps", "node: pacs"))
     job = load_job(tmp_path / "job.yml")

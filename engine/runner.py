@@ -101,13 +101,16 @@ def archive_for_job(job, *, data: str | None = None, database: str | None = None
 
 @contextmanager
 def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s: None,
-            progress: bool = False, rebuilds: bool = False) -> Iterator[Any]:
+            progress: bool = False, rebuilds: bool = False,
+            pulls: bool = False) -> Iterator[Any]:
     """The archive to plan on: indexed first when its database does not exist.
 
     A real run indexes into the archive's own database (with a notice).  A dry run indexes into
     a temporary database that is deleted afterwards, so nothing is written next to the archive.
     ``rebuilds``: the job only rebuilds the index, so it is not indexed first (its own rebuild
-    would index everything a second time); the plan is made on an empty index.
+    would index everything a second time); the plan is made on an empty index.  ``pulls``: the
+    job begins with a retrieve, so an archive that does not exist yet (no data directory, no
+    database) is made for it (an empty one; a dry run plans on a temporary one).
     """
     from .archive import Archive
     from .indexer import data_dir_error
@@ -120,6 +123,23 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
         if not dry_run:
             archive.recover()          # what a killed writer left, before planning on it
         yield archive
+        return
+    if not data.is_dir() and pulls:
+        if not dry_run:
+            notice(f"the archive does not exist yet: making {archive.data_dir} and "
+                   f"{archive.database} for the retrieve")
+            data.mkdir(parents=True)
+            archive.connect().close()
+            yield archive
+            return
+        notice(f"the archive does not exist yet: a real run makes {archive.data_dir} and "
+               f"{archive.database} for the retrieve; this dry run plans on a temporary, "
+               "empty one (nothing is written)")
+        with tempfile.TemporaryDirectory(prefix="conquest-run-dry-") as tmp:
+            (Path(tmp) / "data").mkdir()
+            temp = Archive(Path(tmp) / "data", Path(tmp) / "conquest.db", archive.dicom_sql)
+            temp.connect().close()
+            yield temp
         return
     if not data.is_dir():
         raise ArchiveError("neither the database nor the data directory exists",

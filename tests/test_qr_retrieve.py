@@ -206,6 +206,26 @@ def test_dry_run_does_only_the_c_finds(pacs, tmp_path, capsys):
     assert requests("Move") == moves and requests("Find") > finds    # Orthanc's own log
 
 
+def test_a_first_pull_makes_the_archive_it_retrieves_into(pacs, tmp_path, capsys):
+    """No data folder and no database yet: a dry run says what a real run makes and writes
+    nothing; the real run makes both and indexes what arrives."""
+    (tmp_path / "job.yml").write_text(job_text(pacs, steps=pull_steps(
+        pacs, '{remote: pacs, patient: QR001, modality: RTPLAN}')))
+    import os
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["--dry-run", "job.yml"]) == 0
+        err = capsys.readouterr().err
+        assert "the archive does not exist yet" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yml"]
+        assert main(["job.yml"]) == 0, capsys.readouterr()
+    finally:
+        os.chdir(old)
+    assert rows(tmp_path / "conquest.db", "SELECT count(*) FROM DICOMImages") == [(1,)]
+    assert len(list((tmp_path / "data").rglob("*.dcm"))) == 1
+
+
 def test_dump_of_a_remote_selection_writes_the_c_find_results(pacs, tmp_path, capsys):
     steps = ("  - name: list\n    select: {remote: pacs, modality: [RTPLAN, RTSTRUCT]}\n"
              "    action: {dump: {file: out/found.csv}}\n")

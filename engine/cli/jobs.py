@@ -453,7 +453,8 @@ def _run(name: str | None, args: argparse.Namespace) -> int:
         rebuilds = all(s.action == "rebuild" and (s.select is None or s.select.empty)
                        for s in job.steps)
         with indexed(archive, dry_run=args.dry_run, notice=notice, progress=progress,
-                     rebuilds=rebuilds) as arc:
+                     rebuilds=rebuilds, pulls=bool(job.steps) and job.steps[0].action == "retrieve"
+                     ) as arc:
             if arc is not archive:
                 notes.append("planned on a temporary index of the data directory")
             plan = build_plan(job, arc, named=archive,

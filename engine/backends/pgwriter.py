@@ -103,6 +103,14 @@ class PgWriter(Writer):
                 record.extras[col] = v
         return record
 
+    def _cut_path(self, record: HeaderRecord) -> str:
+        """The ObjectFile as its column holds it (dgate cuts a long path too)."""
+        width = self.widths[self.schema.images.name].get("ObjectFile", 255)
+        if len(record.object_file) <= width:
+            return record.object_file
+        self._notice(record, self.schema.images.name, "ObjectFile", record.object_file, width)
+        return record.object_file[:width]
+
     def flush(self) -> None:
         if not self.pending:
             return
@@ -126,9 +134,10 @@ class PgWriter(Writer):
                 studies[st[0]] = list(st) + [at]
                 modalities.setdefault(st[0], []).append(r.modality)
                 series[se[0]] = se + (at,)
-                if im[0] in images and images[im[0]][-2] != r.object_file:
+                objfile = self._cut_path(r)
+                if im[0] in images and images[im[0]][-2] != objfile:
                     self.duplicates.append(r.object_file)
-                images[im[0]] = im + (at, r.object_file, DEVICE_NAME)
+                images[im[0]] = im + (at, objfile, DEVICE_NAME)
                 extras[im[0]] = self.extras_row(r.extras)
             im_table = sc.images
             for sop, objfile in self._existing(

@@ -42,7 +42,8 @@ def parse_url(url: str) -> dict[str, str]:
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
-        raise PgUrlError(f"the database URL {shown} cannot be parsed ({exc}); expected "
+        why = " ".join(str(exc).replace(url, shown).split())
+        raise PgUrlError(f"the database URL {shown} cannot be parsed ({why}); expected "
                          "postgresql://USER@HOST:PORT/DBNAME") from None
     if params.get("password"):
         raise PgUrlError(f"the database URL {shown} carries a password; give it in PGPASSWORD "
@@ -60,7 +61,7 @@ def parse_url(url: str) -> dict[str, str]:
 def _connect_refused(url: str, params: dict[str, str], exc: Exception) -> PgUrlError:
     """The sentence for a failed connection, from the server's SQLSTATE or libpq's words."""
     shown = mask_url(url)
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split()).removeprefix("connection failed: ") or type(exc).__name__
     state = getattr(exc, "sqlstate", None) or ""
     lowered = str(exc).lower()
     if state == "3D000" or ("database" in lowered and "does not exist" in lowered):

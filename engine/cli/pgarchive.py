@@ -121,17 +121,24 @@ def _query(archive: Archive, url: str, args: argparse.Namespace) -> int:
     """The same check as on SQLite, then sqlglot's PostgreSQL text of the statement, run in a
     READ ONLY session with a statement timeout."""
     import sqlglot
+    from sqlglot import exp
 
     from ..sqlcheck import check_query
     from .archive import _print_table
     checked = check_query(args.sql, archive.schema, file="SQL", require_column=False)
-    text = sqlglot.transpile(checked.sql, read="sqlite", write="postgres")[0]
+    tree = sqlglot.parse_one(checked.sql, read="sqlite")
+    written = list(tree.named_selects) if not any(
+        isinstance(e, exp.Star) or isinstance(getattr(e, "this", None), exp.Star)
+        for e in getattr(tree, "expressions", ())) else []
+    text = tree.transform(_doubled_percent).transform(_sqlite_like).sql(dialect="postgres")
     timeout_ms = int(args.query_timeout * 1000)
     with closing(connect(url, read_only=True, statement_timeout_ms=timeout_ms)) as conn:
         import psycopg
         try:
-            cur = conn.execute(text, args.param)
+            cur = conn.raw.execute(text, list(args.param))
             header = [d.name for d in cur.description or ()]
+            if len(written) == len(header):       # the names as written, as SQLite gives them
+                header = [w or h for w, h in zip(written, header)]
             rows = [tuple(r) for r in cur.fetchall()]
         except psycopg.errors.QueryCanceled:
             raise ArchiveError(f"SQL: the query ran longer than {args.query_timeout:g} s and "
@@ -141,6 +148,25 @@ def _query(archive: Archive, url: str, args: argparse.Namespace) -> int:
                                f"{str(exc).strip().splitlines()[0]}") from None
     _print_table(f"{len(rows)} rows", header, rows, not args.no_header)
     return 0
+
+
+def _sqlite_like(node):
+    """SQLite's LIKE (ASCII case-insensitive, no escape character) in PostgreSQL's words."""
+    from sqlglot import exp
+    if isinstance(node, exp.Like):
+        return exp.Escape(this=exp.ILike(this=node.this, expression=node.expression),
+                          expression=exp.Literal.string(""))
+    return node
+
+
+def _doubled_percent(node):
+    """'%' doubled in a literal or a name: psycopg reads the text for its %s parameters."""
+    from sqlglot import exp
+    if isinstance(node, exp.Literal) and node.is_string and "%" in node.this:
+        return exp.Literal.string(node.this.replace("%", "%%"))
+    if isinstance(node, exp.Identifier) and "%" in node.this:
+        return exp.Identifier(this=node.this.replace("%", "%%"), quoted=node.quoted)
+    return node
 
 
 def run(name: str, args: argparse.Namespace) -> int:

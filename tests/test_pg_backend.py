@@ -264,3 +264,41 @@ def test_bad_urls_are_one_sentence_with_the_password_masked(archive, pg_server, 
     assert main(["rebuild", "--database", pg_url]) == 2
     err = capsys.readouterr().err
     assert "another dicom.sql" in err and pg_url in err and "Traceback" not in err
+
+
+def test_migrate_is_checked_resumable_and_idempotent(archive, pg_url, capsys):
+    assert main(["store", "--database", "lite.db", "--data", "data", "data"]) == 0
+    assert main(["rebuild", "--database", "lite.db"]) == 0      # a ConquestRunRuns row more
+    capsys.readouterr()
+    assert main(["migrate", "--from", "lite.db", "--to", pg_url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = {line.split(":")[0]: line for line in out[:-1]}
+    assert {"dicompatients", "dicomimages", "rtextras", "conquestrunruns",
+            "conquestrunaudit"} <= set(lines), out
+    assert "sqlite 10 rows" in lines["dicomimages"] and "postgresql 10 rows" in lines[
+        "dicomimages"] and lines["dicomimages"].endswith("ok (10 rows copied now)")
+    assert out[-1].endswith("all agree")
+    _tables_equal(archive / "lite.db", pg_url, skip=())
+    # idempotent: nothing copied again; resumable: rows lost on the way come back
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        lost = conn.execute("DELETE FROM dicomimages WHERE imagenumbe = '1'").rowcount
+    assert lost > 0
+    assert main(["migrate", "--from", "lite.db", "--to", pg_url]) == 0
+    out = capsys.readouterr().out
+    assert f"postgresql 10 rows {lines['dicomimages'].split()[4].rstrip(',')}: ok ({lost} rows copied now)" \
+        in out, out
+    assert "dicompatients: sqlite 2 rows" in out and "ok (0 rows copied now)" in out
+    summaries = []
+    for db in ("lite.db", pg_url):
+        assert main(["summary", "--database", db]) == 0
+        summaries.append(capsys.readouterr().out)
+    assert summaries[0] == summaries[1]
+    # a row that differs on the PostgreSQL side is reported, exit 1
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE dicompatients SET patientnam = 'CHANGED' WHERE patientid = 'PG1'")
+    assert main(["migrate", "--from", "lite.db", "--to", pg_url]) == 1
+    out = capsys.readouterr().out
+    assert "dicompatients: sqlite 2 rows" in out and "DIFFERS" in out and "1 differ" in out
+    assert main(["migrate", "--from", "missing.db", "--to", pg_url]) == 2
+    assert main(["migrate", "--from", "lite.db", "--to", "elsewhere.db"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

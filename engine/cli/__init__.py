@@ -5,6 +5,7 @@
     conquest-run serve|echo ...                                       the network   (cli/network)
     conquest-run history ...                                          past runs     (cli/audit)
     conquest-run restore RUN                                          quarantine    (cli/restore)
+    conquest-run migrate --from conquest.db --to postgresql://...     to PostgreSQL (cli/migrate)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -33,6 +34,7 @@ SUBCOMMANDS = {
     "echo": "network",
     "history": "audit",
     "restore": "restore",
+    "migrate": "migrate",
 }
 
 

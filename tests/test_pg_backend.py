@@ -302,3 +302,17 @@ def test_migrate_is_checked_resumable_and_idempotent(archive, pg_url, capsys):
     assert main(["migrate", "--from", "missing.db", "--to", pg_url]) == 2
     assert main(["migrate", "--from", "lite.db", "--to", "elsewhere.db"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_commands_not_on_postgresql_yet_say_so(archive, capsys):
+    url = "postgresql://postgres@127.0.0.1:1/x"
+    (archive / "job.yml").write_text(
+        "version: 1\nname: t\narchive: {data: data, database: '" + url + "'}\n"
+        "select: {modality: CT}\naction: {dump: {file: x.csv}}\n")
+    assert main(["--dry-run", "job.yml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("job.yml:3:") and "jobs do not run on a PostgreSQL index yet" in err
+    assert main(["history", "--database", url]) == 2
+    assert main(["restore", "1a2b", "--database", url]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not list(archive.glob("postgresql*"))          # no SQLite file made of the URL

@@ -258,6 +258,10 @@ def test_bad_urls_are_one_sentence_with_the_password_masked(archive, pg_server, 
             assert len(err.strip().splitlines()) == 1, err
     assert "postgres:***@" in (main(["summary", "--database", cases[5][0]]) == 2
                                and capsys.readouterr().err)
+    # a database with nothing indexed yet
+    for command in (["summary"], ["query", "SELECT 1 FROM DICOMPatients"]):
+        assert main([*command, "--database", pg_url]) == 2
+        assert "holds no Conquest tables yet" in capsys.readouterr().err
     # a database whose tables came from another dicom.sql
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE dicompatients (patientid varchar(64) PRIMARY KEY, x int)")
@@ -285,8 +289,8 @@ def test_migrate_is_checked_resumable_and_idempotent(archive, pg_url, capsys):
     assert lost > 0
     assert main(["migrate", "--from", "lite.db", "--to", pg_url]) == 0
     out = capsys.readouterr().out
-    assert f"postgresql 10 rows {lines['dicomimages'].split()[4].rstrip(',')}: ok ({lost} rows copied now)" \
-        in out, out
+    checksum = lines["dicomimages"].split()[4].rstrip(",")
+    assert f"postgresql 10 rows {checksum}: ok ({lost} rows copied now)" in out, out
     assert "dicompatients: sqlite 2 rows" in out and "ok (0 rows copied now)" in out
     summaries = []
     for db in ("lite.db", pg_url):
@@ -316,3 +320,40 @@ def test_commands_not_on_postgresql_yet_say_so(archive, capsys):
     assert main(["restore", "1a2b", "--database", url]) == 2
     assert "Traceback" not in capsys.readouterr().err
     assert not list(archive.glob("postgresql*"))          # no SQLite file made of the URL
+
+
+def test_two_writers_of_one_study_at_once_keep_both_modalities(tmp_path, pg_url):
+    """Two connections write two series of one new study in overlapping transactions: the
+    second waits on the first's row, then merges its modality into it (in the database)."""
+    import threading
+
+    from conquest_run.backends.pgschema import ensure_schema
+    from conquest_run.backends.postgres import connect
+    from conquest_run.dicomread import ReadSpec, read_header
+    from conquest_run.indexer import Indexer
+    schema = load_schema()
+    data = tmp_path / "data"
+    rt = synthetic.write_linked_rt_set(data, seed=21, patient_id="TWO", ct_slices=1)
+    spec = ReadSpec.from_schema(schema)
+    ct, plan = (read_header(data / rel, rel, spec) for rel in (rt.files[0], rt.files[2]))
+    first, second = connect(pg_url), connect(pg_url)
+    try:
+        ensure_schema(first, schema)
+        first.execute("BEGIN")          # the first writer holds the new study's row...
+        Indexer(first, schema, data).add_records([ct])
+        done = threading.Event()
+
+        def write_second() -> None:
+            Indexer(second, schema, data).add_records([plan])
+            done.set()
+        thread = threading.Thread(target=write_second)
+        thread.start()
+        assert not done.wait(0.5)       # ...so the second waits for it
+        first.execute("COMMIT")
+        thread.join(10)
+        assert done.is_set()
+    finally:
+        first.close()
+        second.close()
+    assert _pg_rows(pg_url, "SELECT studymodal FROM dicomstudies") == [("RTPLAN\\CT",)]
+    assert _pg_rows(pg_url, "SELECT count(*) FROM dicomseries") == [(2,)]

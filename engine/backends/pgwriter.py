@@ -76,7 +76,8 @@ class PgWriter(Writer):
                             if c in self.widths[EXTRAS_TABLE]]
         self.modality_at = self.study_modality
 
-    def _notice(self, record: HeaderRecord, table: str, column: str, value: str, width: int) -> None:
+    def _notice(self, record: HeaderRecord, table: str, column: str, value: str,
+                width: int) -> None:
         self.conn.notices.append(f"{record.object_file}: ***Truncated {table.lower()}."
                                  f"{column.lower()} from {len(value)} to {width} characters")
 

@@ -97,17 +97,34 @@ def series_summary(archive: Archive, conn: PgConnection) -> list[SeriesInfo]:
            f"GROUP BY {se.name}.{se.key}, {st.name}.{st.key} "
            f"ORDER BY {order}")
     out = []
-    for *head, instances, size, flags, _without in conn.execute(sql).fetchall():
+    lacking = 0
+    for *head, instances, size, flags, without in conn.execute(sql).fetchall():
+        lacking += without
         out.append(SeriesInfo(*head, instances, None if instances and size is None
                               else int(size or 0),
                               flags_cell(t for f in (flags or "").split(",")
                                          for t in flag_tokens(f))))
+    if lacking:
+        print(f"note: {conn.shown}: {lacking} indexed instances have no conquest-run facts "
+              "(sizes, hashes, flags; rows a Conquest server wrote); their bytes and flags show "
+              "blank. Run 'conquest-run rebuild --only-missing' to fill them", file=sys.stderr)
     return out
+
+
+def _require_index(archive: Archive, conn: PgConnection) -> None:
+    """Refuse (a sentence) a database without Conquest's tables: nothing is indexed there."""
+    found = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = "
+                         "current_schema() AND table_name = ?",
+                         (archive.schema.series.name.lower(),)).fetchone()[0]
+    if not found:
+        raise ArchiveError(f"{conn.shown} holds no Conquest tables yet; index the data into it "
+                           f"first: conquest-run rebuild --database URL")
 
 
 def _summary(archive: Archive, url: str) -> int:
     from .archive import _print_table
     with closing(connect(url, read_only=True)) as conn:
+        _require_index(archive, conn)
         rows = series_summary(archive, conn)
     header = ["PatientID", "Study", "Series", "Modality", "Description", "Date",
               "Instances", "Bytes", "Flags"]
@@ -134,6 +151,7 @@ def _query(archive: Archive, url: str, args: argparse.Namespace) -> int:
     timeout_ms = int(args.query_timeout * 1000)
     with closing(connect(url, read_only=True, statement_timeout_ms=timeout_ms)) as conn:
         import psycopg
+        _require_index(archive, conn)
         try:
             cur = conn.raw.execute(text, list(args.param))
             header = [d.name for d in cur.description or ()]

@@ -31,6 +31,11 @@ def _cap_values(conn: sqlite3.Connection) -> None:
 
 
 def _not_a_file(path: Path) -> None:
+    if str(path).lower().startswith(("postgresql:/", "postgres:/")):
+        # a PostgreSQL URL reaches only the commands that run on it (cli/pgarchive.py)
+        raise ArchiveError("a PostgreSQL database works with rebuild, store, summary, query "
+                           "and migrate only in this version; this command needs a SQLite "
+                           "index file")
     if path.is_dir():
         raise ArchiveError("the database is a folder, not a file", file=str(path))
 

@@ -105,7 +105,9 @@ class Indexer:
             self.excluded.update({p, p + "-wal", p + "-shm", p + "-journal"})
 
     def _writer(self) -> Writer:
-        writer = Writer(self.conn, self.schema, int(time.time()), self.statements)
+        # a PostgreSQL connection brings its own writer (backends/pgwriter.py)
+        writer_class = getattr(self.conn, "writer_class", Writer)
+        writer = writer_class(self.conn, self.schema, int(time.time()), self.statements)
         self.statements = writer.statements
         return writer
 

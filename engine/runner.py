@@ -91,6 +91,13 @@ def archive_for_job(job, *, data: str | None = None, database: str | None = None
     database = database if database is not None else (
         spec.database if spec and spec.database else "conquest.db")
     dicom_sql = dicom_sql if dicom_sql is not None else (spec.dicom_sql if spec else None)
+    from .backends import is_postgres_url
+    if is_postgres_url(database):
+        why = ("jobs do not run on a PostgreSQL index yet (rebuild, store, summary, query and "
+               "migrate do); give a SQLite index file")
+        if job is not None and spec is not None and database == spec.database:
+            raise job.error(f"archive.database: {why}", ("archive", "database"))
+        raise ArchiveError(why)
     if dicom_sql is not None and not Path(dicom_sql).is_file():
         if job is not None and spec is not None and dicom_sql == spec.dicom_sql:
             raise job.error(f"archive.dicom_sql: {dicom_sql} not found (relative paths are "

@@ -8,6 +8,7 @@
     conquest-run load-csv|image-stats ...                             own tables    (cli/tables)
     conquest-run init|list|show ...                                   job repositories (cli/repo)
     conquest-run completion bash|zsh | help [CMD]      (cli/completion, cli/helptext)
+    conquest-run migrate --from conquest.db --to postgresql://...     to PostgreSQL (cli/migrate)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -42,6 +43,7 @@ SUBCOMMANDS = {
     "list": "repo",
     "show": "repo",
     "completion": "completion",
+    "migrate": "migrate",
 }
 
 

@@ -213,6 +213,10 @@ def _dry_run(args: argparse.Namespace, archive: Archive, mode: str | None) -> in
 
 
 def run(name: str, args: argparse.Namespace) -> int:
+    from ..backends import is_postgres_url
+    if is_postgres_url(args.database):
+        from .pgarchive import run as run_on_postgres
+        return run_on_postgres(name, args)
     archive = _archive(args)
     if name == "rebuild":
         mode = "missing" if args.only_missing else "refresh" if args.refresh else "all"

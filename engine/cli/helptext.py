@@ -20,6 +20,10 @@ SUMMARY = {
     "serve": "receive DICOM (C-STORE, C-ECHO, C-FIND, C-MOVE, C-GET) into the archive",
     "echo": "send a C-ECHO to a DICOM peer",
     "history": "past runs and outcomes from the audit log",
+    "restore": "put back the files a quarantining delete moved, and index them again",
+    "load-csv": "append a CSV file's rows to a user table beside the archive",
+    "image-stats": "pixel statistics per series into a user table",
+    "migrate": "copy a SQLite index (conquest-run's tables too) into PostgreSQL",
     "completion": "print a bash or zsh completion script",
     "help": "show the help of conquest-run or of one command",
 }
@@ -43,6 +47,10 @@ EXAMPLES = {
     "echo": ["conquest-run echo 127.0.0.1 104 --called-ae PACS"],
     "history": ["conquest-run history", "conquest-run history --patient RT001 --failed",
                 "conquest-run history export --since 2026-12-01 --out audit.csv"],
+    "restore": ["conquest-run history --action delete", "conquest-run restore 1a2b3c4d"],
+    "load-csv": ["conquest-run load-csv review.csv --table review"],
+    "image-stats": ["conquest-run image-stats --modality CT --table ct_stats"],
+    "migrate": ["conquest-run migrate --from conquest.db --to postgresql://conquest@dbhost:5432/pacs"],
     "completion": ["conquest-run completion bash > ~/.local/share/bash-completion/completions/"
                    "conquest-run",
                    "conquest-run completion zsh > ~/.zfunc/_conquest-run"],

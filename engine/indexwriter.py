@@ -221,12 +221,13 @@ class Writer:
         return accepted
 
     def flush(self) -> None:
+        """Write the pending records in one transaction, level by level (the backend's hooks:
+        ``_taken``, ``_object_file``, ``_study_rows``, ``_upserts``)."""
         if not self.pending:
             return
-        records, self.pending = self.pending, []
+        records, self.pending = self._taken(self.pending), []
         at = self.access_time
         sc = self.schema
-        extras_row = self.extras_row
         with write_transaction(self.conn):
             if self.facts_only:
                 records = self._write_facts_only(records)
@@ -244,35 +245,56 @@ class Writer:
                 studies[st[0]] = list(st) + [at]
                 modalities.setdefault(st[0], []).append(r.modality)
                 series[se[0]] = se + (at,)
-                if im[0] in images and images[im[0]][-2] != r.object_file:
+                objfile = self._object_file(r)
+                if im[0] in images and images[im[0]][-2] != objfile:
                     self.duplicates.append(r.object_file)
-                images[im[0]] = im + (at, r.object_file, DEVICE_NAME)
-                extras[im[0]] = extras_row(r.extras)
+                images[im[0]] = im + (at, objfile, DEVICE_NAME)
+                extras[im[0]] = self.extras_row(r.extras)
             im_table = sc.images
             for sop, objfile in self._existing(
                     f"SELECT {im_table.key}, ObjectFile FROM {im_table.name} "
                     f"WHERE {im_table.key} IN ({{}})", list(images)):
                 if objfile and objfile.replace("\\", "/") != images[sop][-2]:
                     self.duplicates.append(images[sop][-2])
-            if self.study_modality is not None:
-                i = self.study_modality
-                known = dict(self._existing(
-                    f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
-                    f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
-                for uid, row in studies.items():
-                    value = known.get(uid)
-                    for modality in modalities[uid]:
-                        value = merge_modality(value, modality)
-                    row[i] = value if value is not None else row[i]
+            sql = self._upserts()
             ex = self.conn.executemany
-            ex(self.sql[sc.patients.name], list(patients.values()))
-            ex(self.sql[sc.studies.name], [tuple(r) for r in studies.values()])
-            ex(self.sql[sc.series.name], list(series.values()))
-            ex(self.sql[im_table.name], list(images.values()))
-            ex(self.sql[EXTRAS_TABLE], list(extras.values()))
+            ex(sql[sc.patients.name], list(patients.values()))
+            ex(sql[sc.studies.name], self._study_rows(studies, modalities))
+            ex(sql[sc.series.name], list(series.values()))
+            ex(sql[im_table.name], list(images.values()))
+            ex(sql[EXTRAS_TABLE], list(extras.values()))
         self.written += len(records)
         self.flagged += [FlaggedFile(r.object_file, r.extras["Flags"]) for r in records
                          if r.extras.get("Flags")]
+
+    # -- what a backend may do differently ------------------------------------------------------
+    def _taken(self, records: list[HeaderRecord]) -> list[HeaderRecord]:
+        """The pending records as this backend writes them."""
+        return records
+
+    def _object_file(self, record: HeaderRecord) -> str:
+        """The ObjectFile cell of a record."""
+        return record.object_file
+
+    def _upserts(self) -> dict[str, str]:
+        """The upsert statement of each table."""
+        return self.sql
+
+    def _study_rows(self, studies: dict[str, list],
+                    modalities: dict[str, list[str | None]]) -> list[tuple]:
+        """The study rows, each with its modality list merged into what is indexed (as
+        dgate does it, see ``merge_modality``)."""
+        if self.study_modality is not None:
+            sc, i = self.schema, self.study_modality
+            known = dict(self._existing(
+                f"SELECT {sc.studies.key}, {sc.studies.columns[i].name} FROM "
+                f"{sc.studies.name} WHERE {sc.studies.key} IN ({{}})", list(studies)))
+            for uid, row in studies.items():
+                value = known.get(uid)
+                for modality in modalities[uid]:
+                    value = merge_modality(value, modality)
+                row[i] = value if value is not None else row[i]
+        return [tuple(r) for r in studies.values()]
 
     def delete_images(self, sops: list[str]) -> int:
         """Drop image rows (and their extras) by SOP UID; remember their series for cascade()."""

@@ -17,7 +17,7 @@ __all__ = ["PgWriter", "pg_statements"]
 from typing import Any
 
 from ..dicomread import HeaderRecord
-from ..indexwriter import DEVICE_NAME, Writer, write_transaction
+from ..indexwriter import Writer
 from ..schema import EXTRAS_COLUMNS, EXTRAS_TABLE, Schema
 from .pgschema import MERGE_FUNCTION, column_widths
 
@@ -112,61 +112,28 @@ class PgWriter(Writer):
         self._notice(record, self.schema.images.name, "ObjectFile", record.object_file, width)
         return record.object_file[:width]
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        records, self.pending = [self._cut(r) for r in self.pending], []
-        at = self.access_time
-        sc = self.schema
-        with write_transaction(self.conn):
-            if self.facts_only:
-                records = self._write_facts_only(records)
-            records = self._accept(records)
-            patients: dict[str, tuple] = {}
-            studies: dict[str, list] = {}
-            series: dict[str, tuple] = {}
-            images: dict[str, tuple] = {}
-            extras: dict[str, tuple] = {}
-            modalities: dict[str, list[str | None]] = {}
-            for r in records:
-                p, st, se, im = r.rows
-                if p[0] is not None:
-                    patients[p[0]] = p + (at,)
-                studies[st[0]] = list(st) + [at]
-                modalities.setdefault(st[0], []).append(r.modality)
-                series[se[0]] = se + (at,)
-                objfile = self._cut_path(r)
-                if im[0] in images and images[im[0]][-2] != objfile:
-                    self.duplicates.append(r.object_file)
-                images[im[0]] = im + (at, objfile, DEVICE_NAME)
-                extras[im[0]] = self.extras_row(r.extras)
-            im_table = sc.images
-            for sop, objfile in self._existing(
-                    f"SELECT {im_table.key}, ObjectFile FROM {im_table.name} "
-                    f"WHERE {im_table.key} IN ({{}})", list(images)):
-                if objfile and objfile.replace("\\", "/") != images[sop][-2]:
-                    self.duplicates.append(images[sop][-2])
-            study_rows = []
-            for uid, row in studies.items():
-                if self.modality_at is not None:
-                    # the merge takes the batch's modalities and the file's own value
-                    # (VALUES), then the modalities again (DO UPDATE SET)
-                    i, mods = self.modality_at, [m for m in modalities[uid] if m]
-                    row = row[:i] + [mods, row[i]] + row[i + 1:] + [mods]
-                study_rows.append(tuple(row))
-            ex = self.conn.executemany
-            ex(self.pg_sql[sc.patients.name], list(patients.values()))
-            ex(self.pg_sql[sc.studies.name], study_rows)
-            ex(self.pg_sql[sc.series.name], list(series.values()))
-            ex(self.pg_sql[im_table.name], list(images.values()))
-            ex(self.pg_sql[EXTRAS_TABLE], list(extras.values()))
-        self.written += len(records)
-        self.flagged += [self._flag(r) for r in records if r.extras.get("Flags")]
+    # -- Writer's hooks: the cut values, the cut path, PostgreSQL's statements, the modality
+    # list merged inside the database
+    def _taken(self, records: list[HeaderRecord]) -> list[HeaderRecord]:
+        return [self._cut(r) for r in records]
 
-    @staticmethod
-    def _flag(record: HeaderRecord) -> Any:
-        from ..indexwalk import FlaggedFile
-        return FlaggedFile(record.object_file, record.extras["Flags"])
+    def _object_file(self, record: HeaderRecord) -> str:
+        return self._cut_path(record)
+
+    def _upserts(self) -> dict[str, str]:
+        return self.pg_sql
+
+    def _study_rows(self, studies: dict[str, list],
+                    modalities: dict[str, list[str | None]]) -> list[tuple]:
+        rows = []
+        for uid, row in studies.items():
+            if self.modality_at is not None:
+                # the merge takes the batch's modalities and the file's own value
+                # (VALUES), then the modalities again (DO UPDATE SET)
+                i, mods = self.modality_at, [m for m in modalities[uid] if m]
+                row = row[:i] + [mods, row[i]] + row[i + 1:] + [mods]
+            rows.append(tuple(row))
+        return rows
 
     def _write_facts_only(self, records: list[HeaderRecord]) -> list[HeaderRecord]:
         saved = self.sql

@@ -11,12 +11,12 @@ from __future__ import annotations
 __all__ = ["read_runs", "read_outcomes", "run_state", "OUTCOME_KEYS", "RUN_KEYS"]
 
 import json
-import os
 import socket
 import sqlite3
 from typing import Any, Iterable
 
 from .audit import AUDIT_TABLE, CRASHED, FAILED_RUN, OK, RUNNING, RUNS_TABLE
+from .procs import pid_alive
 
 RUN_KEYS = ("run_id", "job_path", "job_name", "job_sha256", "started", "ended", "ok",
             "summary", "state", "signal", "pid", "host", "user", "version", "job_commit",
@@ -44,14 +44,6 @@ def _select(columns: Iterable[str], have: set[str]) -> str:
     return ", ".join(c if c.split(".")[1].lower() in have else "NULL" for c in columns)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def run_state(row: dict[str, Any], host: str | None = None) -> str:
@@ -65,7 +57,7 @@ def run_state(row: dict[str, Any], host: str | None = None) -> str:
     host = host or socket.gethostname()
     pid = row.get("pid")
     if pid and row.get("host") == host:
-        return RUNNING if _alive(int(pid)) else CRASHED
+        return RUNNING if pid_alive(int(pid)) else CRASHED
     return RUNNING if pid else "unfinished"
 
 

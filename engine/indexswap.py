@@ -36,6 +36,7 @@ from .indexer import Indexer, IndexResult, TooManyToHold
 from .indexwalk import BadFile, read_one
 from .indexwriter import DEVICE_NAME, Writer
 from .schema import EXTRAS_TABLE, Schema
+from .procs import pid_alive
 
 _SUFFIX = ".rebuild-"
 HOLD_LIMIT = 20_000    # files an incremental rebuild reads into memory before its one transaction
@@ -45,14 +46,6 @@ def shadow_path(database: Path, pid: int | None = None) -> Path:
     return database.parent / f".{database.name}{_SUFFIX}{os.getpid() if pid is None else pid}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_shadows(database: Path) -> list[Path]:
@@ -67,7 +60,7 @@ def remove_stale_shadows(database: Path) -> list[Path]:
         if not name.startswith(prefix):
             continue
         pid_text = name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or (int(pid_text) != os.getpid() and _alive(int(pid_text))):
+        if not pid_text.isdigit() or (int(pid_text) != os.getpid() and pid_alive(int(pid_text))):
             continue
         path = database.parent / name
         try:

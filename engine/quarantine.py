@@ -24,6 +24,7 @@ from .errors import ActionError, ArchiveError
 from .indexer import BadFile, Indexer
 from .indexwalk import read_one
 from .dicomread import HeaderRecord, ReadSpec
+from .removalfiles import fsync_dirs
 from .removals import quarantine_root
 
 _RUN_ID = re.compile(r"[0-9a-f]{4,64}")
@@ -131,19 +132,6 @@ def _link_back(src: Path, dest: Path) -> bool:
     return True
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _prune(folder: Path, root: Path) -> None:
     """Remove the emptied folders of a restored run (and the quarantine root when empty)."""
     for dirpath, _, _ in sorted(os.walk(folder), key=lambda t: -len(t[0])):
@@ -187,7 +175,7 @@ def restore(archive: Any, conn: sqlite3.Connection, run: str) -> RestoreResult:
         touched.add(dest.parent)
         moved.append(rel)
     for parent in touched:
-        _fsync_dir(parent)
+        fsync_dirs([parent])
     indexed = Indexer(conn, archive.schema, data_dir).index_files(moved)
     not_indexed = {b.path for b in indexed.bad}
     result.bad.extend(indexed.bad)

@@ -39,27 +39,12 @@ from pathlib import Path
 from .errors import ArchiveError
 from .indexwalk import BadFile
 from .schema import Schema
+from .procs import pid_alive
 
 _TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
 _JOURNAL_NAME = re.compile(r"\.intents-(\d+)-[0-9a-f]+$")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID runs (a zombie, killed but not yet reaped, does not)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # another user's process
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[-1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
 
 
 def stale_temp_owner(name: str) -> int | None:

@@ -31,6 +31,7 @@ from ..db import connect_reader
 from ..errors import ActionError
 from ..report import Outcome, StepReport
 from ..store import safe_component, safe_patient_dir
+from ..procs import pid_alive
 
 if TYPE_CHECKING:
     from ..plan import PlannedSeries, PlanStep
@@ -96,14 +97,6 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -124,7 +117,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
         if not pid_text.isdigit() or "-" not in stem[dot + 1:]:
             continue
         pid = int(pid_text)
-        if pid == os.getpid() or _pid_alive(pid) or not entry.is_file(follow_symlinks=False):
+        if pid == os.getpid() or pid_alive(pid) or not entry.is_file(follow_symlinks=False):
             continue
         try:
             os.unlink(entry.path)

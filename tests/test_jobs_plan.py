@@ -11,8 +11,8 @@ import pytest
 from conquest_run.errors import JobError, PlanChangedError
 from conquest_run.jobs import parse_job
 from conquest_run.plan import Plan
-from conquest_run.planner import (build_plan, load_plan, plan_selection, save_plan,
-                                  verify_plan)
+from conquest_run.planner import build_plan, plan_selection
+from conquest_run.savedplan import load_plan, save_plan, verify_plan
 
 from _jobs_support import index, sandbox
 

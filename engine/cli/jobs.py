@@ -357,7 +357,8 @@ def run(name: str | None, args: argparse.Namespace) -> int:
 def _run(name: str | None, args: argparse.Namespace) -> int:
     from ..expect import check_expectations, selected_nothing
     from ..jobs import check_job_sql, load_job
-    from ..planner import build_plan, check_plan_sql, load_plan, save_plan, verify_plan
+    from ..planner import build_plan
+    from ..savedplan import check_plan_sql, load_plan, save_plan, verify_plan
     from ..runner import archive_for_job, indexed, run_plan
     from ..sqlcheck import QueryLimits, schema_of
 

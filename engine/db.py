@@ -236,5 +236,21 @@ def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
             conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)          # never hides the error (a full disk) behind its own
         raise
+
+def rollback_quietly(conn: sqlite3.Connection, savepoint: str | None = None) -> None:
+    """Undo the open transaction (or savepoint) after an error, if SQLite has not already done
+    so itself (it does on a full disk): a failing ROLLBACK must never hide the error that
+    caused it ("cannot rollback - no transaction is active" instead of "database or disk is
+    full")."""
+    if not conn.in_transaction:
+        return
+    try:
+        if savepoint:
+            conn.execute(f"ROLLBACK TO {savepoint}")
+            conn.execute(f"RELEASE {savepoint}")
+        else:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass

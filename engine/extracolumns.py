@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from .dicomsql import LEVELS, parse_dicom_sql
 from .errors import ArchiveError
+from .db import rollback_quietly
 
 LEVEL_NAMES = ("Patient", "Study", "Series", "Image")
 CONQUEST_COLUMN = 10
@@ -152,7 +153,7 @@ def add_missing_columns(conn: sqlite3.Connection, schema: Any,
                 conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)          # never hides the error (a full disk) behind its own
         raise
     return found
 
@@ -210,7 +211,7 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
                                         (value, k)).rowcount
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)          # never hides the error (a full disk) behind its own
         raise
     return {"columns": [f"{t}.{c}" for t, c in columns], "files_read": read,
             "unreadable": bad, "rows_updated": updated}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .db import rollback_quietly
 from .dicomread import HeaderRecord
 from .indexwalk import BadFile, FlaggedFile
 from .schema import EXTRAS_COLUMNS, EXTRAS_TABLE, Schema
@@ -28,22 +29,6 @@ def chunks(items: list, size: int = _SQL_VARS) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
-
-def rollback_quietly(conn: sqlite3.Connection, savepoint: str | None = None) -> None:
-    """Undo the open transaction (or savepoint) after an error, if SQLite has not already done
-    so itself (it does on a full disk): a failing ROLLBACK must never hide the error that
-    caused it ("cannot rollback - no transaction is active" instead of "database or disk is
-    full")."""
-    if not conn.in_transaction:
-        return
-    try:
-        if savepoint:
-            conn.execute(f"ROLLBACK TO {savepoint}")
-            conn.execute(f"RELEASE {savepoint}")
-        else:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
 
 
 @contextmanager

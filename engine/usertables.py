@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import ArchiveError
+from .db import rollback_quietly
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Tables a Conquest server or conquest-run owns, whatever the dicom.sql (lower case)
@@ -146,7 +147,7 @@ def insert_rows(conn: sqlite3.Connection, table: str, rows: Iterable[dict[str, A
                          f'({", ".join("?" * len(values))})', list(values.values()))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)          # never hides the error (a full disk) behind its own
         raise
     return len(checked)
 

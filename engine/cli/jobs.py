@@ -286,8 +286,19 @@ def _overrides(args) -> dict[str, Any]:
     return {"data": args.data, "database": args.database, "dicom_sql": args.dicom_sql}
 
 
+def _invalid(path: str, exc: ConquestRunError, results: list[dict]) -> int:
+    """A file that did not validate: its errors on stderr and in ``results``; its exit code."""
+    from ..jobs import JobErrors
+    print(str(exc), file=sys.stderr)
+    errors = exc.errors if isinstance(exc, JobErrors) else [exc]
+    results.append({"path": path, "valid": False, "errors": [
+        {"file": e.file, "line": e.line, "column": e.column, "message": e.message}
+        for e in errors]})
+    return exc.exit_code
+
+
 def _validate(args, err) -> int:
-    from ..jobs import JobErrors, validate_job
+    from ..jobs import validate_job
     from ..schema import load_schema
     schema = load_schema(args.dicom_sql) if args.dicom_sql else None
     status = 0
@@ -305,12 +316,7 @@ def _validate(args, err) -> int:
             try:
                 load_project(path)
             except ConquestRunError as exc:
-                print(str(exc), file=sys.stderr)
-                status = max(status, exc.exit_code)
-                errors = exc.errors if isinstance(exc, JobErrors) else [exc]
-                results.append({"path": path, "valid": False, "errors": [
-                    {"file": e.file, "line": e.line, "column": e.column, "message": e.message}
-                    for e in errors]})
+                status = max(status, _invalid(path, exc, results))
                 continue
             results.append({"path": path, "valid": True, "project": True, "errors": []})
             if not args.json:
@@ -320,12 +326,7 @@ def _validate(args, err) -> int:
             job = validate_job(path, schema, given=given)
             declared |= set(job.var_specs)
         except ConquestRunError as exc:
-            print(str(exc), file=sys.stderr)
-            status = max(status, exc.exit_code)
-            errors = exc.errors if isinstance(exc, JobErrors) else [exc]
-            results.append({"path": path, "valid": False, "errors": [
-                {"file": e.file, "line": e.line, "column": e.column, "message": e.message}
-                for e in errors]})
+            status = max(status, _invalid(path, exc, results))
             continue
         results.append({"path": path, "valid": True, "steps": len(job.steps), "errors": []})
         if not args.json:

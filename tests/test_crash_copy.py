@@ -55,11 +55,10 @@ def test_killed_copy_then_the_same_job_again_ends_complete_and_clean(tmp_path, c
         deadline = time.monotonic() + 20
         while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.9 * window))
+        time.sleep(rng.uniform(0, 0.5 * window))
+        killed_midway += proc.poll() is None       # still running: the kill lands in the run
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        done = len(list(out.glob("*.dcm"))) if out.exists() else 0
-        killed_midway += done < len(sources) or bool(_temp_files(out) if out.exists() else ())
         for p in out.glob("*.dcm") if out.exists() else ():   # a file there is whole
             assert p.read_bytes() == sources[p.name], f"trial {trial}: {p.name} is partial"
         assert main(args) == 0, capsys.readouterr()        # the natural next step
@@ -71,7 +70,7 @@ def test_killed_copy_then_the_same_job_again_ends_complete_and_clean(tmp_path, c
         assert manifest["count"] == len(manifest["instances"]) == len(sources)
     # the kills did land inside the runs (whether one lands inside a single file's write, with
     # its temporary file there, is down to the machine's timing: small files take microseconds)
-    assert killed_midway >= 2
+    assert killed_midway >= 8
 
 
 def test_only_the_temporary_files_of_dead_processes_are_removed(tmp_path):

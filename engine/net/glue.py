@@ -228,6 +228,25 @@ def wait_sent(assoc: Any, limit: float = 1.0) -> None:
     time.sleep(0.01)                           # the reactor writes the PDU after dequeuing it
 
 
+def let_peer_speak(assoc: Any, limit: float = 0.5) -> None:
+    """Let the association's reactor read what the peer sent (a C-CANCEL) while this thread
+    streams responses: wait (at most ``limit`` s) until the responses queued so far are sent,
+    then for one idle poll of the reactor.
+
+    pynetdicom's DUL reactor sends a queued primitive *or* reads the socket, one per loop, and
+    sends first; a handler that yields C-FIND responses faster than they go out keeps the queue
+    full, and a peer's C-CANCEL is never read until the last response (seen: 20,000 sent after
+    the cancel).  Reads ``assoc.dul.to_provider_queue`` (internal); does nothing without it.
+    """
+    queued = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    if queued is None:
+        return
+    deadline = time.monotonic() + limit
+    while not queued.empty() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(2 * DUL_IDLE_POLL)
+
+
 def route_moves(assoc: Any, serve_move: Callable[..., None]) -> bool:
     """``EVT_REQUESTED`` handler helper: this association's C-MOVE requests go to
     ``serve_move(request, context, respond, cancelled)`` instead of pynetdicom's own move SCP,

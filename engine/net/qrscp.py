@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ..report import DONE, FAILED, Outcome
+from .glue import let_peer_speak
 from .nodes import Nodes
 from .qrmatch import PATIENT_ROOT, STUDY_ROOT, QueryError, find_query, retrieve_query, text_of
+
+HEAR_CANCEL_EVERY = 50     # C-FIND responses between two chances for a C-CANCEL to be read
 
 FIND_MODELS = {"1.2.840.10008.5.1.4.1.2.1.1": PATIENT_ROOT, "1.2.840.10008.5.1.4.1.2.2.1": STUDY_ROOT}
 MOVE_MODELS = {"1.2.840.10008.5.1.4.1.2.1.2": PATIENT_ROOT, "1.2.840.10008.5.1.4.1.2.2.2": STUDY_ROOT}
@@ -148,6 +151,8 @@ class QueryRetrieve:
             conn = self.reader()
             cursor = conn.execute(query.sql, query.params)
             for row in cursor:                   # streamed: never fetchall
+                if matches % HEAR_CANCEL_EVERY == HEAR_CANCEL_EVERY - 1:
+                    let_peer_speak(event.assoc)  # else a C-CANCEL waits for the last response
                 if event.is_cancelled:
                     status = "cancelled"
                     yield CANCEL, None

@@ -69,6 +69,30 @@ def database_file(conn: sqlite3.Connection) -> Path | None:
     return None
 
 
+def pending_stores(database: Path) -> set[str]:
+    """The data-relative paths that a live writer has announced (or renamed into place) but
+    whose rows it has not committed yet: every live process's intent journal beside the
+    database.  Read inside a writing transaction, the set cannot grow by a commit meanwhile."""
+    database = Path(database).absolute()
+    out: set[str] = set()
+    prefix = _journal_prefix(database)
+    try:
+        entries = list(os.scandir(database.parent))
+    except OSError:
+        return out
+    for entry in entries:
+        match = _JOURNAL_NAME.search(entry.name)
+        if not entry.name.startswith(prefix) or match is None or \
+                not pid_alive(int(match.group(1))):
+            continue
+        try:
+            text = Path(entry.path).read_bytes().decode("utf-8", "surrogateescape")
+        except OSError:
+            continue
+        out.update(line.replace("\\", "/") for line in text.splitlines() if line)
+    return out
+
+
 class IntentJournal:
     """This process's journal of files renamed into ``data/`` whose rows are not committed yet.
 

@@ -154,8 +154,14 @@ def _decide(conn, schema, step: "PlanStep", data_dir: Path) -> dict[str, Any]:
     planned = {i.sop_uid: i for s in step.series for i in s.instances}
     images = _existing(conn, im.name, im.key, (im.link, "ObjectFile"), planned)
     changed = {}
+    from ..recovery import database_file, pending_stores
+    where = database_file(conn) if images else None
+    storing = pending_stores(where) if where is not None else set()
     for sop, (_, rel) in list(images.items()):
-        why = _changed_since_plan(data_dir, planned[sop], rel)
+        why = ("being stored again right now (a writer renamed it in and has not committed "
+               "its rows yet): row and file kept"
+               if (rel or planned[sop].path or "").replace("\\", "/") in storing
+               else _changed_since_plan(data_dir, planned[sop], rel))
         if why is not None:
             changed[sop] = why
             del images[sop]

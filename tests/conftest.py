@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from _pg_support import pg_server, pg_url  # noqa: F401  (fixtures for every module)
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 PYDICOM_FILES = ("rtplan.dcm", "rtdose.dcm", "rtstruct.dcm", "CT_small.dcm", "MR_small.dcm")

@@ -235,19 +235,14 @@ class Writer:
                     self.duplicates.append(r.object_file)
                 images[im[0]] = im + (at, objfile, DEVICE_NAME)
                 extras[im[0]] = self.extras_row(r.extras)
-            im_table = sc.images
-            for sop, objfile in self._existing(
-                    f"SELECT {im_table.key}, ObjectFile FROM {im_table.name} "
-                    f"WHERE {im_table.key} IN ({{}})", list(images)):
+            for sop, objfile in self._indexed_files(list(images)):
                 if objfile and objfile.replace("\\", "/") != images[sop][-2]:
                     self.duplicates.append(images[sop][-2])
-            sql = self._upserts()
-            ex = self.conn.executemany
-            ex(sql[sc.patients.name], list(patients.values()))
-            ex(sql[sc.studies.name], self._study_rows(studies, modalities))
-            ex(sql[sc.series.name], list(series.values()))
-            ex(sql[im_table.name], list(images.values()))
-            ex(sql[EXTRAS_TABLE], list(extras.values()))
+            self._write_rows({sc.patients.name: list(patients.values()),
+                              sc.studies.name: self._study_rows(studies, modalities),
+                              sc.series.name: list(series.values()),
+                              sc.images.name: list(images.values()),
+                              EXTRAS_TABLE: list(extras.values())})
         self.written += len(records)
         self.flagged += [FlaggedFile(r.object_file, r.extras["Flags"]) for r in records
                          if r.extras.get("Flags")]
@@ -264,6 +259,18 @@ class Writer:
     def _upserts(self) -> dict[str, str]:
         """The upsert statement of each table."""
         return self.sql
+
+    def _indexed_files(self, sops: list[str]) -> list[tuple[str, str]]:
+        """(SOP UID, ObjectFile) of those of ``sops`` already indexed."""
+        im = self.schema.images
+        return self._existing(f"SELECT {im.key}, ObjectFile FROM {im.name} "
+                              f"WHERE {im.key} IN ({{}})", sops)
+
+    def _write_rows(self, rows: dict[str, list[tuple]]) -> None:
+        """Write each table's rows (patients, studies, series, images, RTExtras, in order)."""
+        sql = self._upserts()
+        for table, table_rows in rows.items():
+            self.conn.executemany(sql[table], table_rows)
 
     def _study_rows(self, studies: dict[str, list],
                     modalities: dict[str, list[str | None]]) -> list[tuple]:

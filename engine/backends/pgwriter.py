@@ -8,6 +8,8 @@ inconsistent links refused, duplicates noted) with PostgreSQL's statements.
   DO UPDATE SET c = COALESCE(EXCLUDED.c, t.c)``.
 * The study's modality list is merged inside the database (``conquest_run_merge_modality``),
   so a concurrent writer's modality is kept.
+* A batch whose connection was lost is written again on a new connection
+  (``PgConnection.retrying``), its refusals, duplicates and flags counted once.
 """
 
 from __future__ import annotations
@@ -134,6 +136,36 @@ class PgWriter(Writer):
                 row = row[:i] + [mods, row[i]] + row[i + 1:] + [mods]
             rows.append(tuple(row))
         return rows
+
+    # -- a lost connection: the batch again, from where it started ---------------------------
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending = list(self.pending)
+        kept = (len(self.rejected), len(self.duplicates), len(self.flagged), self.written,
+                self.facts_written)
+        said = len(self.conn.notices)
+
+        def attempt() -> None:
+            del self.rejected[kept[0]:], self.duplicates[kept[1]:], self.flagged[kept[2]:]
+            self.written, self.facts_written = kept[3], kept[4]
+            self.pending = list(pending)
+            Writer.flush(self)
+        try:
+            self.conn.retrying(attempt)
+        finally:        # a path cut again on the second attempt is said once
+            self.conn.notices[said:] = list(dict.fromkeys(self.conn.notices[said:]))
+
+    def delete_images(self, sops: list[str]) -> int:
+        return self.conn.retrying(lambda: Writer.delete_images(self, sops))
+
+    def cascade(self) -> None:
+        affected = set(self.affected_series)
+
+        def attempt() -> None:
+            self.affected_series = set(affected)
+            Writer.cascade(self)
+        self.conn.retrying(attempt)
 
     def _write_facts_only(self, records: list[HeaderRecord]) -> list[HeaderRecord]:
         saved = self.sql

@@ -4,20 +4,34 @@ connection API the indexer, the writer and ``store`` use (``execute`` with ``?``
 
 Every way a connection can fail is said as one sentence naming the URL with any password
 masked (``ArchiveError``, exit 2): an unparsable URL, a server that cannot be reached, a refused
-login, a database that does not exist.  Passwords come from ``PGPASSWORD`` or ``~/.pgpass``
+login, a database that does not exist.
+
+A connection lost midway (the server restarted, the network dropped, the backend was
+terminated) is made again, in one place (``PgConnection.retrying``): after a notice naming the
+masked URL and a pause (``RETRY_DELAYS_S``, growing), the lost unit of work is done again from
+its start: one statement outside a transaction, or the whole transaction the caller passed in
+(the server rolled back what it had of it, so nothing is lost and nothing is written twice).
+When the server stays away through every pause: one sentence, exit 2.  Passwords come from ``PGPASSWORD`` or ``~/.pgpass``
 (libpq reads both), never from the URL.
 """
 
 from __future__ import annotations
 
-__all__ = ["PgConnection", "connect", "mask_url", "parse_url", "PgUrlError"]
+__all__ = ["PgConnection", "connect", "mask_url", "parse_url", "PgUrlError", "PgConnectionLost",
+           "RETRY_DELAYS_S"]
 
 import re
-from typing import Any
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..errors import ArchiveError
 
 CONNECT_TIMEOUT_S = 5
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)    # pauses before each new connection attempt
+_T = TypeVar("_T")
+_NOT_RETRIED = ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 
 class PgUrlError(ArchiveError):
@@ -75,6 +89,15 @@ def _connect_refused(url: str, params: dict[str, str], exc: Exception) -> PgUrlE
     return PgUrlError(f"the PostgreSQL server of {shown} cannot be reached: {text}")
 
 
+class PgConnectionLost(ArchiveError):
+    """The server stayed unreachable through every retry (exit 2)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+
+
 class _NoRows:
     """The result of a statement that has no meaning on PostgreSQL (``PRAGMA``)."""
 
@@ -96,13 +119,22 @@ class PgConnection:
 
     backend = "postgresql"
 
-    def __init__(self, raw: Any, url: str) -> None:
+    def __init__(self, raw: Any, url: str, connect_args: dict[str, Any] | None = None,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS_S) -> None:
         self.raw = raw
         self.url = url
         self.shown = mask_url(url)
+        self.connect_args = dict(connect_args or {})
+        self.retry_delays = tuple(retry_delays)
         self.notices: list[str] = []      # truncations and the like, said by the command
+        self.report: Callable[[str], None] = self._say      # a reconnect, said at once
+        self.reconnects = 0
         from .pgwriter import PgWriter
         self.writer_class = PgWriter       # Indexer writes through it (see indexer._writer)
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(f"note: {line}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _sql(sql: str, params: Any) -> str:
@@ -117,7 +149,10 @@ class PgConnection:
         if head.startswith("BEGIN IMMEDIATE"):
             sql = "BEGIN"
         params = None if params is None else list(params)
-        return self.raw.execute(self._sql(sql, params), params)
+        text = self._sql(sql, params)
+        if self.in_transaction or self.lost or head.startswith(_NOT_RETRIED):
+            return self.raw.execute(text, params)  # the owner of the transaction retries
+        return self.retrying(lambda: self.raw.execute(text, params))
 
     def executemany(self, sql: str, rows: list) -> Any:
         cur = self.raw.cursor()
@@ -127,8 +162,61 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
+        """A transaction is open (not when the connection is lost: its transaction is gone)."""
         import psycopg.pq
-        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        status = psycopg.pq.TransactionStatus
+        return self.raw.info.transaction_status in (status.ACTIVE, status.INTRANS,
+                                                     status.INERROR)
+
+    @property
+    def lost(self) -> bool:
+        """The connection is closed or broken (the server or the network went away)."""
+        return bool(self.raw.closed or getattr(self.raw, "broken", False))
+
+    def reconnect(self) -> None:
+        """A new connection to the same server with the same settings, in place of the old."""
+        import psycopg
+        try:
+            self.raw.close()
+        except psycopg.Error:
+            pass
+        self.raw = psycopg.connect(self.url, **self.connect_args)
+        self.reconnects += 1
+
+    def retrying(self, work: Callable[[], _T]) -> _T:
+        """``work()``; when it fails because the connection was lost, a new connection after a
+        pause and ``work()`` again from its start, as long as ``retry_delays`` lasts.  ``work``
+        is a whole transaction (it begins and commits it) or one statement outside one.  Called
+        inside an open transaction, ``work()`` runs as it is: its owner retries."""
+        import psycopg
+        if self.in_transaction:
+            return work()
+        delays = list(self.retry_delays)
+        attempt = 0
+        while True:
+            try:
+                return work()
+            except psycopg.OperationalError as exc:
+                if not self.lost:
+                    raise
+                why = _first_line(exc)
+            while True:         # a new connection, or the sentence when none can be had
+                if attempt >= len(delays):
+                    raise PgConnectionLost(
+                        f"the connection to the PostgreSQL server of {self.shown} was lost "
+                        f"and could not be made again in {len(delays)} attempts over "
+                        f"{sum(delays):g} s ({why}); the transaction in progress was not "
+                        "written: run the command again when the server is back") from None
+                delay = delays[attempt]
+                attempt += 1
+                self.report(f"the connection to {self.shown} was lost ({why}); reconnecting "
+                            f"in {delay:g} s (attempt {attempt} of {len(delays)})")
+                time.sleep(delay)
+                try:
+                    self.reconnect()
+                    break
+                except psycopg.Error as exc:
+                    why = _first_line(exc)
 
     def close(self) -> None:
         self.raw.close()
@@ -140,8 +228,8 @@ class PgConnection:
         self.close()
 
 
-def connect(url: str, *, read_only: bool = False, statement_timeout_ms: int | None = None
-            ) -> PgConnection:
+def connect(url: str, *, read_only: bool = False, statement_timeout_ms: int | None = None,
+            retry_delays: tuple[float, ...] = RETRY_DELAYS_S) -> PgConnection:
     """A connection to the server ``url`` names (autocommit; ``read_only``: every transaction
     READ ONLY), or a ``PgUrlError`` sentence."""
     params = parse_url(url)
@@ -159,4 +247,4 @@ def connect(url: str, *, read_only: bool = False, statement_timeout_ms: int | No
         raw = psycopg.connect(url, **extra)
     except psycopg.Error as exc:
         raise _connect_refused(url, params, exc) from None
-    return PgConnection(raw, url)
+    return PgConnection(raw, url, extra, retry_delays)

@@ -2,9 +2,11 @@
 postgresql://USER@HOST:PORT/DBNAME``); ``cli/archive.py`` hands these over.
 
 The same indexer, writer rules and file placing as on SQLite, through ``backends.postgres``.
+A full rebuild (every patient) goes through ``backends.pgbulk``: COPY into temporary tables and
+one merge, in one transaction (atomic); the incremental modes write row by row.  A connection
+lost midway is made again and the lost transaction done again (``PgConnection.retrying``).
 Not yet on PostgreSQL: the run record of the commands (``ConquestRunRuns``), crash recovery's
-intent journal, the atomic shadow rebuild (a full rebuild clears the rows and writes them again
-in batches), jobs.  Any psycopg error met midway is one sentence naming the masked URL (exit 2).
+intent journal, jobs.  Any psycopg error met midway is one sentence naming the masked URL (exit 2).
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ def _rebuild(archive: Archive, url: str, args: argparse.Namespace) -> int:
         raise data_dir_error(archive.data_dir)
     mode = "missing" if args.only_missing else "refresh" if args.refresh else "all"
     with closing(_writable(archive, url)) as conn:
-        result = Indexer(conn, archive.schema, archive.data_dir).run(
-            mode=mode, patients=args.patient, workers=args.workers)
+        if mode == "all" and args.patient is None:
+            from ..backends.pgbulk import rebuild_all
+            result = rebuild_all(conn, archive.schema, archive.data_dir, workers=args.workers)
+        else:
+            result = Indexer(conn, archive.schema, archive.data_dir).run(
+                mode=mode, patients=args.patient, workers=args.workers)
         _print_notices(conn)
     return _report(args, "rebuild", result.summary(), result.bad, result.flagged,
                    {"indexed": result.indexed, "unchanged": result.unchanged,

@@ -229,9 +229,10 @@ class PgConnection:
 
 
 def connect(url: str, *, read_only: bool = False, statement_timeout_ms: int | None = None,
-            retry_delays: tuple[float, ...] = RETRY_DELAYS_S) -> PgConnection:
+            retry_delays: tuple[float, ...] | None = None) -> PgConnection:
     """A connection to the server ``url`` names (autocommit; ``read_only``: every transaction
-    READ ONLY), or a ``PgUrlError`` sentence."""
+    READ ONLY; ``retry_delays``: the pauses before each new attempt when it is lost,
+    ``RETRY_DELAYS_S`` unless given), or a ``PgUrlError`` sentence."""
     params = parse_url(url)
     import psycopg
     options = []
@@ -247,4 +248,5 @@ def connect(url: str, *, read_only: bool = False, statement_timeout_ms: int | No
         raw = psycopg.connect(url, **extra)
     except psycopg.Error as exc:
         raise _connect_refused(url, params, exc) from None
-    return PgConnection(raw, url, extra, retry_delays)
+    return PgConnection(raw, url, extra,
+                        RETRY_DELAYS_S if retry_delays is None else retry_delays)

@@ -151,7 +151,6 @@ def _merge_sql(schema: Schema, access_time: int) -> list[str]:
                f"WHERE i.{im.key} = e.SOPInstanc)")
     for table, (key, cols) in tables.items():
         stage = f"{STAGE_PREFIX}{table.lower()}"
-        out.append(f"ANALYZE {stage}")
         names = ", ".join(cols)
         if table == EXTRAS_TABLE:       # the last batch's row, whole
             select = (f"SELECT DISTINCT ON ({key}) {names} FROM {stage} "

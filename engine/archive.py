@@ -48,8 +48,7 @@ class SeriesInfo:
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? "
-                        "COLLATE NOCASE", (name,)).fetchone() is not None
+    return name.lower() in db.table_names(conn)
 
 
 def _column(schema: Schema, table: str, tag: int) -> str | None:
@@ -60,20 +59,29 @@ def _column(schema: Schema, table: str, tag: int) -> str | None:
 
 
 class Archive:
-    """A data directory, its SQLite index and the dicom.sql layout of that index."""
+    """A data directory, its index (a SQLite file, or a ``postgresql://`` URL kept as the
+    string it is) and the dicom.sql layout of that index."""
 
     def __init__(self, data: str | Path = "data", database: str | Path = "conquest.db",
                  dicom_sql: str | Path | None = None) -> None:
+        from .backends import is_postgres_url
         self.data_dir = Path(data)
-        self.database = Path(database)
+        self.database: Path | str = database if is_postgres_url(database) else Path(database)
         if dicom_sql is None and Path("dicom.sql").is_file():
             dicom_sql = Path("dicom.sql")
         self.dicom_sql = None if dicom_sql is None else Path(dicom_sql)
         self.schema: Schema = load_schema(self.dicom_sql)
 
     def __repr__(self) -> str:
-        return (f"Archive(data={str(self.data_dir)!r}, database={str(self.database)!r}, "
+        from .backends.postgres import mask_url
+        shown = mask_url(self.database) if self.on_postgres else str(self.database)
+        return (f"Archive(data={str(self.data_dir)!r}, database={shown!r}, "
                 f"dicom_sql={None if self.dicom_sql is None else str(self.dicom_sql)!r})")
+
+    @property
+    def on_postgres(self) -> bool:
+        """Whether the index is on a PostgreSQL server (``database`` a ``postgresql://`` URL)."""
+        return isinstance(self.database, str)
 
     # -- connections -------------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:

@@ -27,6 +27,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .db import column_names
 from .report import DONE, Outcome
 
 RUNS_TABLE = "ConquestRunRuns"
@@ -69,7 +70,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         for stmt in _DDL:
             conn.execute(stmt)
         for table, columns in _ADDED.items():
-            have = {r[1].lower() for r in conn.execute(f"PRAGMA table_info({table})")}
+            have = {c.lower() for c in column_names(conn, table)}
             for name, kind in columns:
                 if name.lower() not in have:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

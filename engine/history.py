@@ -32,11 +32,9 @@ _OUTCOME_COLUMNS = ("a.RunId", "r.JobPath", "a.Step", "a.StepName", "a.Action", 
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str] | None:
-    names = {r[0].lower() for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if table.lower() not in names:
-        return None
-    return {r[1].lower() for r in conn.execute(f"PRAGMA table_info({table})")}
+    from .db import column_names
+    have = column_names(conn, table)
+    return {c.lower() for c in have} if have else None
 
 
 def _select(columns: Iterable[str], have: set[str]) -> str:

@@ -109,8 +109,9 @@ def _flags_join(conn, image_key: str) -> tuple[str, str]:
     a file: ``syntax-mismatch``, ``no-pixel-data``, ...); NULL where the column is missing."""
     from .schema import EXTRAS_TABLE
 
-    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({_q(EXTRAS_TABLE)})")}
-    if "Flags" not in columns or "SOPInstanc" not in columns:
+    from .db import column_names
+    columns = {c.lower() for c in column_names(conn, EXTRAS_TABLE)}
+    if "flags" not in columns or "sopinstanc" not in columns:
         return "NULL", ""
     return "x.crun_flags", (f"LEFT JOIN (SELECT SOPInstanc AS crun_sop, max(Flags) AS crun_flags "
                             f"FROM {_q(EXTRAS_TABLE)} GROUP BY SOPInstanc) x "

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .audit import AUDIT_TABLE, migrate, now_iso
+from .db import column_names
 from .errors import ActionError
 from .removalfiles import (KEEP, QUARANTINE, QUARANTINE_DIR, REMOVE, TAKING, Removal,
                            checked_path, failed_removal, fsync_dirs, hold_path, identity,
@@ -87,8 +88,8 @@ def ensure_table(conn: sqlite3.Connection) -> None:
 
 
 def _has_table(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (REMOVALS_TABLE,)).fetchone() is not None
+    from .db import table_names
+    return REMOVALS_TABLE.lower() in table_names(conn)
 
 
 def journal(conn: sqlite3.Connection, removals: Iterable[Removal]) -> None:
@@ -203,7 +204,7 @@ def _runs_still_going(conn: sqlite3.Connection, run_ids: set[str]) -> set[str]:
     from .audit import RUNS_TABLE
     from .history import run_state
     going = set()
-    have = {r[1].lower() for r in conn.execute(f"PRAGMA table_info({RUNS_TABLE})")}
+    have = {c.lower() for c in column_names(conn, RUNS_TABLE)}
     for run_id in run_ids:
         row = None
         if {"state", "pid", "host"} <= have:

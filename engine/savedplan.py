@@ -158,8 +158,8 @@ def _file_changes(plan: Plan, archive, conn) -> list[str]:
     import hashlib
     from .schema import EXTRAS_TABLE
     hashes: dict[str, str] = {}
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                    (EXTRAS_TABLE,)).fetchone():
+    from .db import table_names
+    if EXTRAS_TABLE.lower() in table_names(conn):
         sops = sorted({i.sop_uid for st in plan.steps for s in st.series for i in s.instances})
         for n in range(0, len(sops), _CHUNK):
             chunk = sops[n:n + _CHUNK]

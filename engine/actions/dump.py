@@ -80,8 +80,8 @@ def _quote_ident(name: str) -> str:
 
 
 def _table_name(conn: sqlite3.Connection, table: str) -> str:
-    names = {r[0].lower(): r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    from ..db import table_names
+    names = table_names(conn, views=True)
     hit = names.get(str(table).lower())
     if hit is None:
         raise JobError(f"dump: there is no table or view {table!r} in the database; known: "

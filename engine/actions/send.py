@@ -173,8 +173,8 @@ def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
         return set()
     conn = connect_reader(database)
     try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                            (AUDIT_TABLE,)).fetchone():
+        from ..db import table_names
+        if AUDIT_TABLE.lower() not in table_names(conn):
             return set()
         rows = conn.execute(f"SELECT DISTINCT SOPInstanc FROM {AUDIT_TABLE} WHERE Action = ? "
                             "AND Target = ? AND Status = ? AND SOPInstanc IS NOT NULL",

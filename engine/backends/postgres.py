@@ -10,7 +10,8 @@ login, a database that does not exist.  Passwords come from ``PGPASSWORD`` or ``
 
 from __future__ import annotations
 
-__all__ = ["PgConnection", "connect", "mask_url", "parse_url", "PgUrlError"]
+__all__ = ["PgConnection", "connect", "mask_url", "parse_url", "PgUrlError",
+           "fold_quoted_names"]
 
 import re
 from typing import Any
@@ -75,6 +76,19 @@ def _connect_refused(url: str, params: dict[str, str], exc: Exception) -> PgUrlE
     return PgUrlError(f"the PostgreSQL server of {shown} cannot be reached: {text}")
 
 
+_TOKENS = re.compile(r"'(?:[^']|'')*'|(?i:collate)\s+\"[^\"]*\"|\"(?:[^\"]|\"\")*\"")
+
+
+def fold_quoted_names(sql: str) -> str:
+    """``"RTExtras"`` -> ``"rtextras"``: the shared code quotes its identifiers as written in
+    dicom.sql, while dgate's tables on PostgreSQL are unquoted, so lower case.  String literals
+    and collation names (``COLLATE "C"``) are left as they are."""
+    if '"' not in sql:
+        return sql
+    return _TOKENS.sub(lambda m: m.group(0).lower() if m.group(0)[0] == '"' else m.group(0),
+                       sql)
+
+
 class _NoRows:
     """The result of a statement that has no meaning on PostgreSQL (``PRAGMA``)."""
 
@@ -106,6 +120,7 @@ class PgConnection:
 
     @staticmethod
     def _sql(sql: str, params: Any) -> str:
+        sql = fold_quoted_names(sql)
         if params is None:
             return sql
         return sql.replace("%", "%%").replace("?", "%s")

@@ -34,6 +34,10 @@ def run(name: str, args: argparse.Namespace) -> int:
     from ..report import DONE, FAILED, Outcome
 
     archive = Archive(args.data, args.database, args.dicom_sql)
+    if archive.on_postgres:
+        print("conquest-run restore: a PostgreSQL index is not supported by restore yet; give "
+              "a SQLite index file", file=sys.stderr)
+        return 2
     if not archive.database.is_file():
         print(f"{archive.database}: database not found; nothing was restored", file=sys.stderr)
         return 2

@@ -145,6 +145,30 @@ def test_the_example_job_moves_from_orthanc_then_exports_what_came_in(pacs, tmp_
     assert rows(db, "SELECT count(*) FROM DICOMImages") == [(41,)]
 
 
+def test_the_series_of_a_study_come_in_one_c_move_each_attributed_to_its_series(
+        pacs, tmp_path, capsys):
+    """One SERIES-level C-MOVE names all four series of the study (so Orthanc opens one
+    association to us, not four); each C-STORE counts for the series its header names."""
+    text = job_text(pacs, steps=pull_steps(pacs, '{remote: pacs, patient: "QR002"}'))
+    code, doc = run_job(tmp_path, text, capsys=capsys)
+    assert code == 0, doc
+    planned = {s["series_uid"]: s for s in doc["plan"]["steps"][0]["series"]}
+    assert len(planned) == 4 and len({s["study_uid"] for s in planned.values()}) == 1
+    report = doc["report"]["steps"][0]
+    assert report["totals"] == {"done": 43, "skipped": 0, "failed": 0}
+    originators = {o["detail"]["originator"] for o in report["outcomes"]}
+    assert len(originators) == 1 and originators.pop().startswith("CRUN#")
+    for s in report["summary"]["series"]:
+        assert s["completed"] == s["stored"] == planned[s["series_uid"]]["remote_instances"]
+        assert s["status"] == 0
+    db = tmp_path / "conquest.db"
+    by_series = dict(rows(db, "SELECT SeriesInst, count(*) FROM DICOMImages GROUP BY 1"))
+    assert by_series == {uid: s["remote_instances"] for uid, s in planned.items()}
+    for o in report["outcomes"]:       # the outcome's series is the one the file belongs to
+        assert rows(db, "SELECT SeriesInst FROM DICOMImages WHERE SOPInstanc = ?",
+                    (o["sop_uid"],)) == [(o["series_uid"],)]
+
+
 def test_a_retrieve_killed_midway_then_rerun_completes_without_duplicates(pacs, tmp_path):
     text = job_text(pacs, steps=pull_steps(pacs, '{remote: pacs, patient: "QR002", '
                                                  'modality: CT}'))
@@ -333,7 +357,7 @@ def test_a_c_store_from_another_originator_is_refused(tmp_path):
     port = free_port()
     store = RetrieveStore(archive, "CRUN", port).start()
     try:
-        store.expect(str(ds.SeriesInstanceUID), 7)
+        store.expect((str(ds.SeriesInstanceUID),), 7)
         ae = AE(ae_title="PACS")
         ae.add_requested_context(CTImageStorage)
         assoc = ae.associate("127.0.0.1", port, ae_title="CRUN")

@@ -63,7 +63,13 @@ def _store(archive: Archive, url: str, args: argparse.Namespace) -> int:
     from ..indexer import FlaggedFile
     from ..store import store
     from .archive import _report
+    from ..db import has_schema
+    from ..indexer import Indexer
+    with closing(connect(url)) as probe:
+        fresh = not has_schema(probe, archive.schema)
     with closing(_writable(archive, url)) as conn:
+        if fresh and archive.data_dir.is_dir():       # as on SQLite: the folder indexed first
+            Indexer(conn, archive.schema, archive.data_dir).run(mode="all")
         result = store(conn, archive.schema, archive.data_dir, args.paths, move=args.move)
         _print_notices(conn)
     flagged = [FlaggedFile(s.source, s.flags) for s in result.flagged]
@@ -155,7 +161,11 @@ def _query(archive: Archive, url: str, args: argparse.Namespace) -> int:
         try:
             cur = conn.raw.execute(text, list(args.param))
             header = [d.name for d in cur.description or ()]
-            if len(written) == len(header):       # the names as written, as SQLite gives them
+            from ..backends.sqliteheader import sqlite_header
+            named = sqlite_header(archive.schema, checked.sql, list(args.param))
+            if named is not None and len(named) == len(header):   # as SQLite names them
+                header = named
+            elif len(written) == len(header):
                 header = [w or h for w, h in zip(written, header)]
             rows = [tuple(r) for r in cur.fetchall()]
         except psycopg.errors.QueryCanceled:

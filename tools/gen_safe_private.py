@@ -2,7 +2,8 @@
 """Generate engine/deid/safe_private.json: DICOM PS3.15 Table E.3.10-1 (Safe Private Attributes).
 
 dicom.nema.org is not reachable from this project's machines, and no PyPI release ships the
-table (idiscore, dicognito, deid, DicomAnonymizer and pymedphys 0.41.0 were looked at).  The
+table (idiscore 1.6.0, whose default safe private list is empty, dicognito 0.19.0, deid 0.4.13,
+DicomAnonymizer 0.0.1 and pymedphys 0.41.0 were looked at).  The
 source is the generated copy kept in PyMedPhys's repository,
 ``lib/pymedphys/_dicom/deidentify/_standard/e3_10_1.json`` (commit 985a1bd9..., same rows as
 a94ddab6...): written by ``pymedphys dev deid-tables`` from ``part15/sect_E.3.10.html`` of the

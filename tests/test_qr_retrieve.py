@@ -387,3 +387,88 @@ def test_back_to_back_c_finds_on_one_association_lose_no_answer(pacs):
     counts = [len(find_series(node, patient=["QR001", "QR002"], modality=["CT", "RTPLAN"]))
               for _ in range(40)]
     assert counts == [4] * 40
+
+
+def test_a_node_that_takes_only_the_first_uid_of_a_list_gets_the_rest_asked_alone(tmp_path):
+    """A scripted Q/R SCP (pynetdicom, on 127.0.0.1) answering C-FIND as a PACS does, but whose
+    C-GET reads a SERIES-level UID list as its first UID only, as some nodes do: the series the
+    list request did not bring are asked for again alone, and the archive ends complete."""
+    import threading
+
+    import pydicom
+    from pydicom.multival import MultiValue
+    from pynetdicom import AE, StoragePresentationContexts, evt
+    from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
+                                      StudyRootQueryRetrieveInformationModelGet)
+
+    from conquest_run import Archive
+
+    write_patient(tmp_path / "src", seed=9, patient_id="LIST1", ct_slices=3)
+    held = [pydicom.dcmread(p) for p in sorted((tmp_path / "src").rglob("*")) if p.is_file()]
+    requests: list[tuple[str, str]] = []
+
+    def on_find(event):
+        ident = event.identifier
+        level = ident.QueryRetrieveLevel
+        seen = set()
+        for ds in held:
+            if level == "STUDY" and ds.StudyInstanceUID not in seen:
+                seen.add(ds.StudyInstanceUID)
+                yield 0xFF00, _answer(ds, ("PatientID", "StudyInstanceUID", "StudyDate"),
+                                      level)
+            elif level == "SERIES" and ds.SeriesInstanceUID not in seen and \
+                    ds.StudyInstanceUID == ident.StudyInstanceUID:
+                seen.add(ds.SeriesInstanceUID)
+                answer = _answer(ds, ("StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                                      "SeriesDescription"), level)
+                answer.NumberOfSeriesRelatedInstances = sum(
+                    1 for d in held if d.SeriesInstanceUID == ds.SeriesInstanceUID)
+                yield 0xFF00, answer
+
+    def on_get(event):
+        ident = event.identifier
+        value = ident.SeriesInstanceUID
+        asked = [str(u) for u in value] if isinstance(value, MultiValue) else [str(value)]
+        requests.append((ident.QueryRetrieveLevel, "\\".join(asked)))
+        chosen = [d for d in held if d.SeriesInstanceUID == asked[0]]     # the first only
+        yield len(chosen)
+        for ds in chosen:
+            yield 0xFF00, ds
+
+    ae = AE(ae_title="LISTSCP")
+    for cx in (StudyRootQueryRetrieveInformationModelFind,
+               StudyRootQueryRetrieveInformationModelGet):
+        ae.add_supported_context(cx)
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, scu_role=False, scp_role=True)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get)])
+    try:
+        archive = Archive(tmp_path / "data", tmp_path / "conquest.db")
+        (tmp_path / "data").mkdir()
+        node = {"host": "127.0.0.1", "port": port, "called_ae": "LISTSCP",
+                "calling_ae": "GETSCU", "timeout": 10}
+        timer = threading.Timer(50, server.shutdown)
+        timer.start()
+        report = archive.retrieve(node, method="get", patient="LIST1")
+        timer.cancel()
+    finally:
+        server.shutdown()
+    assert report.ok, [o for o in report.outcomes if o.status == "failed"]
+    assert report.totals()["done"] == len(held) == 6
+    first = requests[0]
+    assert first[0] == "SERIES" and first[1].count("\\") == 3       # one list of 4 series
+    assert len(requests) == 4                 # then the 3 it did not bring, each alone
+    assert all("\\" not in uids for _, uids in requests[1:])
+    assert {(s["completed"], s["failed"]) for s in report.summary["series"]} == {(3, 0), (1, 0)}
+    assert archive.query("SELECT count(DISTINCT SOPInstanc) FROM DICOMImages") == [(6,)]
+
+
+def _answer(ds, keywords, level):
+    from pydicom.dataset import Dataset
+    out = Dataset()
+    out.QueryRetrieveLevel = level
+    for name in keywords:
+        setattr(out, name, ds.get(name, ""))
+    return out

@@ -1,0 +1,200 @@
+"""``conquest-run worker``: the send queue of a PostgreSQL index drained by worker processes
+into real dcmtk storescp receivers (``+uf``: every arrival its own file, so a duplicate shows).
+
+The kill test shows the one documented window of a second copy: a worker killed after the peer
+stored an instance and before its confirm committed (with ``--sleep-after 1`` the peer stores
+the instance in flight after the worker is gone); every instance a worker confirmed arrives
+exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from _net_support import stop, storescp
+from conquest_run import synthetic
+from conquest_run.cli import main
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install "
+                                                 "'.[test]' installs it)")
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def archive(tmp_path, pg_url, monkeypatch):
+    """(data dir, URL) of a PostgreSQL index over 40 synthetic CT instances (two patients)."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    for n in range(2):
+        synthetic.write_patient(data, seed=11, patient_id=f"Q{n}", ct_slices=20, rt=False)
+    assert main(["rebuild", "--data", str(data), "--database", pg_url]) == 0
+    return data, pg_url
+
+
+def _rows(url: str, sql: str, params=()) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def _enqueue(url: str, port: int, count: int | None = None, run_id: str = "run1") -> list:
+    from conquest_run.backends.postgres import connect
+    from conquest_run.net import PeerSettings
+    from conquest_run.net.sendqueue import QueueItem, enqueue, ensure_queue
+    with connect(url) as conn:
+        ensure_queue(conn)
+        rows = conn.execute("SELECT sopinstanc, seriesinst, objectfile, sopclassui, imagepat "
+                            "FROM dicomimages ORDER BY sopinstanc").fetchall()
+        items = [QueueItem(*r) for r in rows][:count]
+        peer = PeerSettings("127.0.0.1", port, "STORESCP", retries=0, retry_delay=0.1,
+                            timeout=10)
+        assert enqueue(conn, run_id, 1, peer, items) == len(items)
+        assert enqueue(conn, run_id, 1, peer, items) == 0          # idempotent
+    return items
+
+
+def _worker(url: str, data: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "conquest_run", "worker", "--database", url,
+                             "--data", str(data), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc, signal.SIGKILL)
+        raise
+    return proc.returncode, out, err
+
+
+def _arrivals(folder: Path) -> Counter:
+    import pydicom
+    return Counter(str(pydicom.dcmread(p, stop_before_pixels=True,
+                                       specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+                   for p in folder.rglob("*") if p.is_file())
+
+
+def _states(url: str) -> dict[str, str]:
+    return dict(_rows(url, "SELECT sopinstanc, state FROM conquestrunsendqueue"))
+
+
+def _wait_sent(url: str, pid: int, at_least: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _rows(url, "SELECT count(*) FROM conquestrunsendqueue WHERE state = 'sent' AND "
+                      "leaseowner LIKE %s", (f"%:{pid}:%",))[0][0] >= at_least:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"worker {pid} did not confirm {at_least} instances in {timeout} s")
+
+
+def test_two_workers_deliver_every_instance_exactly_once(archive, tmp_path):
+    data, url = archive
+    rx = tmp_path / "rx"
+    with storescp(rx, None, "+uf") as (_, port):
+        items = _enqueue(url, port)
+        workers = [_worker(url, data, "--batch", "3", "--lease", "5") for _ in range(2)]
+        results = [_finish(w) for w in workers]
+        again = _finish(_worker(url, data))             # nothing left: sends nothing
+    assert [r[0] for r in results] == [0, 0], [r[2] for r in results]
+    assert len(items) == 40
+    assert _arrivals(rx) == Counter({i.sop_uid: 1 for i in items})
+    assert set(_states(url).values()) == {"sent"}
+    sent = [int(r[1].split(": ")[1].split(" sent")[0]) for r in results]
+    assert sum(sent) == 40
+    assert again[0] == 0 and ": 0 sent, 0 failed" in again[1]
+    audit = _rows(url, "SELECT sopinstanc, status, action, target FROM conquestrunaudit")
+    assert sorted(a[0] for a in audit) == sorted(i.sop_uid for i in items)
+    assert {a[1:] for a in audit} == {("done", "send", f"STORESCP@127.0.0.1:{port}")}
+
+
+def test_a_killed_worker_s_instances_are_sent_by_the_other_after_its_lease(archive, tmp_path):
+    data, url = archive
+    rx = tmp_path / "rx"
+    with storescp(rx, None, "+uf", "--sleep-after", "1") as (_, port):
+        items = _enqueue(url, port, count=6)
+        first = _worker(url, data, "--batch", "6", "--lease", "2")
+        _wait_sent(url, first.pid, 1)
+        first.send_signal(signal.SIGKILL)
+        assert _finish(first)[0] == -signal.SIGKILL
+        confirmed_by_first = {r[0] for r in _rows(
+            url, "SELECT sopinstanc FROM conquestrunsendqueue WHERE state = 'sent'")}
+        assert _rows(url, "SELECT count(*) FROM conquestrunsendqueue WHERE state = 'leased'"
+                     )[0][0] == 6 - len(confirmed_by_first)      # held until the lease expires
+        started = time.monotonic()
+        code, out, err = _finish(_worker(url, data, "--batch", "6", "--lease", "2"))
+        took = time.monotonic() - started
+    assert code == 0, err
+    assert set(_states(url).values()) == {"sent"}
+    arrived = _arrivals(rx)
+    assert set(arrived) == {i.sop_uid for i in items}
+    for sop in confirmed_by_first:                  # confirmed: never sent again
+        assert arrived[sop] == 1
+    twice = [sop for sop, n in arrived.items() if n > 1]
+    # the one window: the instance in flight when the worker died (stored by the peer, never
+    # confirmed); the second worker sent it again, after the first one's lease expired
+    assert len(twice) <= 1
+    retaken = _rows(url, "SELECT sopinstanc, attempts FROM conquestrunsendqueue WHERE "
+                         "leaseowner NOT LIKE %s", (f"%:{first.pid}:%",))
+    assert {r[0] for r in retaken} == {i.sop_uid for i in items} - confirmed_by_first
+    assert {r[1] for r in retaken} == {2}           # the dead worker's try counted
+    assert set(twice) <= {r[0] for r in retaken}
+    assert took >= 1.0                               # it waited for the lease to expire
+
+
+def test_sigterm_finishes_the_instance_in_flight_and_gives_the_rest_back(archive, tmp_path):
+    data, url = archive
+    rx = tmp_path / "rx"
+    with storescp(rx, None, "+uf", "--sleep-after", "1") as (_, port):
+        items = _enqueue(url, port, count=4)
+        proc = _worker(url, data, "--batch", "4", "--lease", "30")
+        _wait_sent(url, proc.pid, 1)
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = _finish(proc, timeout=10)
+        assert code == 143, err
+        assert "(stopped)" in out
+        rows = _rows(url, "SELECT state, leaseowner, attempts FROM conquestrunsendqueue")
+        sent = [r for r in rows if r[0] == "sent"]
+        assert 1 <= len(sent) < 4
+        assert {r for r in rows if r[0] != "sent"} == {("queued", None, 0)}
+        assert _finish(_worker(url, data))[0] == 0       # another worker sends the rest
+    assert _arrivals(rx) == Counter({i.sop_uid: 1 for i in items})
+
+
+def test_a_refusing_destination_fails_the_items_with_its_reason(archive, tmp_path):
+    data, url = archive
+    with storescp(tmp_path / "rx", None, "--refuse") as (_, port):
+        items = _enqueue(url, port, count=3)
+        code, out, err = _finish(_worker(url, data, "--attempts", "2"))
+    assert code == 1, err
+    assert ": 0 sent, 3 failed" in out
+    rows = _rows(url, "SELECT state, attempts, reason FROM conquestrunsendqueue")
+    assert {r[:2] for r in rows} == {("failed", 2)}
+    assert all("association rejected by the peer" in r[2] for r in rows)
+    audit = _rows(url, "SELECT sopinstanc, status, reason FROM conquestrunaudit")
+    assert sorted(a[0] for a in audit) == sorted(i.sop_uid for i in items)
+    assert {a[1] for a in audit} == {"failed"}
+
+
+def test_bad_databases_are_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert main(["worker", "--database", "conquest.db"]) == 2
+    assert "worker needs a PostgreSQL index" in capsys.readouterr().err
+    assert main(["worker", "--database", "postgresql://u@127.0.0.1:x/db"]) == 2
+    assert "cannot be parsed" in capsys.readouterr().err
+    assert main(["worker", "--database", "postgresql://u:secret@127.0.0.1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "secret" not in err and "carries a password" in err
+
+
+def test_a_missing_data_directory_is_one_sentence(pg_url, tmp_path, capsys):
+    assert main(["worker", "--database", pg_url, "--data", str(tmp_path / "nope")]) == 2
+    assert "the data directory" in capsys.readouterr().err

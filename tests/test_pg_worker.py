@@ -214,6 +214,7 @@ def test_lease_skips_rows_another_transaction_holds_without_waiting(archive):
     data, url = archive
     _enqueue(url, 1, count=6)
     with _connect(url) as holder, _connect(url) as other:
+        assert lease(other, "w1", 10, 30, run_id="another run") == []
         holder.execute("BEGIN")
         held = holder.execute("SELECT item FROM conquestrunsendqueue ORDER BY item LIMIT 2 "
                               "FOR UPDATE").fetchall()
@@ -258,3 +259,19 @@ def test_an_empty_queue_with_idle_exit_polls_then_ends(archive):
     result = drain(lambda: _connect(url), data, idle_exit=0.5, poll=0.1)
     assert 0.5 <= time.monotonic() - started < 5
     assert (result.sent, result.batches, result.stopped) == (0, 0, False)
+
+
+def test_an_instance_whose_lease_expired_max_attempts_times_fails(archive):
+    from conquest_run.net.sendqueue import lease, renew
+    data, url = archive
+    _enqueue(url, 1, count=1)
+    with _connect(url) as conn:
+        assert [r.attempts for r in lease(conn, "w1", 5, 0.2, max_attempts=2)] == [1]
+        assert renew(conn, "w1", 0.2) == 1 and renew(conn, "w2", 0.2) == 0
+        time.sleep(0.3)
+        assert [r.attempts for r in lease(conn, "w2", 5, 0.2, max_attempts=2)] == [2]
+        time.sleep(0.3)
+        assert lease(conn, "w3", 5, 0.2, max_attempts=2) == []
+    (state, reason), = _rows(url, "SELECT state, reason FROM conquestrunsendqueue")
+    assert state == "failed" and "the lease expired 2 times" in reason
+    assert _rows(url, "SELECT status, reason FROM conquestrunaudit") == [("failed", reason)]

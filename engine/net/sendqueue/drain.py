@@ -84,7 +84,8 @@ class _Heartbeat:
 
     def leased(self, since: float) -> None:
         """A lease was taken at ``since`` (monotonic, before the statement): a new batch."""
-        self.halt.clear()
+        if not self.stop.is_set():
+            self.halt.clear()
         self.valid_until = since + self.lease_s
 
     def _run(self) -> None:

@@ -152,12 +152,13 @@ def lease(conn: Any, worker: str, batch: int, lease_seconds: float, *,
     whose lease expired ``max_attempts`` times are failed first."""
     now = now_iso()
     conn.execute(
-        f"WITH settled AS (UPDATE {QUEUE_TABLE} SET state = '{FAILED_STATE}', "
-        f"status = '{FAILED}', reason = 'not sent: the lease expired ' || attempts || "
-        "' times while a worker sent it (each worker died or stalled); it may kill the "
-        "worker that sends it', ended = now() "
-        f"WHERE state = '{LEASED}' AND leaseexpires < now() AND attempts >= ? "
-        "AND (CAST(? AS text) IS NULL OR runid = ?) RETURNING *) " + _AUDIT_INSERT,
+        f"WITH gone AS (SELECT runid, step, item FROM {QUEUE_TABLE} WHERE state = '{LEASED}' "
+        "AND leaseexpires < now() AND attempts >= ? AND (CAST(? AS text) IS NULL OR runid = ?) "
+        f"FOR UPDATE SKIP LOCKED), settled AS (UPDATE {QUEUE_TABLE} q SET "
+        f"state = '{FAILED_STATE}', status = '{FAILED}', reason = 'not sent: the lease expired ' "
+        "|| q.attempts || ' times while a worker sent it (each worker died or stalled); it may "
+        "kill the worker that sends it', ended = now() FROM gone WHERE q.runid = gone.runid AND "
+        "q.step = gone.step AND q.item = gone.item RETURNING q.*) " + _AUDIT_INSERT,
         (max_attempts, run_id, run_id, now))
     rows = conn.execute(
         f"WITH picked AS (SELECT runid, step, item FROM {QUEUE_TABLE} "
@@ -178,11 +179,16 @@ def lease(conn: Any, worker: str, batch: int, lease_seconds: float, *,
 
 
 def renew(conn: Any, worker: str, lease_seconds: float) -> int:
-    """Push the expiry of every lease ``worker`` still holds; how many it holds."""
+    """Push the expiry of every lease ``worker`` still holds; how many.  Rows another statement
+    has locked are skipped (being settled, or taken over), so a renewal never waits: with
+    ``lease`` and the expired-row failing never waiting either, no two statements of the queue
+    can deadlock."""
     return conn.execute(
-        f"UPDATE {QUEUE_TABLE} SET leaseexpires = now() + make_interval(secs => ?) "
-        f"WHERE leaseowner = ? AND state = '{LEASED}'",
-        (float(lease_seconds), worker)).rowcount
+        f"WITH mine AS (SELECT runid, step, item FROM {QUEUE_TABLE} WHERE leaseowner = ? AND "
+        f"state = '{LEASED}' FOR UPDATE SKIP LOCKED) UPDATE {QUEUE_TABLE} q SET "
+        "leaseexpires = now() + make_interval(secs => ?) FROM mine WHERE q.runid = mine.runid "
+        "AND q.step = mine.step AND q.item = mine.item",
+        (worker, float(lease_seconds))).rowcount
 
 
 def _detail(outcome: Outcome, row: QueuedRow, worker: str) -> str:

@@ -198,6 +198,29 @@ def test_bad_databases_are_one_sentence(tmp_path, monkeypatch, capsys):
     assert "secret" not in err and "carries a password" in err
 
 
+def test_an_unreachable_server_is_one_sentence(tmp_path, capsys):
+    from _net_support import free_port
+    (tmp_path / "data").mkdir()
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/pacs"
+    assert main(["worker", "--database", url, "--data", str(tmp_path / "data")]) == 2
+    assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_sigint_ends_an_idle_worker_with_130(archive):
+    data, url = archive
+    proc = _worker(url, data, "--idle-exit", "60")
+    deadline = time.monotonic() + 15
+    while not _rows(url, "SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                         "'conquest-run' AND datname = current_database()"):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = _finish(proc, timeout=10)
+    assert code == 130, err
+    assert "0 sent" in out and "(stopped)" in out and "Traceback" not in err
+
+
 def test_a_missing_data_directory_is_one_sentence(pg_url, tmp_path, capsys):
     assert main(["worker", "--database", pg_url, "--data", str(tmp_path / "nope")]) == 2
     assert "the data directory" in capsys.readouterr().err

@@ -221,6 +221,18 @@ def test_sigint_ends_an_idle_worker_with_130(archive):
     assert "0 sent" in out and "(stopped)" in out and "Traceback" not in err
 
 
+def test_a_wrong_data_directory_gives_the_batch_back_and_says_so(archive, tmp_path):
+    data, url = archive
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _enqueue(url, 1, count=3)
+    code, out, err = _finish(_worker(url, elsewhere))
+    assert code == 2 and "none of the 3 files of a leased batch exist under" in err, err
+    assert "Traceback" not in err
+    assert set(_rows(url, "SELECT state, attempts, leaseowner FROM conquestrunsendqueue")) == \
+        {("queued", 0, None)}
+
+
 def test_a_missing_data_directory_is_one_sentence(pg_url, tmp_path, capsys):
     assert main(["worker", "--database", pg_url, "--data", str(tmp_path / "nope")]) == 2
     assert "the data directory" in capsys.readouterr().err

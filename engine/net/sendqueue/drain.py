@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConquestRunError, NetworkError
+from ...errors import ArchiveError, ConquestRunError, NetworkError
 from ...report import DONE, FAILED, Outcome
 from ..items import read_send_item
 from ..sender import DicomTransport
@@ -191,6 +191,13 @@ def _send_rows(conn: Any, rows: list[QueuedRow], data_root: Path, halt: threadin
         elif fail(conn, result.worker, row, outcome):
             result.failed += 1
 
+    read = {row.key: _read(row, data_root) for row in rows}
+    missing = [r for r in rows if isinstance(read[r.key], Outcome)
+               and read[r.key].reason == "file missing"]
+    if len(rows) > 1 and len(missing) == len(rows):     # given back by drain()
+        raise ArchiveError(f"none of the {len(rows)} files of a leased batch exist under "
+                           f"{data_root} (e.g. {rows[0].path}): is --data the archive's data "
+                           "directory as this host sees it?")
     for members in groups.values():
         if halt.is_set():
             break
@@ -200,12 +207,7 @@ def _send_rows(conn: Any, rows: list[QueuedRow], data_root: Path, halt: threadin
             if row.sop_uid in pending:          # one instance twice in a step: later
                 result.released += release(conn, result.worker, [row])
                 continue
-            path = (data_root / row.path).resolve()
-            if not path.is_relative_to(data_root):
-                settle(row, Outcome(row.sop_uid, row.series_uid, FAILED,
-                                    "path outside the data directory"))
-                continue
-            got = read_send_item(path, row.sop_uid, row.series_uid, row.sop_class, row.flags)
+            got = read[row.key]
             if isinstance(got, Outcome):
                 settle(row, got)
                 continue
@@ -236,6 +238,15 @@ def _send_rows(conn: Any, rows: list[QueuedRow], data_root: Path, halt: threadin
             result.released += release(conn, result.worker, pending.values())
     if halt.is_set():                   # groups not started, or the leases ran out
         result.released += release(conn, result.worker)
+
+
+def _read(row: QueuedRow, data_root: Path) -> Any:
+    """The row's ``SendItem``, or its failed ``Outcome`` (missing, unreadable, outside)."""
+    path = (data_root / row.path).resolve()
+    if not path.is_relative_to(data_root):
+        return Outcome(row.sop_uid, row.series_uid, FAILED, "path outside the data directory",
+                       {"path": row.path})
+    return read_send_item(path, row.sop_uid, row.series_uid, row.sop_class, row.flags)
 
 
 def _retry_or_fail(conn: Any, row: QueuedRow, outcome: Outcome, result: DrainResult,

@@ -91,13 +91,6 @@ def archive_for_job(job, *, data: str | None = None, database: str | None = None
     database = database if database is not None else (
         spec.database if spec and spec.database else "conquest.db")
     dicom_sql = dicom_sql if dicom_sql is not None else (spec.dicom_sql if spec else None)
-    from .backends import is_postgres_url
-    if is_postgres_url(database):
-        why = ("jobs do not run on a PostgreSQL index yet (rebuild, store, summary, query and "
-               "migrate do); give a SQLite index file")
-        if job is not None and spec is not None and database == spec.database:
-            raise job.error(f"archive.database: {why}", ("archive", "database"))
-        raise ArchiveError(why)
     if dicom_sql is not None and not Path(dicom_sql).is_file():
         if job is not None and spec is not None and dicom_sql == spec.dicom_sql:
             raise job.error(f"archive.dicom_sql: {dicom_sql} not found (relative paths are "
@@ -121,9 +114,15 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
     """
     from .archive import Archive
     from .indexer import data_dir_error
-    database, data = Path(archive.database), Path(archive.data_dir)
+    data = Path(archive.data_dir)
     if os.path.lexists(data) and not data.is_dir():
         raise data_dir_error(data)
+    if archive.on_postgres:
+        with _indexed_on_postgres(archive, dry_run=dry_run, notice=notice, progress=progress,
+                                  rebuilds=rebuilds, pulls=pulls) as arc:
+            yield arc
+        return
+    database = Path(archive.database)
     if database.is_dir():
         raise ArchiveError("the database is a folder, not a file", file=str(database))
     if database.is_file():
@@ -174,6 +173,38 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
         else:
             temp.rebuild(progress=progress)
         yield temp
+
+
+@contextmanager
+def _indexed_on_postgres(archive, *, dry_run: bool, notice: Callable[[str], None],
+                         progress: bool, rebuilds: bool, pulls: bool) -> Iterator[Any]:
+    """``indexed`` on a PostgreSQL index: a database without Conquest's tables is what a
+    missing SQLite file is; a dry run never writes to the server, so it refuses one."""
+    from .db import index_exists, index_label
+    from .indexer import data_dir_error
+    data, shown = Path(archive.data_dir), index_label(archive.database)
+    if index_exists(archive.database, archive.schema):
+        if not dry_run:
+            archive.recover()
+        yield archive
+        return
+    if dry_run:
+        raise ArchiveError(f"the PostgreSQL database {shown} has no Conquest tables yet and a "
+                           "dry run writes nothing to the server: run the job for real (it "
+                           f"indexes {archive.data_dir} first) or conquest-run rebuild "
+                           "--database URL, then plan again")
+    if pulls and not data.is_dir():
+        notice(f"the archive does not exist yet: making {archive.data_dir} and the tables in "
+               f"{shown} for the retrieve")
+        data.mkdir(parents=True)
+    if not data.is_dir():
+        raise data_dir_error(data)
+    if rebuilds or pulls:
+        archive.connect().close()            # the tables, empty: the job fills them
+    else:
+        notice(f"{shown} has no Conquest tables yet: indexing {archive.data_dir} first")
+        archive.rebuild(progress=progress)
+    yield archive
 
 
 def _replanned(step: PlanStep, archive, dry_run: bool) -> tuple[StepReport | None, PlanStep]:

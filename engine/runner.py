@@ -12,7 +12,7 @@ temporary database for a dry run, so that nothing is written).
 
 from __future__ import annotations
 
-__all__ = ["run_plan", "archive_for_job", "indexed", "NOT_RUN", "RunInterrupted",
+__all__ = ["run_plan", "archive_for_job", "indexed", "job_identity", "NOT_RUN", "RunInterrupted",
            "sigterm_interrupts"]
 
 import os
@@ -272,6 +272,13 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
     audit = None
     if not dry_run:
         conn = archive.connect()
+        if archive.on_postgres:       # one run of a job at a time (a session advisory lock)
+            from .backends.pglocks import job_lock
+            try:
+                job_lock(conn, job_identity(plan), run_id, plan.job_path)
+            except BaseException:
+                conn.close()
+                raise
         archive.recover(conn)          # what a killed writer left (once: indexed() did it)
         audit = AuditLog(conn)
         audit.know(plan)
@@ -324,6 +331,16 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
             with _signals_held(), closing(conn):
                 audit.end_run(run_id, report.ok and not ending, _summary(report), **ending)
     return report
+
+
+def job_identity(plan: Plan) -> str:
+    """What makes two runs the same job for the PostgreSQL run lock: the job file's resolved
+    path (symlinks followed) when it exists, else the job's name (a saved plan whose file has
+    gone, the Python API)."""
+    path = plan.job_path
+    if path and not path.startswith("<") and os.path.isfile(path):
+        return "path:" + os.path.realpath(path)
+    return "name:" + (plan.job_name or path or "")
 
 
 def _summary(report: RunReport) -> dict[str, Any]:

@@ -5,6 +5,7 @@
   read-write connection, so the server drops it when that session ends (a killed run never
   blocks the next).  The session's ``application_name`` carries the run id, so the second run
   is told which run holds the lock (``pg_locks`` joined with ``pg_stat_activity``).
+* ``session_lock(url, kind, text)``: ``locks.run_lock`` (a send's (job, target)) there.
 * ``removals_lock(url, exclusive)``: ``removals.journal_lock`` on PostgreSQL: a delete holds it
   shared while it has journal entries outstanding, ``finish_pending`` tries it exclusively.
 
@@ -14,7 +15,7 @@ number: stable across processes, hosts and versions, and no user text reaches SQ
 
 from __future__ import annotations
 
-__all__ = ["advisory_key", "job_lock", "removals_lock", "JobLocked"]
+__all__ = ["advisory_key", "job_lock", "removals_lock", "session_lock", "JobLocked"]
 
 import hashlib
 from contextlib import contextmanager
@@ -65,6 +66,19 @@ def job_lock(conn, identity: str, run_id: str, job: str) -> None:
         (f", server process {pid}" if pid else "")
     raise JobLocked(f"{job} is already running on this PostgreSQL index ({who}); nothing was "
                     "done, run it again when that run has finished")
+
+
+@contextmanager
+def session_lock(url: str, kind: str, text: str) -> Iterator[bool]:
+    """An exclusive advisory lock on a connection of its own, tried without waiting; yields
+    whether it was taken (released as the connection closes)."""
+    from .postgres import connect
+    conn = connect(url)
+    try:
+        yield bool(conn.execute("SELECT pg_try_advisory_lock(?)",
+                                (advisory_key(kind, text),)).fetchone()[0])
+    finally:
+        conn.close()
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
            "is_postgres", "table_names", "column_names", "READER_STATEMENT_TIMEOUT_MS",
-           "index_exists", "index_label", "index_absolute", "committing", "stream_rows",
+           "index_exists", "index_label", "index_absolute", "committing", "stream_rows", "store_batch_guard",
            "stream_query",
            "write_refused", "read_only_medium", "READ_ONLY_REFUSAL", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
            "MAX_VALUE_BYTES"]
@@ -140,6 +140,17 @@ def _pg_stream(conn, sql: str, params, itersize: int):
             cur.execute(conn._sql(sql, params), list(params) if params else None)
             yield [d[0] for d in cur.description or ()]
             yield from cur
+
+
+def store_batch_guard(conn):
+    """Around one store batch's renames into data/ and its commit: nothing on SQLite (the
+    intent journal and ``BEGIN IMMEDIATE`` do it), a shared advisory lock on PostgreSQL that a
+    delete's row transaction waits for (``backends.pglocks.store_batch``)."""
+    if is_postgres(conn):
+        from .backends.pglocks import store_batch
+        return store_batch(conn)
+    from contextlib import nullcontext
+    return nullcontext()
 
 
 class committing:

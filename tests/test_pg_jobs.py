@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from contextlib import closing
@@ -71,12 +70,6 @@ def _csv(path: Path, drop: tuple[str, ...] = ("AccessTime",)) -> list[list[str]]
     rows = list(csv.reader(path.open(encoding="utf-8", newline="")))
     keep = [i for i, name in enumerate(rows[0]) if name not in drop]
     return [[r[i] for i in keep] for r in rows]
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, "-m", "conquest_run", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_the_same_job_gives_the_same_plan_files_dump_and_audit_on_both(two, pg_url, capsys):
@@ -179,6 +172,24 @@ def test_delete_quarantine_and_restore_keep_rows_and_files_together(two, pg_url,
     assert {r["job_name"] for r in runs} == {"same-everywhere", "del", "q", "restore"}
 
 
+def _forked(folder: Path, *argv: str, stderr: Path | None = None):
+    """``conquest-run ARGV`` in a forked process (the CLI code, no interpreter start-up);
+    its stderr into ``stderr`` when given."""
+    import multiprocessing
+
+    def child() -> None:
+        import io
+        os.chdir(folder)
+        sys.stdout = io.StringIO()
+        sys.stderr = open(stderr or os.devnull, "w", encoding="utf-8")
+        code = main(list(argv))
+        sys.stderr.flush()
+        os._exit(code)
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    return proc
+
+
 def test_a_second_run_of_a_running_job_is_refused_and_a_killed_one_reads_crashed(two, pg_url):
     """The first run is held inside its delete (the test holds a SHARE lock on DICOMImages,
     which the delete's SHARE ROW EXCLUSIVE waits for); a second process of the same job is
@@ -188,32 +199,33 @@ def test_a_second_run_of_a_running_job_is_refused_and_a_killed_one_reads_crashed
     (pg / "del.yml").write_text("version: 1\nname: del\nselect: {patient: RT001}\n"
                                 "action: {delete: {files: true}}\n")
     flags = ("--data", "data", "--database", pg_url, "--yes")
-    assert _in(pg, "job.yml", *flags) == 0
+    assert _in(pg, "rebuild", "--data", "data", "--database", pg_url) == 0
     holder = psycopg.connect(pg_url)
     first = second = None
     try:
         holder.execute("LOCK TABLE dicomimages IN SHARE MODE")
-        first = _cli("del.yml", *flags, cwd=pg)
+        first = _forked(pg, "del.yml", *flags)
         deadline = time.monotonic() + 20
         running = []
-        while not running and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.1)
+        while not running and time.monotonic() < deadline and first.is_alive():
+            time.sleep(0.05)
             running = _pg(pg_url, "SELECT runid FROM conquestrunruns WHERE jobname = 'del' "
                                   "AND state = 'running'")
-        assert running, first.communicate(timeout=10)
-        second = _cli("del.yml", *flags, cwd=pg)
-        out, err = second.communicate(timeout=30)
-        assert second.returncode == 2, (out, err)
+        assert running, first.exitcode
+        second = _forked(pg, "del.yml", *flags, stderr=pg / "second.err")
+        second.join(timeout=30)
+        err = (pg / "second.err").read_text()
+        assert second.exitcode == 2, err
         assert f"run {running[0][0]}" in err and "already running" in err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        os.kill(first.pid, signal.SIGKILL)
+        first.join(timeout=10)
     finally:
         holder.close()
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
+            if proc is not None and proc.is_alive():
                 proc.kill()
-                proc.wait(timeout=10)
+                proc.join(timeout=10)
     from conquest_run.backends.postgres import connect
     from conquest_run.history import read_runs
     with closing(connect(pg_url)) as conn:
@@ -245,3 +257,45 @@ def test_history_failed_and_export_on_postgresql(two, pg_url, capsys):
     assert {r["run_state"] for r in rows} == {"ok", "failed"}
     assert main(["history", "--database", pg_url, "--state", "failed"]) == 0
     assert "bad" in capsys.readouterr().out
+
+
+def test_store_and_delete_of_one_study_at_once_keep_rows_and_files_together(two, pg_url):
+    """As Orthanc's own concurrency test: a store of a study's files while a delete job of that
+    study runs, several times; after each round the study is all there (every row, every file)
+    or gone (no row, no file), never one without the other; a delete last leaves nothing."""
+    pg = two / "pg"
+    flags = ("--data", "data", "--database", pg_url)
+    assert main(["rebuild", "--data", str(pg / "data"), "--database", pg_url]) == 0
+    study = _pg(pg_url, "SELECT studyinsta FROM dicomstudies WHERE patientid = 'PAT003'")[0][0]
+    (pg / "del.yml").write_text(f"version: 1\nname: del\nselect: {{study: '{study}'}}\n"
+                                "action: {delete: {files: true}}\n")
+    shutil.copytree(pg / "data" / "PAT003", pg / "incoming")
+    everything = {str(p.relative_to(pg / "data")) for p in (pg / "data" / "PAT003").rglob("*")
+                  if p.is_file()}
+    assert len(everything) >= 5
+
+    def state() -> tuple[set[str], set[str]]:
+        rows = {r[0] for r in _pg(pg_url, "SELECT i.objectfile FROM dicomimages i JOIN "
+                                          "dicomseries s ON s.seriesinst = i.seriesinst "
+                                          "WHERE s.studyinsta = ?", study)}
+        files = {str(p.relative_to(pg / "data")) for p in (pg / "data").rglob("*")
+                 if p.is_file() and ".quarantine" not in p.parts}
+        return rows, files & everything
+    ends = []
+    for round_ in range(4):          # the store lands in the delete's plan, rows or files
+        delete = _forked(pg, "del.yml", *flags, "--yes")
+        time.sleep(0.3 * round_)
+        store = _forked(pg, "store", *flags, "incoming")
+        for proc in (delete, store):
+            proc.join(timeout=60)
+            assert proc.exitcode in (0, 2), proc.exitcode    # 2: the delete found nothing
+        assert store.exitcode == 0
+        rows, files = state()
+        assert rows == files and rows in (set(), everything), (round_, rows ^ files)
+        ends.append(bool(rows))
+    print("rounds ending with the study there:", ends)
+    delete = _forked(pg, "del.yml", *flags, "--yes")
+    delete.join(timeout=60)
+    assert delete.exitcode in (0, 2)
+    assert state() == (set(), set())
+    assert _pg(pg_url, "SELECT count(*) FROM conquestrunremovals") == [(0,)]

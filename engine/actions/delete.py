@@ -76,6 +76,8 @@ class _Changes:
         transaction waits, or is waited for) so the rows decided are the rows deleted."""
         self.conn.execute("BEGIN" if self.dry_run else "BEGIN IMMEDIATE")
         if tables and not self.dry_run and is_postgres(self.conn):
+            from ..backends.pglocks import exclude_store_batches
+            exclude_store_batches(self.conn)     # no file renamed in with its rows to come
             self.conn.execute(f"LOCK TABLE {', '.join(_q(t) for t in tables)} "
                               "IN SHARE ROW EXCLUSIVE MODE")
 

@@ -6,6 +6,11 @@
   blocks the next).  The session's ``application_name`` carries the run id, so the second run
   is told which run holds the lock (``pg_locks`` joined with ``pg_stat_activity``).
 * ``session_lock(url, kind, text)``: ``locks.run_lock`` (a send's (job, target)) there.
+* ``store_batch(conn)`` / ``exclude_store_batches(conn)``: what the intent journal and
+  ``BEGIN IMMEDIATE`` give a delete on SQLite.  A ``store`` batch holds the index's store key
+  shared from before its renames into ``data/`` until its rows are committed; a delete's row
+  transaction takes it exclusively (transaction-level) before it reads what it deletes, so no
+  file is renamed in whose rows are still to come while the delete decides.
 * ``removals_lock(url, exclusive)``: ``removals.journal_lock`` on PostgreSQL: a delete holds it
   shared while it has journal entries outstanding, ``finish_pending`` tries it exclusively.
 
@@ -15,7 +20,8 @@ number: stable across processes, hosts and versions, and no user text reaches SQ
 
 from __future__ import annotations
 
-__all__ = ["advisory_key", "job_lock", "removals_lock", "session_lock", "JobLocked"]
+__all__ = ["advisory_key", "job_lock", "removals_lock", "session_lock", "store_batch",
+           "exclude_store_batches", "JobLocked"]
 
 import hashlib
 from contextlib import contextmanager
@@ -66,6 +72,27 @@ def job_lock(conn, identity: str, run_id: str, job: str) -> None:
         (f", server process {pid}" if pid else "")
     raise JobLocked(f"{job} is already running on this PostgreSQL index ({who}); nothing was "
                     "done, run it again when that run has finished")
+
+
+@contextmanager
+def store_batch(conn) -> Iterator[None]:
+    """A store batch's renames and commit, shared with other stores (see the module)."""
+    key = advisory_key("store", "batch")
+    conn.execute("SELECT pg_advisory_lock_shared(?)", (key,))
+    try:
+        yield
+    finally:
+        try:
+            conn.execute("SELECT pg_advisory_unlock_shared(?)", (key,))
+        except Exception:      # a broken session: its locks go with it, the first error told
+            pass
+
+
+def exclude_store_batches(conn) -> None:
+    """Inside a delete's transaction, before its first read: wait for the store batches
+    under way, hold new ones off until the commit.  Taken before the delete locks tables
+    (a store batch holding the key may still need its rows' locks)."""
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (advisory_key("store", "batch"),))
 
 
 @contextmanager

@@ -36,6 +36,12 @@ steps:
   - name: plans
     select: {modality: RTPLAN}
     action: {dump: {file: plans.csv}}
+  - name: structures
+    select:
+      query: >-
+        select SeriesInst, Modality, SeriesDesc from DICOMSeries
+         where Modality = 'RTSTRUCT' order by SeriesInst
+    action: {dump: {file: structures.csv}}
 """
 
 
@@ -99,7 +105,7 @@ def test_the_same_job_gives_the_same_plan_files_dump_and_audit_on_both(two, pg_u
         manifest.pop("created")
         manifest.pop("run_id")
     assert trees[0] == trees[1] and len(trees[1]) >= 10 and manifests[0] == manifests[1]
-    for name in ("patients.csv", "plans.csv"):
+    for name in ("patients.csv", "plans.csv", "structures.csv"):
         assert _csv(lite / name) == _csv(pg / name)
         assert len(_csv(pg / name)) > 1
     with closing(connect_reader(lite / "conquest.db")) as a, closing(connect(pg_url)) as b:

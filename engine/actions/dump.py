@@ -59,6 +59,11 @@ def readonly_rows(conn: sqlite3.Connection, sql: str,
     from ..db import is_postgres, stream_query
     if is_postgres(conn):
         # job SQL on PostgreSQL: this is the one place a dump runs it (as checked by sqlcheck)
+        if isinstance(params, dict):
+            if params:
+                raise ActionError("dump: a query with :name parameters does not run on a "
+                                  "PostgreSQL index in this version")
+            params = ()
         try:
             return stream_query(conn, sql, params, itersize=FETCH)
         except database_errors() as exc:
@@ -99,6 +104,22 @@ def _table_name(conn: sqlite3.Connection, table: str) -> str:
                        + ", ".join(sorted(v for k, v in names.items()
                                           if not k.startswith("sqlite_"))))
     return hit
+
+
+def _as_written(sql: str, names: list[str]) -> list[str]:
+    """A query's column names as its SELECT list writes them (PostgreSQL folds them to lower
+    case; SQLite keeps them), when the list has no ``*``."""
+    import sqlglot
+    from sqlglot import exp
+    try:
+        tree = sqlglot.parse_one(sql, read="sqlite")
+    except sqlglot.errors.ParseError:
+        return names
+    if any(isinstance(e, exp.Star) or isinstance(getattr(e, "this", None), exp.Star)
+           for e in getattr(tree, "expressions", ())):
+        return names
+    written = list(tree.named_selects)
+    return [w or n for w, n in zip(written, names)] if len(written) == len(names) else names
 
 
 def _as_in_schema(names: list[str], schema) -> list[str]:
@@ -345,6 +366,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                 from ..jobvars import bound_params
                 params = bound_params(ctx.plan.variables, step.query)
             names, rows = readonly_rows(conn, step.query, params)
+            if is_postgres(conn):
+                names = _as_written(step.query, names)
             source = "query"
         else:
             names, rows = _series_rows(conn, step, facts.schema)

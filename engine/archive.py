@@ -343,7 +343,7 @@ class Archive:
         source = target if target.is_file() else (self.dicom_sql or default_dicom_sql_path())
         add_entry(target, source.read_text(encoding="latin-1"), self.schema, level, tag, name)
         self.dicom_sql, self.schema = target, load_schema(target)
-        if not self.database.is_file():
+        if not db.index_exists(self.database):
             return {"columns": [name[:10]], "rows_updated": 0}
         return extend_database(self, [name[:10]])
 

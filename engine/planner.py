@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 
 from .backends.errors import database_errors, describe
 from .db import (connect_reader, index_absolute, index_exists, index_label, is_postgres,
-                 stream_query, stream_rows)
+                 stream_rows)
 from .errors import ArchiveError, JobError
 from .fileflags import flag_tokens
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
@@ -277,34 +277,11 @@ def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int |
                 params: Any = ()) -> set[str]:
     with closing(_reader(archive)) as conn:
         if is_postgres(conn):
-            return _query_uids_on_postgres(conn, checked, file=file, line=line, col=col,
-                                           params=params)
+            from .backends.pgquery import selection_values
+            return selection_values(conn, checked, file=file, line=line, col=col,
+                                    params=params)
         return query_column(conn, checked, limits=limits, file=file, line=line, col=col,
                             params=params)
-
-
-def _query_uids_on_postgres(conn, checked: CheckedQuery, *, file: str | None,
-                            line: int | None, col: int | None, params: Any) -> set[str]:
-    """A selection's query on PostgreSQL, as checked and written, in the reader's READ ONLY
-    session.  The one place a plan runs job SQL there, until ``sqlrun.query_column`` runs it
-    in PostgreSQL's dialect (``backends/pgdialect.py``); a refusal is one located sentence."""
-    from .errors import SqlCheckError
-    if isinstance(params, dict) and params:
-        raise SqlCheckError("a query with :name parameters does not run on a PostgreSQL index "
-                            "in this version", file=file, line=line, column=col)
-    try:
-        names, rows = stream_query(conn, checked.sql, () if isinstance(params, dict)
-                                   else params)
-        names = [n.lower() for n in names]
-        if checked.column.lower() not in names:
-            raise SqlCheckError(f"the query returned no {checked.column} column (it returned "
-                                f"{', '.join(names) or 'nothing'})", file=file, line=line,
-                                column=col)
-        index = names.index(checked.column.lower())
-        return {str(r[index]) for r in rows if r[index] is not None}
-    except database_errors() as exc:
-        raise SqlCheckError(f"PostgreSQL refused the query: {describe(exc)}", file=file,
-                            line=line, column=col) from None
 
 
 def _needs_series(action: str, options: dict[str, Any]) -> bool:

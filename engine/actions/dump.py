@@ -106,22 +106,6 @@ def _table_name(conn: sqlite3.Connection, table: str) -> str:
     return hit
 
 
-def _as_written(sql: str, names: list[str]) -> list[str]:
-    """A query's column names as its SELECT list writes them (PostgreSQL folds them to lower
-    case; SQLite keeps them), when the list has no ``*``."""
-    import sqlglot
-    from sqlglot import exp
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except sqlglot.errors.ParseError:
-        return names
-    if any(isinstance(e, exp.Star) or isinstance(getattr(e, "this", None), exp.Star)
-           for e in getattr(tree, "expressions", ())):
-        return names
-    written = list(tree.named_selects)
-    return [w or n for w, n in zip(written, names)] if len(written) == len(names) else names
-
-
 def _as_in_schema(names: list[str], schema) -> list[str]:
     """Column names spelt as dicom.sql (and RTExtras) spell them: PostgreSQL gives them in
     lower case; on SQLite they already are."""
@@ -367,7 +351,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
                 params = bound_params(ctx.plan.variables, step.query)
             names, rows = readonly_rows(conn, step.query, params)
             if is_postgres(conn):
-                names = _as_written(step.query, names)
+                from ..backends.pgquery import written_names
+                names = written_names(step.query, names)
             source = "query"
         else:
             names, rows = _series_rows(conn, step, facts.schema)

@@ -305,3 +305,26 @@ def test_store_and_delete_of_one_study_at_once_keep_rows_and_files_together(two,
     assert delete.exitcode in (0, 2)
     assert state() == (set(), set())
     assert _pg(pg_url, "SELECT count(*) FROM conquestrunremovals") == [(0,)]
+
+
+def test_send_on_postgresql_journals_what_the_peer_confirmed(two, pg_url, capsys):
+    """A real send to dcmtk's storescp, its outcomes in the server's audit log: the re-run
+    skips every instance the peer confirmed; a dry run reads the same journal."""
+    from _net_support import received_sops, storescp
+    pg = two / "pg"
+    flags = ("--data", "data", "--database", pg_url)
+    with storescp(two / "received") as (_, port):
+        (pg / "send.yml").write_text(
+            "version: 1\nname: snd\nselect: {modality: CT}\naction: {send: {host: 127.0.0.1, "
+            f"port: {port}, called_ae: STORESCP}}}}\n")
+        assert _in(pg, "send.yml", *flags, "--json") == 0
+        first = json.loads(capsys.readouterr().out)["report"]["steps"][0]["outcomes"]
+        planned = {r[0] for r in _pg(pg_url, "SELECT i.sopinstanc FROM dicomimages i JOIN "
+                                              "dicomseries s ON s.seriesinst = i.seriesinst "
+                                              "WHERE s.modality = 'CT'")}
+        assert {o["sop_uid"] for o in first if o["status"] == "done"} == planned
+        assert set(received_sops(two / "received")) == planned
+        for extra in ((), ("--dry-run",)):
+            assert _in(pg, "send.yml", *flags, "--json", *extra) == 0
+            again = json.loads(capsys.readouterr().out)["report"]["steps"][0]["outcomes"]
+            assert {o["status"] for o in again} == {"skipped"} and len(again) == len(planned)

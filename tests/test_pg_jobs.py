@@ -196,10 +196,14 @@ def _forked(folder: Path, *argv: str, stderr: Path | None = None):
     return proc
 
 
-def test_a_second_run_of_a_running_job_is_refused_and_a_killed_one_reads_crashed(two, pg_url):
+@pytest.mark.parametrize("signum,state", [(signal.SIGKILL, "crashed"),
+                                          (signal.SIGTERM, "interrupted")])
+def test_a_second_run_of_a_running_job_is_refused_and_a_stopped_one_says_how(two, pg_url,
+                                                                             signum, state):
     """The first run is held inside its delete (the test holds a SHARE lock on DICOMImages,
     which the delete's SHARE ROW EXCLUSIVE waits for); a second process of the same job is
-    refused naming it; killed, the first reads as crashed and its lock is gone."""
+    refused naming it; killed, the first reads as crashed (SIGTERM: interrupted, recorded by
+    itself), and its lock is gone."""
     import psycopg
     pg = two / "pg"
     (pg / "del.yml").write_text("version: 1\nname: del\nselect: {patient: RT001}\n"
@@ -224,8 +228,9 @@ def test_a_second_run_of_a_running_job_is_refused_and_a_killed_one_reads_crashed
         assert second.exitcode == 2, err
         assert f"run {running[0][0]}" in err and "already running" in err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-        os.kill(first.pid, signal.SIGKILL)
+        os.kill(first.pid, signum)
         first.join(timeout=10)
+        assert first.exitcode == (-9 if signum == signal.SIGKILL else 143)
     finally:
         holder.close()
         for proc in (first, second):
@@ -236,7 +241,7 @@ def test_a_second_run_of_a_running_job_is_refused_and_a_killed_one_reads_crashed
     from conquest_run.history import read_runs
     with closing(connect(pg_url)) as conn:
         states = {r["run_id"]: r["state"] for r in read_runs(conn, None)}
-    assert states[running[0][0]] == "crashed"
+    assert states[running[0][0]] == state
     deadline = time.monotonic() + 10           # the server notices the dead session
     while _pg(pg_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") != [(0,)]:
         assert time.monotonic() < deadline

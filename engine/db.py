@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
            "is_postgres", "table_names", "column_names", "READER_STATEMENT_TIMEOUT_MS",
-           "index_exists", "index_label", "index_absolute", "committing", "stream_rows", "store_batch_guard",
-           "stream_query",
+           "index_exists", "index_label", "index_absolute", "committing", "stream_rows",
+           "stream_query", "store_batch_guard",
            "write_refused", "read_only_medium", "READ_ONLY_REFUSAL", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
            "MAX_VALUE_BYTES"]
 

@@ -189,10 +189,11 @@ def _indexed_on_postgres(archive, *, dry_run: bool, notice: Callable[[str], None
         yield archive
         return
     if dry_run:
+        first = ("its rebuild fills it" if rebuilds else "it makes the tables for the retrieve"
+                 if pulls else f"it indexes {archive.data_dir} first")
         raise ArchiveError(f"the PostgreSQL database {shown} has no Conquest tables yet and a "
-                           "dry run writes nothing to the server: run the job for real (it "
-                           f"indexes {archive.data_dir} first) or conquest-run rebuild "
-                           "--database URL, then plan again")
+                           f"dry run writes nothing to the server: run the job for real ({first}) "
+                           "or conquest-run rebuild --database URL, then plan again")
     if pulls and not data.is_dir():
         notice(f"the archive does not exist yet: making {archive.data_dir} and the tables in "
                f"{shown} for the retrieve")

@@ -109,7 +109,9 @@ class Archive:
         if conn is None:
             with closing(self.connect()) as own:
                 return self.recover(own, notice, sweep_temps)
-        result = recover(conn, self.schema, self.data_dir, self.database)
+        # the intent journal sits beside a SQLite file; none for a PostgreSQL index yet
+        result = recover(conn, self.schema, self.data_dir,
+                         None if self.on_postgres else self.database)
         if sweep_temps:
             sweep_stale_temps(self.data_dir, result)
         line = result.line()
@@ -145,6 +147,10 @@ class Archive:
             self._finish_removals(conn)
 
             def run(cb: Callable[[int, int], None] | None) -> IndexResult:
+                if self.on_postgres:           # no shadow file: the rows in batches
+                    from .indexer import Indexer
+                    return Indexer(conn, self.schema, self.data_dir).run(
+                        mode=mode, patients=patients, workers=workers, progress=cb)
                 return rebuild_atomically(conn, self.database, self.schema, self.data_dir,
                                           mode=mode, patients=patients, workers=workers,
                                           progress=cb)
@@ -154,7 +160,7 @@ class Archive:
 
     def ensure_indexed(self) -> IndexResult | None:
         """Index the data directory first when the database does not exist yet."""
-        if self.database.exists():
+        if db.index_exists(self.database, self.schema):
             return None
         self._require_data()
         return self.rebuild()
@@ -337,7 +343,7 @@ class Archive:
         source = target if target.is_file() else (self.dicom_sql or default_dicom_sql_path())
         add_entry(target, source.read_text(encoding="latin-1"), self.schema, level, tag, name)
         self.dicom_sql, self.schema = target, load_schema(target)
-        if not self.database.is_file():
+        if not db.index_exists(self.database):
             return {"columns": [name[:10]], "rows_updated": 0}
         return extend_database(self, [name[:10]])
 

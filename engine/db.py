@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
            "is_postgres", "table_names", "column_names", "READER_STATEMENT_TIMEOUT_MS",
+           "index_exists", "index_label", "index_absolute", "committing", "stream_rows",
+           "stream_query", "store_batch_guard",
            "write_refused", "read_only_medium", "READ_ONLY_REFUSAL", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
            "MAX_VALUE_BYTES"]
 
@@ -79,6 +81,105 @@ def column_names(conn, table: str) -> list[str]:
             (table.lower(),)).fetchall()]
     return [r[1] for r in conn.execute(
         'PRAGMA table_info("' + table.replace('"', '""') + '")').fetchall()]
+
+
+def index_label(database: str | Path) -> str:
+    """The index as the user reads it: the path, or the URL with any password masked."""
+    from .backends import is_postgres_url
+    if is_postgres_url(database):
+        from .backends.postgres import mask_url
+        return mask_url(str(database))
+    return str(database)
+
+
+def index_absolute(database: str | Path) -> str:
+    """The index as a plan records it: an absolute path, or the URL as given."""
+    from .backends import is_postgres_url
+    return str(database) if is_postgres_url(database) else os.path.abspath(database)
+
+
+def index_exists(database: str | Path, schema: Schema | None = None) -> bool:
+    """Whether the index is there: a SQLite file, or a PostgreSQL database that holds
+    Conquest's tables (``schema``'s, else DICOMImages); a server that cannot be reached is
+    the ``ArchiveError`` of its connection."""
+    from .backends import is_postgres_url
+    if not is_postgres_url(database):
+        return Path(database).is_file()
+    wanted = [t.lower() for t in schema.tables] if schema is not None else ["dicomimages"]
+    conn = connect_reader(database)
+    try:
+        names = table_names(conn, views=False)
+    finally:
+        conn.close()
+    return any(t in names for t in wanted)
+
+
+def stream_rows(conn, sql: str, params=(), *, itersize: int = 2000):
+    """The rows of ``sql`` as they come, without holding them all (see ``stream_query``)."""
+    return stream_query(conn, sql, params, itersize=itersize)[1]
+
+
+def stream_query(conn, sql: str, params=(), *, itersize: int = 2000):
+    """(column names, the rows as they come): SQLite's cursor already streams; on PostgreSQL
+    a server-side (named) cursor inside a transaction (READ ONLY on a reader's session; a
+    savepoint within one already open), so a big index is never fetched whole."""
+    if not is_postgres(conn):
+        cur = conn.execute(sql, params)
+        return [d[0] for d in cur.description or ()], iter(cur)
+    rows = _pg_stream(conn, sql, params, itersize)
+    return next(rows), rows
+
+
+def _pg_stream(conn, sql: str, params, itersize: int):
+    """First the column names, then the rows, of a named cursor; closed with the iterator."""
+    import uuid
+    raw = conn.raw
+    with raw.transaction():
+        with raw.cursor(name=f"crun_{uuid.uuid4().hex[:16]}") as cur:
+            cur.itersize = itersize
+            cur.execute(conn._sql(sql, params), list(params) if params else None)
+            yield [d[0] for d in cur.description or ()]
+            yield from cur
+
+
+def store_batch_guard(conn):
+    """Around one store batch's renames into data/ and its commit: nothing on SQLite (the
+    intent journal and ``BEGIN IMMEDIATE`` do it), a shared advisory lock on PostgreSQL that a
+    delete's row transaction waits for (``backends.pglocks.store_batch``)."""
+    if is_postgres(conn):
+        from .backends.pglocks import store_batch
+        return store_batch(conn)
+    from contextlib import nullcontext
+    return nullcontext()
+
+
+class committing:
+    """``with committing(conn):`` the statements inside in one transaction, committed at the
+    end (rolled back on an error): ``with conn:`` of sqlite3 on either backend (a
+    ``PgConnection``'s own ``with`` closes it).  Inside an open transaction, it adds none."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.own = False
+
+    def __enter__(self):
+        if not is_postgres(self.conn):
+            return self.conn.__enter__()
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self.own = True
+        return self.conn
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if not is_postgres(self.conn):
+            self.conn.__exit__(kind, exc, tb)
+            return
+        if not self.own:
+            return
+        if kind is None:
+            self.conn.execute("COMMIT")
+        else:
+            rollback_quietly(self.conn)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:

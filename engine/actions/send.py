@@ -168,8 +168,9 @@ def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
         return ctx.audit.confirmed(ACTION, target)
     from ..db import connect_reader     # query_only, and leaves no -wal/-shm behind
 
-    database = Path(ctx.plan.database)
-    if not database.is_file():
+    from ..db import index_exists
+    database = ctx.plan.database
+    if not index_exists(database):
         return set()
     conn = connect_reader(database)
     try:

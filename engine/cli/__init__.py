@@ -175,6 +175,13 @@ def _main(argv: list[str]) -> int:
         return 1
     except sqlite3.DatabaseError as exc:  # a damaged file fails at whichever statement meets it
         return _unusable(exc)
+    except Exception as exc:              # a PostgreSQL error met midway: one sentence
+        from ..backends.errors import describe, is_postgres_error
+        if not is_postgres_error(exc):
+            raise
+        print(f"the PostgreSQL server refused or failed a statement: {describe(exc)}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

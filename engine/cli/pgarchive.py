@@ -197,6 +197,15 @@ def _doubled_percent(node):
     return node
 
 
+def _recorded(name: str, archive: Archive, command) -> int:
+    """``command()`` inside the ConquestRunRuns row of ``commandlog.recorded_command``."""
+    from ..commandlog import recorded_command
+    with recorded_command(archive, name, "") as finish:
+        code = command()
+        finish(code == 0, {"exit_code": code})
+    return code
+
+
 def run(name: str, args: argparse.Namespace) -> int:
     url = args.database
     archive = Archive(args.data, "postgresql", args.dicom_sql)
@@ -206,10 +215,10 @@ def run(name: str, args: argparse.Namespace) -> int:
         raise ArchiveError(f"{mask_url(url)}: PostgreSQL needs psycopg: "
                            "pip install 'conquest-run[postgres]'") from None
     try:
-        if name == "rebuild":
-            return _rebuild(archive, url, args)
-        if name == "store":
-            return _store(archive, url, args)
+        if name in ("rebuild", "store"):        # a run record, as on SQLite (commandlog)
+            return _recorded(name, Archive(args.data, url, args.dicom_sql),
+                             lambda: (_rebuild if name == "rebuild" else _store)(
+                                 archive, url, args))
         if name == "summary":
             return _summary(archive, url)
         if name == "query":

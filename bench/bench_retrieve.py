@@ -65,13 +65,14 @@ def job_text(root: Path, port: int, job_port: int, patients: list[str]) -> str:
             f"action: {{retrieve: {{method: move, port: {job_port}, bind: 127.0.0.1}}}}\n")
 
 
-def run_job(work: Path, text: str, files: int) -> tuple[float, float]:
+def run_job(work: Path, text: str, files: int, python: str = sys.executable
+            ) -> tuple[float, float]:
     root = work / "job"
     shutil.rmtree(root, ignore_errors=True)
     (root / "data").mkdir(parents=True)
     (root / "job.yml").write_text(text)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "conquest_run", "--json", str(root / "job.yml")],
+    done = subprocess.run([python, "-m", "conquest_run", "--json", str(root / "job.yml")],
                           capture_output=True, text=True, timeout=900)
     whole = time.perf_counter() - started
     if done.returncode != 0:
@@ -115,6 +116,8 @@ def main() -> int:
                         "(each patient also has an RTSTRUCT, RTPLAN and RTDOSE)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--baseline-python", metavar="PY", help="also run the job with this "
+                        "interpreter (a venv of an older tree), taking turns, for a ratio")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conquest_run.synthetic import write_patient
@@ -135,11 +138,15 @@ def main() -> int:
             RemoteNode("127.0.0.1", port, "ORTHANC", "CRUN"))})
         text = job_text(work / "job", port, job_port, pids)
         load_before = os.getloadavg()[0]
-        job_whole, job_step, orthanc_times = [], [], []
+        job_whole, job_step, orthanc_times, base_whole, base_step = [], [], [], [], []
         for _ in range(args.repeat):       # taking turns
             whole, step = run_job(work, text, files)
             job_whole.append(whole)
             job_step.append(step)
+            if args.baseline_python:
+                whole, step = run_job(work, text, files, args.baseline_python)
+                base_whole.append(whole)
+                base_step.append(step)
             orthanc_times.append(run_movescu(work, port, scp_port, studies, files))
         load_after = os.getloadavg()[0]
     finally:
@@ -149,6 +156,9 @@ def main() -> int:
     rows = [("Orthanc C-MOVE -> dcmtk storescp (movescu)", min(orthanc_times)),
             ("Orthanc C-MOVE -> conquest-run job, retrieve step", min(job_step)),
             ("Orthanc C-MOVE -> conquest-run job, whole process", min(job_whole))]
+    if base_whole:
+        rows += [("... baseline tree, retrieve step", min(base_step)),
+                 ("... baseline tree, whole process", min(base_whole))]
     base = rows[0][1]
     table = ["| transfer | seconds | files/s | vs storescp |", "|---|---:|---:|---:|"]
     for name, seconds in rows:

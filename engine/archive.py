@@ -48,8 +48,7 @@ class SeriesInfo:
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? "
-                        "COLLATE NOCASE", (name,)).fetchone() is not None
+    return name.lower() in db.table_names(conn)
 
 
 def _column(schema: Schema, table: str, tag: int) -> str | None:
@@ -60,20 +59,29 @@ def _column(schema: Schema, table: str, tag: int) -> str | None:
 
 
 class Archive:
-    """A data directory, its SQLite index and the dicom.sql layout of that index."""
+    """A data directory, its index (a SQLite file, or a ``postgresql://`` URL kept as the
+    string it is) and the dicom.sql layout of that index."""
 
     def __init__(self, data: str | Path = "data", database: str | Path = "conquest.db",
                  dicom_sql: str | Path | None = None) -> None:
+        from .backends import is_postgres_url
         self.data_dir = Path(data)
-        self.database = Path(database)
+        self.database: Path | str = database if is_postgres_url(database) else Path(database)
         if dicom_sql is None and Path("dicom.sql").is_file():
             dicom_sql = Path("dicom.sql")
         self.dicom_sql = None if dicom_sql is None else Path(dicom_sql)
         self.schema: Schema = load_schema(self.dicom_sql)
 
     def __repr__(self) -> str:
-        return (f"Archive(data={str(self.data_dir)!r}, database={str(self.database)!r}, "
+        from .backends.postgres import mask_url
+        shown = mask_url(self.database) if self.on_postgres else str(self.database)
+        return (f"Archive(data={str(self.data_dir)!r}, database={shown!r}, "
                 f"dicom_sql={None if self.dicom_sql is None else str(self.dicom_sql)!r})")
+
+    @property
+    def on_postgres(self) -> bool:
+        """Whether the index is on a PostgreSQL server (``database`` a ``postgresql://`` URL)."""
+        return isinstance(self.database, str)
 
     # -- connections -------------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
@@ -101,7 +109,9 @@ class Archive:
         if conn is None:
             with closing(self.connect()) as own:
                 return self.recover(own, notice, sweep_temps)
-        result = recover(conn, self.schema, self.data_dir, self.database)
+        # the intent journal sits beside a SQLite file; none for a PostgreSQL index yet
+        result = recover(conn, self.schema, self.data_dir,
+                         None if self.on_postgres else self.database)
         if sweep_temps:
             sweep_stale_temps(self.data_dir, result)
         line = result.line()
@@ -137,6 +147,10 @@ class Archive:
             self._finish_removals(conn)
 
             def run(cb: Callable[[int, int], None] | None) -> IndexResult:
+                if self.on_postgres:           # no shadow file: the rows in batches
+                    from .indexer import Indexer
+                    return Indexer(conn, self.schema, self.data_dir).run(
+                        mode=mode, patients=patients, workers=workers, progress=cb)
                 return rebuild_atomically(conn, self.database, self.schema, self.data_dir,
                                           mode=mode, patients=patients, workers=workers,
                                           progress=cb)
@@ -146,7 +160,7 @@ class Archive:
 
     def ensure_indexed(self) -> IndexResult | None:
         """Index the data directory first when the database does not exist yet."""
-        if self.database.exists():
+        if db.index_exists(self.database, self.schema):
             return None
         self._require_data()
         return self.rebuild()
@@ -329,7 +343,7 @@ class Archive:
         source = target if target.is_file() else (self.dicom_sql or default_dicom_sql_path())
         add_entry(target, source.read_text(encoding="latin-1"), self.schema, level, tag, name)
         self.dicom_sql, self.schema = target, load_schema(target)
-        if not self.database.is_file():
+        if not db.index_exists(self.database):
             return {"columns": [name[:10]], "rows_updated": 0}
         return extend_database(self, [name[:10]])
 

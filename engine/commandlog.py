@@ -8,7 +8,6 @@ from __future__ import annotations
 
 __all__ = ["recorded_command"]
 
-import sqlite3
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -24,8 +23,8 @@ def recorded_command(archive: Any, command: str, what: str
     """``with recorded_command(archive, "store", "3 paths") as finish: ...; finish(ok, summary,
     outcomes)``; an outcome's ``detail["patient_id"]`` fills the PatientID column.  A run row is opened before the work; it ends ``ok``/``failed`` from
     ``finish``, ``interrupted`` on Ctrl-C or SIGTERM, ``crashed`` on any other exception."""
-    from pathlib import Path
-
+    from .backends.errors import database_errors
+    from .db import index_exists
     from .runcontext import run_context
     run_id = uuid.uuid4().hex
     from .errorlog import mark_run
@@ -38,7 +37,7 @@ def recorded_command(archive: Any, command: str, what: str
         """The log, its run row started; None while there is no database (a command that
         fails before making one leaves none behind)."""
         if not opened:
-            if not Path(archive.database).is_file():
+            if not index_exists(archive.database):
                 return None
             conn = archive.connect()
             log = AuditLog(conn)
@@ -65,7 +64,7 @@ def recorded_command(archive: Any, command: str, what: str
         (a full disk), the error that stopped the command is the one the user sees."""
         try:
             end(**how)
-        except (sqlite3.Error, OSError):
+        except (*database_errors(), OSError):
             pass
 
     try:

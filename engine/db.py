@@ -8,6 +8,9 @@ when the database is not in WAL mode yet).
 from __future__ import annotations
 
 __all__ = ["connect", "connect_readonly", "connect_reader", "ensure_schema", "has_schema",
+           "is_postgres", "table_names", "column_names", "READER_STATEMENT_TIMEOUT_MS",
+           "index_exists", "index_label", "index_absolute", "committing", "stream_rows",
+           "stream_query", "store_batch_guard",
            "write_refused", "read_only_medium", "READ_ONLY_REFUSAL", "is_disk_full", "disk_full_message", "BUSY_TIMEOUT_MS",
            "MAX_VALUE_BYTES"]
 
@@ -30,18 +33,161 @@ def _cap_values(conn: sqlite3.Connection) -> None:
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
 
 
+# the longest a statement of a PostgreSQL reader connection may run (plans, dumps, dry runs)
+READER_STATEMENT_TIMEOUT_MS = 600_000
+
+
 def _not_a_file(path: Path) -> None:
     if str(path).lower().startswith(("postgresql:/", "postgres:/")):
-        # a PostgreSQL URL reaches only the commands that run on it (cli/pgarchive.py)
-        raise ArchiveError("a PostgreSQL database works with rebuild, store, summary, query "
-                           "and migrate only in this version; this command needs a SQLite "
-                           "index file")
+        # a URL that lost its '//' to Path(): a caller must keep the database as a string
+        raise ArchiveError("a PostgreSQL URL reached a place that needs a SQLite index file")
     if path.is_dir():
         raise ArchiveError("the database is a folder, not a file", file=str(path))
 
 
+def _postgres(database: object, **options):
+    """A ``backends.postgres.PgConnection`` when ``database`` is a ``postgresql://`` URL."""
+    from .backends import is_postgres_url
+    if not is_postgres_url(database):
+        return None
+    from .backends.postgres import connect as pg_connect
+    return pg_connect(str(database), **options)
+
+
+def is_postgres(conn: object) -> bool:
+    """Whether ``conn`` is a connection to a PostgreSQL index (else SQLite)."""
+    return getattr(conn, "backend", "sqlite") == "postgresql"
+
+
+def table_names(conn, *, views: bool = False) -> dict[str, str]:
+    """Lower-case name -> name as stored, of the tables (and ``views``) of the index."""
+    if is_postgres(conn):
+        kinds = "('BASE TABLE', 'VIEW')" if views else "('BASE TABLE')"
+        rows = conn.execute("SELECT table_name FROM information_schema.tables WHERE "
+                            f"table_schema = current_schema() AND table_type IN {kinds}")
+    else:
+        kinds = "('table', 'view')" if views else "('table')"
+        rows = conn.execute(f"SELECT name FROM sqlite_master WHERE type IN {kinds}")
+    return {r[0].lower(): r[0] for r in rows.fetchall()}
+
+
+def column_names(conn, table: str) -> list[str]:
+    """The columns of ``table`` in order, as stored (lower case on PostgreSQL); [] when there
+    is no such table."""
+    if is_postgres(conn):
+        return [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = ? ORDER BY ordinal_position",
+            (table.lower(),)).fetchall()]
+    return [r[1] for r in conn.execute(
+        'PRAGMA table_info("' + table.replace('"', '""') + '")').fetchall()]
+
+
+def index_label(database: str | Path) -> str:
+    """The index as the user reads it: the path, or the URL with any password masked."""
+    from .backends import is_postgres_url
+    if is_postgres_url(database):
+        from .backends.postgres import mask_url
+        return mask_url(str(database))
+    return str(database)
+
+
+def index_absolute(database: str | Path) -> str:
+    """The index as a plan records it: an absolute path, or the URL as given."""
+    from .backends import is_postgres_url
+    return str(database) if is_postgres_url(database) else os.path.abspath(database)
+
+
+def index_exists(database: str | Path, schema: Schema | None = None) -> bool:
+    """Whether the index is there: a SQLite file, or a PostgreSQL database that holds
+    Conquest's tables (``schema``'s, else DICOMImages); a server that cannot be reached is
+    the ``ArchiveError`` of its connection."""
+    from .backends import is_postgres_url
+    if not is_postgres_url(database):
+        return Path(database).is_file()
+    wanted = [t.lower() for t in schema.tables] if schema is not None else ["dicomimages"]
+    conn = connect_reader(database)
+    try:
+        names = table_names(conn, views=False)
+    finally:
+        conn.close()
+    return any(t in names for t in wanted)
+
+
+def stream_rows(conn, sql: str, params=(), *, itersize: int = 2000):
+    """The rows of ``sql`` as they come, without holding them all (see ``stream_query``)."""
+    return stream_query(conn, sql, params, itersize=itersize)[1]
+
+
+def stream_query(conn, sql: str, params=(), *, itersize: int = 2000):
+    """(column names, the rows as they come): SQLite's cursor already streams; on PostgreSQL
+    a server-side (named) cursor inside a transaction (READ ONLY on a reader's session; a
+    savepoint within one already open), so a big index is never fetched whole."""
+    if not is_postgres(conn):
+        cur = conn.execute(sql, params)
+        return [d[0] for d in cur.description or ()], iter(cur)
+    rows = _pg_stream(conn, sql, params, itersize)
+    return next(rows), rows
+
+
+def _pg_stream(conn, sql: str, params, itersize: int):
+    """First the column names, then the rows, of a named cursor; closed with the iterator."""
+    import uuid
+    raw = conn.raw
+    with raw.transaction():
+        with raw.cursor(name=f"crun_{uuid.uuid4().hex[:16]}") as cur:
+            cur.itersize = itersize
+            cur.execute(conn._sql(sql, params), list(params) if params else None)
+            yield [d[0] for d in cur.description or ()]
+            yield from cur
+
+
+def store_batch_guard(conn):
+    """Around one store batch's renames into data/ and its commit: nothing on SQLite (the
+    intent journal and ``BEGIN IMMEDIATE`` do it), a shared advisory lock on PostgreSQL that a
+    delete's row transaction waits for (``backends.pglocks.store_batch``)."""
+    if is_postgres(conn):
+        from .backends.pglocks import store_batch
+        return store_batch(conn)
+    from contextlib import nullcontext
+    return nullcontext()
+
+
+class committing:
+    """``with committing(conn):`` the statements inside in one transaction, committed at the
+    end (rolled back on an error): ``with conn:`` of sqlite3 on either backend (a
+    ``PgConnection``'s own ``with`` closes it).  Inside an open transaction, it adds none."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.own = False
+
+    def __enter__(self):
+        if not is_postgres(self.conn):
+            return self.conn.__enter__()
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self.own = True
+        return self.conn
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if not is_postgres(self.conn):
+            self.conn.__exit__(kind, exc, tb)
+            return
+        if not self.own:
+            return
+        if kind is None:
+            self.conn.execute("COMMIT")
+        else:
+            rollback_quietly(self.conn)
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    """A read-write connection in WAL mode (the file is created if missing)."""
+    """A read-write connection in WAL mode (the file is created if missing); a
+    ``postgresql://`` URL gives a ``PgConnection`` to that server."""
+    pg = _postgres(path)
+    if pg is not None:
+        return pg
     path = Path(path)
     _not_a_file(path)
     if path.parent and not path.parent.exists():
@@ -95,7 +241,11 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
     database cannot be opened that way, as SQLite cannot make its ``-shm``; it is then opened
     ``immutable=1``, as ``sqlite3 -readonly`` manages, since nobody can be writing it there.  A
     ``-wal`` left beside it with content (an unclean close) is refused: immutable would not see
-    the transactions in it."""
+    the transactions in it.  A ``postgresql://`` URL gives a session whose transactions are
+    all READ ONLY."""
+    pg = _postgres(path, read_only=True, statement_timeout_ms=READER_STATEMENT_TIMEOUT_MS)
+    if pg is not None:
+        return pg
     path = Path(path)
     _not_a_file(path)
     if not path.is_file():
@@ -126,8 +276,12 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     existing file without ``mode=ro`` but with ``query_only``; as the last connection closes,
     SQLite removes those files as usual.  Dry runs, planning and the actions read through it; a
     read-only file falls back to ``mode=ro``.  Arbitrary user SQL (``conquest-run query``) goes
-    through ``connect_readonly``, which no statement can turn writable.
+    through ``connect_readonly``, which no statement can turn writable.  A ``postgresql://``
+    URL gives a READ ONLY session, as ``connect_readonly``.
     """
+    pg = _postgres(path, read_only=True, statement_timeout_ms=READER_STATEMENT_TIMEOUT_MS)
+    if pg is not None:
+        return pg
     path = Path(path)
     _not_a_file(path)
     if not path.is_file():
@@ -181,8 +335,7 @@ def write_refused(exc: sqlite3.OperationalError) -> str:
 
 
 def has_schema(conn: sqlite3.Connection, schema: Schema) -> bool:
-    names = {r[0].lower() for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    names = table_names(conn, views=True)
     return all(t.lower() in names for t in schema.tables)
 
 
@@ -203,6 +356,10 @@ def ensure_schema(conn: sqlite3.Connection, schema: Schema) -> None:
     Existing Conquest tables are checked against the layout: a database made from another
     dicom.sql is refused with a clear message instead of being written into.
     """
+    if is_postgres(conn):
+        from .backends.pgschema import ensure_schema as pg_ensure_schema
+        pg_ensure_schema(conn, schema)
+        return
     existing = {r[0].lower(): r[0] for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     try:
@@ -252,5 +409,5 @@ def rollback_quietly(conn: sqlite3.Connection, savepoint: str | None = None) -> 
             conn.execute(f"RELEASE {savepoint}")
         else:
             conn.execute("ROLLBACK")
-    except sqlite3.Error:
+    except Exception:         # sqlite3.Error or psycopg.Error: the first error is the one told
         pass

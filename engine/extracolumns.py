@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from .dicomsql import LEVELS, parse_dicom_sql
 from .errors import ArchiveError
+from . import db
 from .db import rollback_quietly
 
 LEVEL_NAMES = ("Patient", "Study", "Series", "Image")
@@ -131,7 +132,7 @@ def add_missing_columns(conn: sqlite3.Connection, schema: Any,
     try:
         for section in LEVEL_NAMES:
             lv = schema.levels[section]
-            have = {r[1].lower() for r in conn.execute(f'PRAGMA table_info("{lv.table}")')}
+            have = {c.lower() for c in db.column_names(conn, lv.table)}
             if not have:
                 continue
             for e in lv.columns:

@@ -15,14 +15,14 @@ import socket
 import sqlite3
 from typing import Any, Iterable
 
-from .audit import AUDIT_TABLE, CRASHED, FAILED_RUN, OK, RUNNING, RUNS_TABLE
+from .audit import AUDIT_TABLE, CRASHED, FAILED_RUN, OK, RUNNING, RUNS_TABLE, row_order
 from .procs import pid_alive
 
 RUN_KEYS = ("run_id", "job_path", "job_name", "job_sha256", "started", "ended", "ok",
             "summary", "state", "signal", "pid", "host", "user", "version", "job_commit",
             "variables", "error", "done", "skipped", "failed")
 _RUN_COLUMNS = ("r.RunId", "r.JobPath", "r.JobName", "r.JobSha256", "r.Started", "r.Ended",
-                "r.Ok", "r.Summary", "r.State", "r.Signal", "r.Pid", "r.Host", "r.User",
+                "r.Ok", "r.Summary", "r.State", "r.Signal", "r.Pid", "r.Host", 'r."User"',
                 "r.Version", "r.JobCommit", "r.Variables", "r.Error")
 OUTCOME_KEYS = ("run_id", "job_path", "step", "step_name", "action", "target", "patient_id",
                 "sop_uid", "series_uid", "status", "reason", "detail", "time")
@@ -32,16 +32,15 @@ _OUTCOME_COLUMNS = ("a.RunId", "r.JobPath", "a.Step", "a.StepName", "a.Action", 
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str] | None:
-    names = {r[0].lower() for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if table.lower() not in names:
-        return None
-    return {r[1].lower() for r in conn.execute(f"PRAGMA table_info({table})")}
+    from .db import column_names
+    have = column_names(conn, table)
+    return {c.lower() for c in have} if have else None
 
 
 def _select(columns: Iterable[str], have: set[str]) -> str:
     """The columns, NULL for those an old table lacks (read-only: no migration here)."""
-    return ", ".join(c if c.split(".")[1].lower() in have else "NULL" for c in columns)
+    return ", ".join(c if c.split(".")[1].strip('"').lower() in have else "NULL"
+                     for c in columns)
 
 
 
@@ -84,11 +83,12 @@ def read_runs(conn: sqlite3.Connection, limit: int | None = 20,
     if since:
         where.append("r.Started >= ?")
         params.append(since)
-    sql = (f"SELECT {_select(_RUN_COLUMNS, runs_cols)}, sum(a.Status = 'done'), "
-           f"sum(a.Status = 'skipped'), sum(a.Status = 'failed') FROM {RUNS_TABLE} r "
+    counts = ", ".join(f"sum(CASE WHEN a.Status = '{s}' THEN 1 ELSE 0 END)"
+                       for s in ("done", "skipped", "failed"))
+    sql = (f"SELECT {_select(_RUN_COLUMNS, runs_cols)}, {counts} FROM {RUNS_TABLE} r "
            f"LEFT JOIN {AUDIT_TABLE} a ON a.RunId = r.RunId "
            + (f"WHERE {' AND '.join(where)} " if where else "")
-           + "GROUP BY r.RunId ORDER BY r.Started DESC, r.rowid DESC")
+           + f"GROUP BY r.RunId ORDER BY r.Started DESC, r.{row_order(conn)} DESC")
     if limit is not None and state is None:
         sql += " LIMIT ?"
         params.append(limit)
@@ -143,10 +143,10 @@ def read_outcomes(conn: sqlite3.Connection, run_id: str | None = None, *,
            f"LEFT JOIN {RUNS_TABLE} r ON r.RunId = a.RunId"
            + (f" WHERE {' AND '.join(where)}" if where else ""))
     if limit is not None:                    # the newest ``limit``, still oldest first
-        sql += " ORDER BY a.rowid DESC LIMIT ?"
+        sql += f" ORDER BY a.{row_order(conn)} DESC LIMIT ?"
         params.append(limit)
     else:
-        sql += " ORDER BY a.rowid"
+        sql += f" ORDER BY a.{row_order(conn)}"
     rows = conn.execute(sql, params).fetchall()
     if limit is not None:
         rows.reverse()

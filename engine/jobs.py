@@ -190,12 +190,28 @@ def _whole_output(step: Step) -> str | None:
     return None
 
 
+def _url_problem(value: str) -> str | None:
+    """Why a PostgreSQL URL cannot be a job's database (a password in it, above all: passwords
+    come from PGPASSWORD or ~/.pgpass, never from a job file kept in git); None for a path."""
+    from .backends import is_postgres_url
+    if not is_postgres_url(value):
+        return None
+    from .backends.postgres import PgUrlError, parse_url
+    try:
+        parse_url(value)
+    except PgUrlError as exc:
+        return exc.message
+    return None
+
+
 def _reference_errors(job: Job) -> list[JobError]:
     src = job.source
     errs: list[JobError] = []
     for key in ("data", "database", "dicom_sql"):
         value = getattr(job.archive, key)
-        if value is not None and (p := _path_problem(value)):
+        if key == "database" and value is not None and (p := _url_problem(value)):
+            errs.append(job.error(f"archive.database: {p}", ("archive", key)))
+        elif value is not None and (p := _path_problem(value)):
             errs.append(job.error(f"archive.{key} {p}", ("archive", key)))
     for name, node in job.nodes.items():
         errs += _peer_errors(job, ("nodes", name), node)

@@ -36,7 +36,19 @@ def lock_path(database: str | os.PathLike, job: str, target: str) -> Path:
 @contextmanager
 def run_lock(database: str | os.PathLike, job: str, target: str, what: str = "run"
              ) -> Iterator[Path]:
-    """Hold the (job, target) lock for the block; ``AlreadyRunning`` if another process has it."""
+    """Hold the (job, target) lock for the block; ``AlreadyRunning`` if another process has it.
+    On a PostgreSQL index (a URL), a server advisory lock of the same key instead."""
+    from .backends import is_postgres_url
+    if is_postgres_url(database):
+        from .backends.pglocks import session_lock
+        with session_lock(str(database), "run", f"{os.path.abspath(job)}\0{target}") as taken:
+            if not taken:
+                raise AlreadyRunning(f"another {what} of {job} to {target} is already running "
+                                     "(it holds the PostgreSQL advisory lock of that job and "
+                                     "target); nothing was sent, try again when it has "
+                                     "finished")
+            yield Path(job)
+        return
     path = lock_path(database, job, target)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)

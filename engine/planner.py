@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .db import connect_reader
+from .backends.errors import database_errors, describe
+from .db import (connect_reader, index_absolute, index_exists, index_label, is_postgres,
+                 stream_rows)
 from .errors import ArchiveError, JobError
 from .fileflags import flag_tokens
 from .plan import Plan, PlannedInstance, PlannedSeries, PlanStep
@@ -47,7 +49,7 @@ def _column(schema, table: str, tag: int, default: str) -> str:
 
 def _reader(archive):
     """A read-only connection that leaves no -wal/-shm files behind (for dry runs)."""
-    return connect_reader(Path(archive.database))
+    return connect_reader(archive.database)
 
 
 @contextmanager
@@ -56,9 +58,10 @@ def _reading(archive) -> Iterator[sqlite3.Connection]:
     try:
         with closing(_reader(archive)) as conn:
             yield conn
-    except sqlite3.Error as exc:
-        raise ArchiveError(f"cannot read the index: {exc} (is it a Conquest database made "
-                           "from this dicom.sql?)", file=str(archive.database)) from None
+    except database_errors() as exc:
+        raise ArchiveError(f"cannot read the index: {describe(exc)} (is it a Conquest database "
+                           "made from this dicom.sql?)", file=index_label(archive.database)
+                           ) from None
 
 
 def _now() -> str:
@@ -88,13 +91,13 @@ def step_target(action: str, options: dict[str, Any], archive) -> str:
         target = str(options.get("file", ""))
         return f"{target} (table {options['table']})" if options.get("table") else target
     if action == "delete":
-        where = str(archive.database)
+        where = index_label(archive.database)
         if options.get("files") == "quarantine":
             return f"{where}, files to {archive.data_dir}/.quarantine"
         return f"{where} and the files in {archive.data_dir}" if options.get("files") is True \
             else f"{where} (files kept)"
     if action == "rebuild":
-        return f"{archive.database} from {archive.data_dir}"
+        return f"{index_label(archive.database)} from {archive.data_dir}"
     if action == "send":
         return f"{options.get('called_ae', '')}@{options.get('host', '')}:{options.get('port', '')}"
     if action == "retrieve":
@@ -109,8 +112,9 @@ def _flags_join(conn, image_key: str) -> tuple[str, str]:
     a file: ``syntax-mismatch``, ``no-pixel-data``, ...); NULL where the column is missing."""
     from .schema import EXTRAS_TABLE
 
-    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({_q(EXTRAS_TABLE)})")}
-    if "Flags" not in columns or "SOPInstanc" not in columns:
+    from .db import column_names
+    columns = {c.lower() for c in column_names(conn, EXTRAS_TABLE)}
+    if "flags" not in columns or "sopinstanc" not in columns:
         return "NULL", ""
     return "x.crun_flags", (f"LEFT JOIN (SELECT SOPInstanc AS crun_sop, max(Flags) AS crun_flags "
                             f"FROM {_q(EXTRAS_TABLE)} GROUP BY SOPInstanc) x "
@@ -197,7 +201,8 @@ class _Resolver:
         """Instance rows of many series in one pass over the images table."""
         im = self.im
         out: dict[str, list[tuple]] = {}
-        for link, sop, cls, rel, flags in self.conn.execute(
+        for link, sop, cls, rel, flags in stream_rows(
+                self.conn,
                 f"SELECT {_q(im.link)}, {_q(im.key)}, {_q(self.sop_class)}, ObjectFile, "
                 f"{self.flags_join[0]} FROM {_q(im.name)} {self.flags_join[1]} "
                 f"ORDER BY {_q(im.key)}"):
@@ -271,6 +276,10 @@ def _query_uids(archive, checked: CheckedQuery, *, file: str | None, line: int |
                 col: int | None, limits: QueryLimits = QueryLimits(),
                 params: Any = ()) -> set[str]:
     with closing(_reader(archive)) as conn:
+        if is_postgres(conn):
+            from .backends.pgquery import selection_values
+            return selection_values(conn, checked, file=file, line=line, col=col,
+                                    params=params)
         return query_column(conn, checked, limits=limits, file=file, line=line, col=col,
                             params=params)
 
@@ -344,9 +353,9 @@ def build_plan(job, archive, *, schema=None, named=None,
     from .jobvars import bound_params
     schema = schema if schema is not None else schema_of(archive)   # + user tables
     named = named if named is not None else archive
-    if not Path(archive.database).is_file():
+    if not index_exists(archive.database):
         raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",
-                           file=str(archive.database))
+                           file=index_label(archive.database))
     steps = []
     with _reading(archive) as conn:
         for step in job.steps:
@@ -365,7 +374,7 @@ def build_plan(job, archive, *, schema=None, named=None,
             _refuse_use_after_delete(job, step, planned, steps)
             steps.append(planned)
     return Plan(job.path, job.sha256, job.name, _absolute(named.data_dir),
-                _absolute(named.database),
+                index_absolute(named.database),
                 None if getattr(named, "dicom_sql", None) is None else _absolute(named.dicom_sql),
                 tuple(steps), _now(), variables=dict(job.variables))
 
@@ -407,6 +416,7 @@ def plan_selection(archive, select: dict[str, Any] | None, action: str,
     with _reading(archive) as conn:
         step = plan_step(archive, conn, index=1, name=name or action, action=action,
                          options=options, select=select)
-    return Plan(job_name, "", job_name, _absolute(archive.data_dir), _absolute(archive.database),
+    return Plan(job_name, "", job_name, _absolute(archive.data_dir),
+                index_absolute(archive.database),
                 None if getattr(archive, "dicom_sql", None) is None else _absolute(archive.dicom_sql),
                 (step,), _now())

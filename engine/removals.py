@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .audit import AUDIT_TABLE, migrate, now_iso
+from .db import column_names, committing, is_postgres
 from .errors import ActionError
 from .removalfiles import (KEEP, QUARANTINE, QUARANTINE_DIR, REMOVE, TAKING, Removal,
                            checked_path, failed_removal, fsync_dirs, hold_path, identity,
@@ -47,7 +48,8 @@ BATCH = 64                      # entries settled (and cleared) per transaction
 _DDL = (f"CREATE TABLE IF NOT EXISTS {REMOVALS_TABLE} (RunId varchar(64) not null, Step int, "
         "StepName text, Action varchar(16), Target text, SOPInstanc varchar(64) not null, "
         "SeriesInst varchar(64), PatientID text, ObjectFile text, Files varchar(16), "
-        "Size int, MtimeNs int, Inode int, Bytes int, State varchar(16), Journaled varchar(32), "
+        "Size bigint, MtimeNs bigint, Inode bigint, Bytes bigint, State varchar(16), "
+        "Journaled varchar(32), "
         "PRIMARY KEY (RunId, SOPInstanc))")
 _COLUMNS = ("RunId", "Step", "StepName", "Action", "Target", "SOPInstanc", "SeriesInst",
             "PatientID", "ObjectFile", "Files", "Size", "MtimeNs", "Inode", "Bytes", "State")
@@ -82,26 +84,30 @@ class FinishSummary:
 def ensure_table(conn: sqlite3.Connection) -> None:
     """Create the journal table (and the audit tables it reports into) where missing."""
     migrate(conn)
-    with conn:
+    with committing(conn):
         conn.execute(_DDL)
 
 
 def _has_table(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (REMOVALS_TABLE,)).fetchone() is not None
+    from .db import table_names
+    return REMOVALS_TABLE.lower() in table_names(conn)
 
 
 def journal(conn: sqlite3.Connection, removals: Iterable[Removal]) -> None:
     """Record the removals, inside the caller's open transaction (the one deleting the rows)."""
     conn.executemany(
-        f"INSERT OR REPLACE INTO {REMOVALS_TABLE} ({', '.join(_COLUMNS)}, Journaled) VALUES "
-        f"({', '.join('?' * len(_COLUMNS))}, ?)",
+        f"INSERT INTO {REMOVALS_TABLE} ({', '.join(_COLUMNS)}, Journaled) VALUES "
+        f"({', '.join('?' * len(_COLUMNS))}, ?) ON CONFLICT (RunId, SOPInstanc) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in (*_COLUMNS, "Journaled")
+                    if c not in ("RunId", "SOPInstanc")),
         [(r.run_id, r.step, r.step_name, r.action, r.target, r.sop_uid, r.series_uid,
           r.patient_id, r.object_file, r.files, r.size, r.mtime_ns, r.inode, r.bytes, r.state,
           now_iso()) for r in removals])
 
 
 def _database_of(conn: sqlite3.Connection) -> str:
+    if is_postgres(conn):
+        return conn.url
     for _, name, path in conn.execute("PRAGMA database_list"):
         if name == "main":
             return path
@@ -112,7 +118,14 @@ def _database_of(conn: sqlite3.Connection) -> str:
 def journal_lock(database: str | os.PathLike, exclusive: bool = False) -> Iterator[bool]:
     """A delete holds this shared while it has journal entries outstanding; ``finish_pending``
     tries it exclusively (without waiting) to know that no delete is running.  Yields whether
-    the lock was taken."""
+    the lock was taken.  On PostgreSQL, an advisory lock of the server's
+    (``backends.pglocks.removals_lock``)."""
+    from .backends import is_postgres_url
+    if is_postgres_url(database):
+        from .backends.pglocks import removals_lock
+        with removals_lock(str(database), exclusive) as taken:
+            yield taken
+        return
     db = Path(os.path.abspath(database))
     path = db.parent / f".{db.name}.lock-removals"
     try:
@@ -203,7 +216,7 @@ def _runs_still_going(conn: sqlite3.Connection, run_ids: set[str]) -> set[str]:
     from .audit import RUNS_TABLE
     from .history import run_state
     going = set()
-    have = {r[1].lower() for r in conn.execute(f"PRAGMA table_info({RUNS_TABLE})")}
+    have = {c.lower() for c in column_names(conn, RUNS_TABLE)}
     for run_id in run_ids:
         row = None
         if {"state", "pid", "host"} <= have:
@@ -265,11 +278,10 @@ def finish_at_start(archive: Any, conn: sqlite3.Connection | None = None,
     delete left, with one line (``notice``, stderr by default) when it settled anything.
     Nothing is created or written when there is nothing to finish."""
     if conn is None:
-        database = Path(archive.database)
-        if not database.is_file():
-            return None
         from . import db
-        own = db.connect(database)
+        if not db.index_exists(archive.database):
+            return None
+        own = db.connect(archive.database)
     else:
         own = None
     try:

@@ -36,7 +36,8 @@ def _q(name: str) -> str:
 
 
 def _extras_columns(conn) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({_q(EXTRAS_TABLE)})")}
+    from .db import column_names
+    return {c.lower() for c in column_names(conn, EXTRAS_TABLE)}
 
 
 def _rows(conn, column: str, values: Iterable[str], wanted: str) -> list[tuple]:
@@ -56,7 +57,7 @@ def filter_by_roi(resolver: Any, series: tuple[PlannedSeries, ...], patterns: It
     """(the series kept and added, the options that say why) for a ``roi:`` selection."""
     conn = resolver.conn
     patterns = list(patterns)
-    if not {"SOPInstanc", "ElementList"} <= _extras_columns(conn):
+    if not {"sopinstanc", "elementlist"} <= _extras_columns(conn):
         return (), {"roi_matched": {}}
     matched: dict[str, list[str]] = {}
     struct_sops: dict[str, str] = {}           # SOP UID -> its series, of matching instances
@@ -91,16 +92,16 @@ def _referenced(resolver: Any, struct_sops: dict[str, str]) -> dict[str, str]:
     columns = _extras_columns(conn)
     out: dict[str, str] = {}
     sop_owner: dict[str, str] = {}             # plan or dose SOP -> structure set series
-    if "RefStructSet" in columns:
+    if "refstructset" in columns:
         for plan_sop, struct in _rows(conn, "RefStructSet", struct_sops, "RefStructSet"):
             sop_owner[plan_sop] = struct_sops[struct]
-    if "RefPlan" in columns and sop_owner:
+    if "refplan" in columns and sop_owner:
         plans = dict(sop_owner)
         for dose_sop, plan in _rows(conn, "RefPlan", plans, "RefPlan"):
             sop_owner[dose_sop] = plans[plan]
     for sop, series_uid in _series_of(resolver, sop_owner).items():
         out.setdefault(series_uid, sop_owner[sop])
-    if "ReferencedSeriesUID" in columns:
+    if "referencedseriesuid" in columns:
         for sop, image_series in _rows(conn, "SOPInstanc", struct_sops, "ReferencedSeriesUID"):
             if image_series:
                 out.setdefault(image_series, struct_sops[sop])

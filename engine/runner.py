@@ -12,7 +12,7 @@ temporary database for a dry run, so that nothing is written).
 
 from __future__ import annotations
 
-__all__ = ["run_plan", "archive_for_job", "indexed", "NOT_RUN", "RunInterrupted",
+__all__ = ["run_plan", "archive_for_job", "indexed", "job_identity", "NOT_RUN", "RunInterrupted",
            "sigterm_interrupts"]
 
 import os
@@ -91,13 +91,6 @@ def archive_for_job(job, *, data: str | None = None, database: str | None = None
     database = database if database is not None else (
         spec.database if spec and spec.database else "conquest.db")
     dicom_sql = dicom_sql if dicom_sql is not None else (spec.dicom_sql if spec else None)
-    from .backends import is_postgres_url
-    if is_postgres_url(database):
-        why = ("jobs do not run on a PostgreSQL index yet (rebuild, store, summary, query and "
-               "migrate do); give a SQLite index file")
-        if job is not None and spec is not None and database == spec.database:
-            raise job.error(f"archive.database: {why}", ("archive", "database"))
-        raise ArchiveError(why)
     if dicom_sql is not None and not Path(dicom_sql).is_file():
         if job is not None and spec is not None and dicom_sql == spec.dicom_sql:
             raise job.error(f"archive.dicom_sql: {dicom_sql} not found (relative paths are "
@@ -121,9 +114,15 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
     """
     from .archive import Archive
     from .indexer import data_dir_error
-    database, data = Path(archive.database), Path(archive.data_dir)
+    data = Path(archive.data_dir)
     if os.path.lexists(data) and not data.is_dir():
         raise data_dir_error(data)
+    if archive.on_postgres:
+        with _indexed_on_postgres(archive, dry_run=dry_run, notice=notice, progress=progress,
+                                  rebuilds=rebuilds, pulls=pulls) as arc:
+            yield arc
+        return
+    database = Path(archive.database)
     if database.is_dir():
         raise ArchiveError("the database is a folder, not a file", file=str(database))
     if database.is_file():
@@ -174,6 +173,39 @@ def indexed(archive, *, dry_run: bool, notice: Callable[[str], None] = lambda s:
         else:
             temp.rebuild(progress=progress)
         yield temp
+
+
+@contextmanager
+def _indexed_on_postgres(archive, *, dry_run: bool, notice: Callable[[str], None],
+                         progress: bool, rebuilds: bool, pulls: bool) -> Iterator[Any]:
+    """``indexed`` on a PostgreSQL index: a database without Conquest's tables is what a
+    missing SQLite file is; a dry run never writes to the server, so it refuses one."""
+    from .db import index_exists, index_label
+    from .indexer import data_dir_error
+    data, shown = Path(archive.data_dir), index_label(archive.database)
+    if index_exists(archive.database, archive.schema):
+        if not dry_run:
+            archive.recover()
+        yield archive
+        return
+    if dry_run:
+        first = ("its rebuild fills it" if rebuilds else "it makes the tables for the retrieve"
+                 if pulls else f"it indexes {archive.data_dir} first")
+        raise ArchiveError(f"the PostgreSQL database {shown} has no Conquest tables yet and a "
+                           f"dry run writes nothing to the server: run the job for real ({first}) "
+                           "or conquest-run rebuild --database URL, then plan again")
+    if pulls and not data.is_dir():
+        notice(f"the archive does not exist yet: making {archive.data_dir} and the tables in "
+               f"{shown} for the retrieve")
+        data.mkdir(parents=True)
+    if not data.is_dir():
+        raise data_dir_error(data)
+    if rebuilds or pulls:
+        archive.connect().close()            # the tables, empty: the job fills them
+    else:
+        notice(f"{shown} has no Conquest tables yet: indexing {archive.data_dir} first")
+        archive.rebuild(progress=progress)
+    yield archive
 
 
 def _replanned(step: PlanStep, archive, dry_run: bool) -> tuple[StepReport | None, PlanStep]:
@@ -241,6 +273,13 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
     audit = None
     if not dry_run:
         conn = archive.connect()
+        if archive.on_postgres:       # one run of a job at a time (a session advisory lock)
+            from .backends.pglocks import job_lock
+            try:
+                job_lock(conn, job_identity(plan), run_id, plan.job_path)
+            except BaseException:
+                conn.close()
+                raise
         archive.recover(conn)          # what a killed writer left (once: indexed() did it)
         audit = AuditLog(conn)
         audit.know(plan)
@@ -293,6 +332,16 @@ def run_plan(plan: Plan, archive, *, dry_run: bool, force: bool = False, echo: b
             with _signals_held(), closing(conn):
                 audit.end_run(run_id, report.ok and not ending, _summary(report), **ending)
     return report
+
+
+def job_identity(plan: Plan) -> str:
+    """What makes two runs the same job for the PostgreSQL run lock: the job file's resolved
+    path (symlinks followed) when it exists, else the job's name (a saved plan whose file has
+    gone, the Python API)."""
+    path = plan.job_path
+    if path and not path.startswith("<") and os.path.isfile(path):
+        return "path:" + os.path.realpath(path)
+    return "name:" + (plan.job_name or path or "")
 
 
 def _summary(report: RunReport) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     if path.is_dir():
         raise ConquestRunError("is a folder; --plan-out names the plan file to write",
                                file=str(path))
-    if plan.database and os.path.realpath(path) in {
+    from .backends import is_postgres_url
+    if plan.database and not is_postgres_url(plan.database) and os.path.realpath(path) in {
             os.path.realpath(plan.database) + suffix
             for suffix in ("", "-wal", "-shm", "-journal")}:
         raise ConquestRunError("is the archive's database; write the plan somewhere else",
@@ -158,8 +159,8 @@ def _file_changes(plan: Plan, archive, conn) -> list[str]:
     import hashlib
     from .schema import EXTRAS_TABLE
     hashes: dict[str, str] = {}
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                    (EXTRAS_TABLE,)).fetchone():
+    from .db import table_names
+    if EXTRAS_TABLE.lower() in table_names(conn):
         sops = sorted({i.sop_uid for st in plan.steps for s in st.series for i in s.instances})
         for n in range(0, len(sops), _CHUNK):
             chunk = sops[n:n + _CHUNK]
@@ -219,8 +220,9 @@ def check_plan_sql(plan: Plan, schema, plan_file: str) -> None:
 
 def verify_plan(plan: Plan, archive) -> None:
     """Refuse a saved plan when a planned series gained or lost instances since."""
-    if not Path(archive.database).is_file():
-        raise ArchiveError("database not found", file=str(archive.database))
+    from .db import index_exists, index_label
+    if not index_exists(archive.database):
+        raise ArchiveError("database not found", file=index_label(archive.database))
     changes: list[str] = []
     with _reading(archive) as conn:
         resolver = _Resolver(archive, conn)

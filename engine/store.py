@@ -255,8 +255,14 @@ class _StoreBatch:
         self.indexer = Indexer(conn, schema, data_dir)
         self.move = move
         self.journal = journal
+        self.conn = conn
 
     def run(self, items: list[_Item], result: StoreResult) -> None:
+        from .db import store_batch_guard
+        with store_batch_guard(self.conn):    # a delete decides between batches (PostgreSQL)
+            self._run(items, result)
+
+    def _run(self, items: list[_Item], result: StoreResult) -> None:
         if not items:
             return
         self.journal.intend([it.rel for it in items if not it.same])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from _backends import index_db  # noqa: F401  (both backends, for every module)
 from _pg_support import pg_server, pg_url  # noqa: F401  (fixtures for every module)
 
 TESTS = Path(__file__).resolve().parent

@@ -15,56 +15,64 @@ def archive_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_rebuild_summary_query(archive_dir, capsys):
-    assert main(["rebuild"]) == 0
+def test_rebuild_summary_query(archive_dir, index_db, capsys):
+    db = ["--database", index_db.arg]
+    assert main(["rebuild", *db]) == 0
     out = capsys.readouterr().out
     assert out.startswith("5 files indexed, 0 unchanged, 0 skipped, 0 bad")
-    assert (archive_dir / "conquest.db").is_file()
-    assert main(["rebuild", "--refresh"]) == 0
+    assert index_db.exists()
+    assert index_db.rows("SELECT count(*) FROM DICOMImages") == [(5,)]
+    assert main(["rebuild", "--refresh", *db]) == 0
     assert capsys.readouterr().out.startswith("0 files indexed, 5 unchanged")
-    assert main(["rebuild", "--only-missing", "--workers", "2"]) == 0
+    assert main(["rebuild", "--only-missing", "--workers", "2", *db]) == 0
     assert capsys.readouterr().out.startswith("0 files indexed, 5 unchanged")
-    assert main(["summary"]) == 0
+    assert main(["summary", *db]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("\t") == ["PatientID", "Study", "Series", "Modality", "Description",
                                     "Date", "Instances", "Bytes", "Flags"]
     assert sorted(line.split("\t")[3] for line in lines[1:]) == [
         "CT", "RTDOSE", "RTPLAN", "RTSTRUCT"]
     assert main(["query", "SELECT Modality, count(*) FROM DICOMSeries WHERE Modality LIKE ? "
-                 "GROUP BY 1 ORDER BY 1", "--param", "RT%"]) == 0
+                 "GROUP BY 1 ORDER BY 1", "--param", "rt%", *db]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "Modality\tcount(*)", "RTDOSE\t1", "RTPLAN\t1", "RTSTRUCT\t1"]
 
 
-def test_rebuild_patient_flag(archive_dir, capsys):
+def test_rebuild_patient_flag(archive_dir, index_db, capsys):
     synthetic.write_patient(archive_dir / "data", seed=8, patient_id="OTHER", ct_slices=1,
                             rt=False)
-    assert main(["rebuild", "--patient", "OTHER"]) == 0
+    assert main(["rebuild", "--patient", "OTHER", "--database", index_db.arg]) == 0
     assert capsys.readouterr().out.startswith("1 files indexed")
+    assert index_db.rows("SELECT DISTINCT ImagePat FROM DICOMImages") == [("OTHER",)]
 
 
-def test_query_cannot_write(archive_dir, capsys):
-    assert main(["rebuild"]) == 0
+def test_query_cannot_write(archive_dir, index_db, capsys):
+    db = ["--database", index_db.arg]
+    assert main(["rebuild", *db]) == 0
     capsys.readouterr()
-    assert main(["query", "DELETE FROM DICOMImages"]) == 2
+    assert main(["query", "DELETE FROM DICOMImages", *db]) == 2
     err = capsys.readouterr().err
     assert "read-only query (SELECT)" in err and "Traceback" not in err
-    assert main(["query", "SELECT count(*) FROM DICOMImages", "--no-header"]) == 0
+    assert main(["query", "SELECT count(*) FROM DICOMImages", "--no-header", *db]) == 0
     assert capsys.readouterr().out.strip() == "5"
-    assert main(["query", "SELECT 1; DROP TABLE DICOMImages"]) == 2
+    assert main(["query", "SELECT 1; DROP TABLE DICOMImages", *db]) == 2
     assert "one SQL statement" in capsys.readouterr().err
+    assert index_db.rows("SELECT count(*) FROM DICOMImages") == [(5,)]
 
 
-def test_store_command(archive_dir, tmp_path, capsys):
+def test_store_command(archive_dir, tmp_path, index_db, capsys):
     incoming = tmp_path / "incoming"
     synthetic.write_patient(incoming, seed=12, patient_id="../../evil", ct_slices=2, rt=False)
     (incoming / "x.txt").write_text("hello")
-    code = main(["store", str(incoming)])
+    code = main(["store", str(incoming), "--database", index_db.arg])
     captured = capsys.readouterr()
     assert code == 1                                    # one bad file
     assert "2 files stored" in captured.out
     assert "x.txt: not DICOM" in captured.err
     assert sorted(p.name for p in (archive_dir / "data").iterdir()) == ["CLI1", "______evil"]
+    # the folder was indexed first (the index did not exist), then the stored files
+    assert sorted(index_db.rows("SELECT DISTINCT ImagePat FROM DICOMImages")) == \
+        [("../../evil",), ("CLI1",)]
 
 
 @pytest.mark.parametrize("argv, message", [

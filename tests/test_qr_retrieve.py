@@ -145,6 +145,30 @@ def test_the_example_job_moves_from_orthanc_then_exports_what_came_in(pacs, tmp_
     assert rows(db, "SELECT count(*) FROM DICOMImages") == [(41,)]
 
 
+def test_the_series_of_a_study_come_in_one_c_move_each_attributed_to_its_series(
+        pacs, tmp_path, capsys):
+    """One SERIES-level C-MOVE names all four series of the study (so Orthanc opens one
+    association to us, not four); each C-STORE counts for the series its header names."""
+    text = job_text(pacs, steps=pull_steps(pacs, '{remote: pacs, patient: "QR002"}'))
+    code, doc = run_job(tmp_path, text, capsys=capsys)
+    assert code == 0, doc
+    planned = {s["series_uid"]: s for s in doc["plan"]["steps"][0]["series"]}
+    assert len(planned) == 4 and len({s["study_uid"] for s in planned.values()}) == 1
+    report = doc["report"]["steps"][0]
+    assert report["totals"] == {"done": 43, "skipped": 0, "failed": 0}
+    originators = {o["detail"]["originator"] for o in report["outcomes"]}
+    assert len(originators) == 1 and originators.pop().startswith("CRUN#")
+    for s in report["summary"]["series"]:
+        assert s["completed"] == s["stored"] == planned[s["series_uid"]]["remote_instances"]
+        assert s["status"] == 0
+    db = tmp_path / "conquest.db"
+    by_series = dict(rows(db, "SELECT SeriesInst, count(*) FROM DICOMImages GROUP BY 1"))
+    assert by_series == {uid: s["remote_instances"] for uid, s in planned.items()}
+    for o in report["outcomes"]:       # the outcome's series is the one the file belongs to
+        assert rows(db, "SELECT SeriesInst FROM DICOMImages WHERE SOPInstanc = ?",
+                    (o["sop_uid"],)) == [(o["series_uid"],)]
+
+
 def test_a_retrieve_killed_midway_then_rerun_completes_without_duplicates(pacs, tmp_path):
     text = job_text(pacs, steps=pull_steps(pacs, '{remote: pacs, patient: "QR002", '
                                                  'modality: CT}'))
@@ -333,7 +357,7 @@ def test_a_c_store_from_another_originator_is_refused(tmp_path):
     port = free_port()
     store = RetrieveStore(archive, "CRUN", port).start()
     try:
-        store.expect(str(ds.SeriesInstanceUID), 7)
+        store.expect((str(ds.SeriesInstanceUID),), 7)
         ae = AE(ae_title="PACS")
         ae.add_requested_context(CTImageStorage)
         assoc = ae.associate("127.0.0.1", port, ae_title="CRUN")
@@ -363,3 +387,88 @@ def test_back_to_back_c_finds_on_one_association_lose_no_answer(pacs):
     counts = [len(find_series(node, patient=["QR001", "QR002"], modality=["CT", "RTPLAN"]))
               for _ in range(40)]
     assert counts == [4] * 40
+
+
+def test_a_node_that_takes_only_the_first_uid_of_a_list_gets_the_rest_asked_alone(tmp_path):
+    """A scripted Q/R SCP (pynetdicom, on 127.0.0.1) answering C-FIND as a PACS does, but whose
+    C-GET reads a SERIES-level UID list as its first UID only, as some nodes do: the series the
+    list request did not bring are asked for again alone, and the archive ends complete."""
+    import threading
+
+    import pydicom
+    from pydicom.multival import MultiValue
+    from pynetdicom import AE, StoragePresentationContexts, evt
+    from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
+                                      StudyRootQueryRetrieveInformationModelGet)
+
+    from conquest_run import Archive
+
+    write_patient(tmp_path / "src", seed=9, patient_id="LIST1", ct_slices=3)
+    held = [pydicom.dcmread(p) for p in sorted((tmp_path / "src").rglob("*")) if p.is_file()]
+    requests: list[tuple[str, str]] = []
+
+    def on_find(event):
+        ident = event.identifier
+        level = ident.QueryRetrieveLevel
+        seen = set()
+        for ds in held:
+            if level == "STUDY" and ds.StudyInstanceUID not in seen:
+                seen.add(ds.StudyInstanceUID)
+                yield 0xFF00, _answer(ds, ("PatientID", "StudyInstanceUID", "StudyDate"),
+                                      level)
+            elif level == "SERIES" and ds.SeriesInstanceUID not in seen and \
+                    ds.StudyInstanceUID == ident.StudyInstanceUID:
+                seen.add(ds.SeriesInstanceUID)
+                answer = _answer(ds, ("StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                                      "SeriesDescription"), level)
+                answer.NumberOfSeriesRelatedInstances = sum(
+                    1 for d in held if d.SeriesInstanceUID == ds.SeriesInstanceUID)
+                yield 0xFF00, answer
+
+    def on_get(event):
+        ident = event.identifier
+        value = ident.SeriesInstanceUID
+        asked = [str(u) for u in value] if isinstance(value, MultiValue) else [str(value)]
+        requests.append((ident.QueryRetrieveLevel, "\\".join(asked)))
+        chosen = [d for d in held if d.SeriesInstanceUID == asked[0]]     # the first only
+        yield len(chosen)
+        for ds in chosen:
+            yield 0xFF00, ds
+
+    ae = AE(ae_title="LISTSCP")
+    for cx in (StudyRootQueryRetrieveInformationModelFind,
+               StudyRootQueryRetrieveInformationModelGet):
+        ae.add_supported_context(cx)
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, scu_role=False, scp_role=True)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get)])
+    try:
+        archive = Archive(tmp_path / "data", tmp_path / "conquest.db")
+        (tmp_path / "data").mkdir()
+        node = {"host": "127.0.0.1", "port": port, "called_ae": "LISTSCP",
+                "calling_ae": "GETSCU", "timeout": 10}
+        timer = threading.Timer(50, server.shutdown)
+        timer.start()
+        report = archive.retrieve(node, method="get", patient="LIST1")
+        timer.cancel()
+    finally:
+        server.shutdown()
+    assert report.ok, [o for o in report.outcomes if o.status == "failed"]
+    assert report.totals()["done"] == len(held) == 6
+    first = requests[0]
+    assert first[0] == "SERIES" and first[1].count("\\") == 3       # one list of 4 series
+    assert len(requests) == 4                 # then the 3 it did not bring, each alone
+    assert all("\\" not in uids for _, uids in requests[1:])
+    assert {(s["completed"], s["failed"]) for s in report.summary["series"]} == {(3, 0), (1, 0)}
+    assert archive.query("SELECT count(DISTINCT SOPInstanc) FROM DICOMImages") == [(6,)]
+
+
+def _answer(ds, keywords, level):
+    from pydicom.dataset import Dataset
+    out = Dataset()
+    out.QueryRetrieveLevel = level
+    for name in keywords:
+        setattr(out, name, ds.get(name, ""))
+    return out

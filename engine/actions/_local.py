@@ -58,8 +58,12 @@ def source_path(data_dir: Path, rel: str) -> Path:
     return data_dir / rel_norm
 
 
-def is_database_file(path: Path, database: Path) -> bool:
-    """Whether ``path`` is the archive's database or one of SQLite's files beside it."""
+def is_database_file(path: Path, database: "Path | str") -> bool:
+    """Whether ``path`` is the archive's database or one of SQLite's files beside it (never,
+    for a PostgreSQL index)."""
+    from ..backends import is_postgres_url
+    if is_postgres_url(database):
+        return False
     target = os.path.realpath(path)
     base = os.path.realpath(database)
     return target in {base, base + "-wal", base + "-shm", base + "-journal"}
@@ -149,13 +153,17 @@ def sha256_file(path: Path) -> str:
 @dataclass(frozen=True)
 class ArchiveFacts:
     data_dir: Path
-    database: Path
+    database: "Path | str"        # a SQLite file, or a postgresql:// URL as given
     schema: "Schema"
 
 
 def archive_facts(archive: Any) -> ArchiveFacts:
-    """The data directory, database path and schema of an ``Archive``."""
-    return ArchiveFacts(Path(archive.data_dir), Path(archive.database), archive.schema)
+    """The data directory, database (path, or URL) and schema of an ``Archive``."""
+    from ..backends import is_postgres_url
+    database = archive.database
+    return ArchiveFacts(Path(archive.data_dir),
+                        database if is_postgres_url(database) else Path(database),
+                        archive.schema)
 
 
 # -- file side effects ---------------------------------------------------------------------
@@ -371,7 +379,7 @@ def plan_series(archive: Any, series_uids: "Sequence[str] | None",
         elif series_uids is not None:
             wanted = set(series_uids)
         out = []
-        for uid, pid, study, modality, desc in conn.execute(sql).fetchall():
+        for uid, pid, study, modality, desc in conn.execute(sql).fetchall():   # series only
             if wanted is not None and uid not in wanted:
                 continue
             insts = []

@@ -143,7 +143,8 @@ def destination_problem(destination: "str | os.PathLike", data_dir: "str | os.Pa
         if data.is_relative_to(dest):
             return ("contains the archive's data directory; choose a folder that holds "
                     "neither the data directory nor the database")
-    if database is not None:
+    from ..backends import is_postgres_url
+    if database is not None and not is_postgres_url(database):
         db_path = Path(os.path.realpath(database))
         if db_path == dest or db_path.is_relative_to(dest):
             return ("contains the archive's database; choose a folder that holds neither "

@@ -30,7 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..db import connect
+from ..backends.errors import database_errors, describe
+from ..db import connect, is_postgres
 from ..errors import ActionError, ArchiveError
 from ..removals import (KEEP, QUARANTINE, REMOVE, Removal, carry_out, checked_path,
                         ensure_table, failed_removal, hold_path, identity, journal,
@@ -69,8 +70,16 @@ class _Changes:
         self.dry_run = dry_run
         self.counts: dict[str, int] = {}
 
-    def begin(self) -> None:
+    def begin(self, tables: Sequence[str] = ()) -> None:
+        """SQLite's ``BEGIN IMMEDIATE`` takes the write lock; on PostgreSQL the index tables
+        are locked against other writers (SHARE ROW EXCLUSIVE: readers go on, a store's
+        transaction waits, or is waited for) so the rows decided are the rows deleted."""
         self.conn.execute("BEGIN" if self.dry_run else "BEGIN IMMEDIATE")
+        if tables and not self.dry_run and is_postgres(self.conn):
+            from ..backends.pglocks import exclude_store_batches
+            exclude_store_batches(self.conn)     # no file renamed in with its rows to come
+            self.conn.execute(f"LOCK TABLE {', '.join(_q(t) for t in tables)} "
+                              "IN SHARE ROW EXCLUSIVE MODE")
 
     def delete(self, table: str, key: str, keys: Sequence[str]) -> None:
         done = 0
@@ -239,12 +248,13 @@ def _run(step: "PlanStep", ctx: "ActionContext", facts: Any) -> StepReport:
     if not ctx.dry_run:
         try:
             ensure_table(conn)
-        except sqlite3.DatabaseError as exc:
+        except database_errors() as exc:
             conn.close()
-            return rec.fail_step(f"delete: cannot prepare the delete journal: {exc}")
+            return rec.fail_step(f"delete: cannot prepare the delete journal: {describe(exc)}")
     changes = _Changes(conn, ctx.dry_run)
     try:
-        changes.begin()
+        changes.begin((schema.patients.name, schema.studies.name, schema.series.name,
+                       schema.images.name, EXTRAS_TABLE))
         gone = _decide(conn, schema, step, facts.data_dir)
         removals = _removals(step, ctx, gone, mode, facts.data_dir)
         changes.delete(EXTRAS_TABLE, "SOPInstanc", sorted(gone["extras"]))
@@ -254,10 +264,11 @@ def _run(step: "PlanStep", ctx: "ActionContext", facts: Any) -> StepReport:
         changes.delete(schema.patients.name, schema.patients.key, sorted(gone["patients"]))
         changes.journal(removals)
         changes.commit()
-    except sqlite3.DatabaseError as exc:
+    except database_errors() as exc:
         changes.rollback()
         conn.close()
-        return rec.fail_step(f"delete: the database change failed and was rolled back: {exc}")
+        return rec.fail_step("delete: the database change failed and was rolled back: "
+                             f"{describe(exc)}")
     except BaseException:
         changes.rollback()
         conn.close()

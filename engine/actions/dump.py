@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
+from ..backends.errors import database_errors, describe
 from ..errors import ActionError, ArchiveError, ConquestRunError, JobError
 from ..report import DONE, FAILED, Outcome, StepReport
 from ..sqlcheck import authorizer
+from ..db import is_postgres
 from ._local import (StepRecorder, archive_facts, connect_reader, filesystem, inside,
                      is_database_file, os_reason,
                      progress, safe_component, source_path)
@@ -51,7 +53,21 @@ def readonly_rows(conn: sqlite3.Connection, sql: str,
     """Column names and a streaming row iterator of ``sql`` behind the job-query authorizer
     (``sqlcheck.authorizer``: SELECT, READ and allow-listed functions only) on a connection
     that cannot write.  Use a fresh connection: the authorizer acts when statements are
-    prepared."""
+    prepared.  On PostgreSQL the session is READ ONLY and the rows come from a server-side
+    cursor (``db.stream_query``)."""
+    from ..backends.errors import database_errors, describe
+    from ..db import is_postgres, stream_query
+    if is_postgres(conn):
+        # job SQL on PostgreSQL: this is the one place a dump runs it (as checked by sqlcheck)
+        if isinstance(params, dict):
+            if params:
+                raise ActionError("dump: a query with :name parameters does not run on a "
+                                  "PostgreSQL index in this version")
+            params = ()
+        try:
+            return stream_query(conn, sql, params, itersize=FETCH)
+        except database_errors() as exc:
+            raise ActionError(f"dump: the query failed: {describe(exc)}") from None
     conn.set_authorizer(authorizer)
     try:
         cur = conn.execute(sql, params if isinstance(params, dict) else tuple(params))
@@ -80,14 +96,27 @@ def _quote_ident(name: str) -> str:
 
 
 def _table_name(conn: sqlite3.Connection, table: str) -> str:
-    names = {r[0].lower(): r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    from ..db import table_names
+    names = table_names(conn, views=True)
     hit = names.get(str(table).lower())
     if hit is None:
         raise JobError(f"dump: there is no table or view {table!r} in the database; known: "
                        + ", ".join(sorted(v for k, v in names.items()
                                           if not k.startswith("sqlite_"))))
     return hit
+
+
+def _as_in_schema(names: list[str], schema) -> list[str]:
+    """Column names spelt as dicom.sql (and RTExtras) spell them: PostgreSQL gives them in
+    lower case; on SQLite they already are."""
+    from ..schema import EXTRAS_COLUMNS
+    spelt = {n.lower(): n for n, _ in EXTRAS_COLUMNS}
+    for table in schema.tables.values():
+        spelt.update((c.lower(), c) for c in table.column_names())
+    def spell(name: str) -> str:
+        base, colon, rest = name.partition(":")      # a view's second StudyInsta: studyinsta:1
+        return spelt.get(base, base) + colon + rest if name == name.lower() else name
+    return [spell(n) for n in names]
 
 
 def _series_rows(conn: sqlite3.Connection, step: "PlanStep",
@@ -107,7 +136,9 @@ def _series_rows(conn: sqlite3.Connection, step: "PlanStep",
             f"s.{_quote_ident(se.link)} "
             f"LEFT JOIN {_quote_ident(pa.name)} p ON p.{_quote_ident(pa.key)} = "
             f"t.{_quote_ident(st.link)} WHERE s.{_quote_ident(se.key)} IN ")
-    conn.set_authorizer(authorizer)
+    from ..db import is_postgres
+    if not is_postgres(conn):
+        conn.set_authorizer(authorizer)
 
     def rows() -> Iterator[tuple]:
         uids = [s.series_uid for s in step.series]
@@ -311,12 +342,17 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         if table is not None:
             name = _table_name(conn, table)
             names, rows = readonly_rows(conn, f"SELECT * FROM {_quote_ident(name)}")
+            if is_postgres(conn):
+                names = _as_in_schema(names, facts.schema)
             source = f"table {name}"
         elif step.query:
             if not params:
                 from ..jobvars import bound_params
                 params = bound_params(ctx.plan.variables, step.query)
             names, rows = readonly_rows(conn, step.query, params)
+            if is_postgres(conn):
+                from ..backends.pgquery import written_names
+                names = written_names(step.query, names)
             source = "query"
         else:
             names, rows = _series_rows(conn, step, facts.schema)
@@ -329,8 +365,8 @@ def run(step: "PlanStep", ctx: "ActionContext") -> StepReport:
         return rec.fail_step(exc.message)
     except OSError as exc:
         return rec.fail_step(f"dump: cannot write {out}: {os_reason(exc)}")
-    except sqlite3.DatabaseError as exc:
-        return rec.fail_step(f"dump: reading the database failed: {exc}")
+    except database_errors() as exc:
+        return rec.fail_step(f"dump: reading the database failed: {describe(exc)}")
     finally:
         conn.close()
     rec.add(Outcome(None, None, DONE, "", {"path": str(out), "rows": count,

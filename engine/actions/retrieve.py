@@ -65,15 +65,18 @@ def _local_sops(facts: Any, series: "tuple[PlannedSeries, ...]") -> dict[str, se
     """SOP Instance UIDs each planned series has in the index now."""
     im = facts.schema.images
     out: dict[str, set[str]] = {s.series_uid: set() for s in series}
-    if not facts.database.is_file():
+    from ..backends.errors import database_errors, describe
+    from ..db import index_exists, index_label
+    if not index_exists(facts.database):
         return out
     conn = connect_reader(facts.database)
     try:
         for uid in out:
             out[uid] = {r[0] for r in conn.execute(
                 f'SELECT "{im.key}" FROM "{im.name}" WHERE "{im.link}" = ?', (uid,))}
-    except sqlite3.Error as exc:
-        raise ArchiveError(f"cannot read the index: {exc}", file=str(facts.database)) from None
+    except database_errors() as exc:
+        raise ArchiveError(f"cannot read the index: {describe(exc)}",
+                           file=index_label(facts.database)) from None
     finally:
         conn.close()
     return out

@@ -168,13 +168,14 @@ def _confirmed(ctx: "ActionContext", target: str) -> set[str]:
         return ctx.audit.confirmed(ACTION, target)
     from ..db import connect_reader     # query_only, and leaves no -wal/-shm behind
 
-    database = Path(ctx.plan.database)
-    if not database.is_file():
+    from ..db import index_exists
+    database = ctx.plan.database
+    if not index_exists(database):
         return set()
     conn = connect_reader(database)
     try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                            (AUDIT_TABLE,)).fetchone():
+        from ..db import table_names
+        if AUDIT_TABLE.lower() not in table_names(conn):
             return set()
         rows = conn.execute(f"SELECT DISTINCT SOPInstanc FROM {AUDIT_TABLE} WHERE Action = ? "
                             "AND Target = ? AND Status = ? AND SOPInstanc IS NOT NULL",

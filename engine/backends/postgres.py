@@ -18,7 +18,7 @@ When the server stays away through every pause: one sentence, exit 2.  Passwords
 from __future__ import annotations
 
 __all__ = ["PgConnection", "connect", "mask_url", "parse_url", "PgUrlError", "PgConnectionLost",
-           "RETRY_DELAYS_S"]
+           "RETRY_DELAYS_S", "fold_quoted_names"]
 
 import re
 import sys
@@ -98,6 +98,19 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
 
 
+_TOKENS = re.compile(r"'(?:[^']|'')*'|(?i:collate)\s+\"[^\"]*\"|\"(?:[^\"]|\"\")*\"")
+
+
+def fold_quoted_names(sql: str) -> str:
+    """``"RTExtras"`` -> ``"rtextras"``: the shared code quotes its identifiers as written in
+    dicom.sql, while dgate's tables on PostgreSQL are unquoted, so lower case.  String literals
+    and collation names (``COLLATE "C"``) are left as they are."""
+    if '"' not in sql:
+        return sql
+    return _TOKENS.sub(lambda m: m.group(0).lower() if m.group(0)[0] == '"' else m.group(0),
+                       sql)
+
+
 class _NoRows:
     """The result of a statement that has no meaning on PostgreSQL (``PRAGMA``)."""
 
@@ -138,6 +151,7 @@ class PgConnection:
 
     @staticmethod
     def _sql(sql: str, params: Any) -> str:
+        sql = fold_quoted_names(sql)
         if params is None:
             return sql
         return sql.replace("%", "%%").replace("?", "%s")

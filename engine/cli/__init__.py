@@ -9,6 +9,7 @@
     conquest-run init|list|show ...                                   job repositories (cli/repo)
     conquest-run completion bash|zsh | help [CMD]      (cli/completion, cli/helptext)
     conquest-run migrate --from conquest.db --to postgresql://...     to PostgreSQL (cli/migrate)
+    conquest-run worker --database postgresql://... --data DIR        send queue    (cli/worker)
 
 Exit codes: 0 all done, 1 some work failed, 2 invalid job or usage.  A user error is printed as
 ``PATH:LINE:COL: message`` on stderr, never as a traceback.
@@ -44,6 +45,7 @@ SUBCOMMANDS = {
     "show": "repo",
     "completion": "completion",
     "migrate": "migrate",
+    "worker": "worker",
 }
 
 
@@ -173,6 +175,13 @@ def _main(argv: list[str]) -> int:
         return 1
     except sqlite3.DatabaseError as exc:  # a damaged file fails at whichever statement meets it
         return _unusable(exc)
+    except Exception as exc:              # a PostgreSQL error met midway: one sentence
+        from ..backends.errors import describe, is_postgres_error
+        if not is_postgres_error(exc):
+            raise
+        print(f"the PostgreSQL server refused or failed a statement: {describe(exc)}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -63,7 +63,10 @@ def register(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _open(database: str):
+    from ..backends import is_postgres_url
     from ..db import connect_reader
+    if is_postgres_url(database):
+        return connect_reader(database)     # no audit tables there: no runs
     path = Path(database)
     if not path.is_file() and not path.is_dir():  # a folder: connect_reader says so
         raise ArchiveError("database not found (no runs recorded here)", file=str(path))

@@ -24,6 +24,7 @@ SUMMARY = {
     "load-csv": "append a CSV file's rows to a user table beside the archive",
     "image-stats": "pixel statistics per series into a user table",
     "migrate": "copy a SQLite index (conquest-run's tables too) into PostgreSQL",
+    "worker": "send a PostgreSQL index's queued instances (leases; any number of workers)",
     "completion": "print a bash or zsh completion script",
     "help": "show the help of conquest-run or of one command",
 }
@@ -51,6 +52,10 @@ EXAMPLES = {
     "load-csv": ["conquest-run load-csv review.csv --table review"],
     "image-stats": ["conquest-run image-stats --modality CT --table ct_stats"],
     "migrate": ["conquest-run migrate --from conquest.db --to postgresql://conquest@dbhost:5432/pacs"],
+    "worker": ["conquest-run worker --database postgresql://conquest@dbhost:5432/pacs "
+               "--data /mnt/archive/data",
+               "conquest-run worker --database postgresql://conquest@dbhost/pacs --batch 50 "
+               "--lease 60 --idle-exit 600"],
     "completion": ["conquest-run completion bash > ~/.local/share/bash-completion/completions/"
                    "conquest-run",
                    "conquest-run completion zsh > ~/.zfunc/_conquest-run"],

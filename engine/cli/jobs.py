@@ -96,6 +96,13 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _shown_database(database: str) -> str:
+    """A SQLite path as ``_shown``; a PostgreSQL URL with any password masked."""
+    from ..db import index_label
+    from ..backends import is_postgres_url
+    return index_label(database) if is_postgres_url(database) else _shown(database)
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "kB", "MB", "GB", "TB"):
@@ -119,7 +126,7 @@ def print_plan(plan, console, *, dry_run: bool, notes: list[str] = (),
                   f"([cyan]{escape(plan.job_name)}[/cyan])"
                   + ("  [yellow](dry run: nothing will be changed)[/yellow]" if dry_run else ""))
     console.print(f"  archive: data directory {escape(_shown(plan.data_dir))}, "
-                  f"database {escape(_shown(plan.database))}")
+                  f"database {escape(_shown_database(plan.database))}")
     if plan.variables:
         console.print("  variables: " + ", ".join(
             f"{escape(k)}={escape(','.join(v) if isinstance(v, list) else str(v))}"

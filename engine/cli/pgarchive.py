@@ -5,8 +5,7 @@ The same indexer, writer rules and file placing as on SQLite, through ``backends
 A full rebuild (every patient) goes through ``backends.pgbulk``: COPY into temporary tables and
 one merge, in one transaction (atomic); the incremental modes write row by row.  A connection
 lost midway is made again and the lost transaction done again (``PgConnection.retrying``).
-Not yet on PostgreSQL: the run record of the commands (``ConquestRunRuns``), crash recovery's
-intent journal, jobs.  Any psycopg error met midway is one sentence naming the masked URL (exit 2).
+Not yet on PostgreSQL: crash recovery's intent journal.  Any psycopg error met midway is one sentence naming the masked URL (exit 2).
 """
 
 from __future__ import annotations
@@ -69,7 +68,13 @@ def _store(archive: Archive, url: str, args: argparse.Namespace) -> int:
     from ..indexer import FlaggedFile
     from ..store import store
     from .archive import _report
+    from ..db import has_schema
+    from ..indexer import Indexer
+    with closing(connect(url)) as probe:
+        fresh = not has_schema(probe, archive.schema)
     with closing(_writable(archive, url)) as conn:
+        if fresh and archive.data_dir.is_dir():       # as on SQLite: the folder indexed first
+            Indexer(conn, archive.schema, archive.data_dir).run(mode="all")
         result = store(conn, archive.schema, archive.data_dir, args.paths, move=args.move)
         _print_notices(conn)
     flagged = [FlaggedFile(s.source, s.flags) for s in result.flagged]
@@ -161,7 +166,11 @@ def _query(archive: Archive, url: str, args: argparse.Namespace) -> int:
         try:
             cur = conn.raw.execute(text, list(args.param))
             header = [d.name for d in cur.description or ()]
-            if len(written) == len(header):       # the names as written, as SQLite gives them
+            from ..backends.sqliteheader import sqlite_header
+            named = sqlite_header(archive.schema, checked.sql, list(args.param))
+            if named is not None and len(named) == len(header):   # as SQLite names them
+                header = named
+            elif len(written) == len(header):
                 header = [w or h for w, h in zip(written, header)]
             rows = [tuple(r) for r in cur.fetchall()]
         except psycopg.errors.QueryCanceled:
@@ -193,6 +202,15 @@ def _doubled_percent(node):
     return node
 
 
+def _recorded(name: str, archive: Archive, command) -> int:
+    """``command()`` inside the ConquestRunRuns row of ``commandlog.recorded_command``."""
+    from ..commandlog import recorded_command
+    with recorded_command(archive, name, "") as finish:
+        code = command()
+        finish(code == 0, {"exit_code": code})
+    return code
+
+
 def run(name: str, args: argparse.Namespace) -> int:
     url = args.database
     archive = Archive(args.data, "postgresql", args.dicom_sql)
@@ -202,10 +220,10 @@ def run(name: str, args: argparse.Namespace) -> int:
         raise ArchiveError(f"{mask_url(url)}: PostgreSQL needs psycopg: "
                            "pip install 'conquest-run[postgres]'") from None
     try:
-        if name == "rebuild":
-            return _rebuild(archive, url, args)
-        if name == "store":
-            return _store(archive, url, args)
+        if name in ("rebuild", "store"):        # a run record, as on SQLite (commandlog)
+            return _recorded(name, Archive(args.data, url, args.dicom_sql),
+                             lambda: (_rebuild if name == "rebuild" else _store)(
+                                 archive, url, args))
         if name == "summary":
             return _summary(archive, url)
         if name == "query":

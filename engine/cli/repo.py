@@ -102,6 +102,13 @@ def _entry(path: Path) -> dict[str, Any]:
                          "required": s.required} for n, s in job.var_specs.items()}}
 
 
+def _shown_index(database) -> str:
+    """The database as ``_shown`` says a path; a PostgreSQL URL with its password masked."""
+    from ..backends import is_postgres_url
+    from ..db import index_label
+    return index_label(database) if is_postgres_url(database) else _shown(Path(database))
+
+
 def _shown(path: Path) -> str:
     import os
     rel = os.path.relpath(path)
@@ -196,7 +203,7 @@ def _show(word: str) -> int:
     where = (f"from the project file {_shown(Path(job.project.path))}" if job.project
              else "relative to the working directory")
     print(f"archive: data directory {_shown(Path(archive.data_dir))}, database "
-          f"{_shown(Path(archive.database))} ({where})")
+          f"{_shown_index(archive.database)} ({where})")
     if job.var_specs:
         print("variables:")
         for n, s in job.var_specs.items():

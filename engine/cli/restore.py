@@ -34,8 +34,10 @@ def run(name: str, args: argparse.Namespace) -> int:
     from ..report import DONE, FAILED, Outcome
 
     archive = Archive(args.data, args.database, args.dicom_sql)
-    if not archive.database.is_file():
-        print(f"{archive.database}: database not found; nothing was restored", file=sys.stderr)
+    from ..db import index_exists, index_label
+    if not index_exists(archive.database, archive.schema):
+        print(f"{index_label(archive.database)}: database not found; nothing was restored",
+              file=sys.stderr)
         return 2
     finish_at_start(archive)                 # an interrupted quarantine delete, finished
     find_run(archive.data_dir, args.run)     # a clear refusal before anything is recorded

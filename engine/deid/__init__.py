@@ -1,7 +1,8 @@
 """De-identified exports: DICOM PS3.15 Annex E (Table E.1-1 as data) on copy and send.
 
 ``profile.py`` (the table's actions and the options), ``uids.py`` (keyed pseudonyms),
-``apply.py`` (one dataset), ``report.py`` (per-file actions, the mapping), ``export.py`` (one
+``apply.py`` (one dataset), ``private.py`` (Table E.3.10-1: the safe private attributes),
+``report.py`` (per-file actions, the mapping), ``export.py`` (one
 step's export session).
 """
 

@@ -10,7 +10,9 @@ pseudonym for PatientID and PatientName); K keep; C clean (dates moved by the pa
 under the Modified Dates option, text with every identifying value of the file taken out,
 sequences kept with their items de-identified, binary values removed); U the keyed UID.
 Attributes the table does not name are kept, except UIDs (remapped by value unless they name a
-class or a transfer syntax, or the Retain UIDs option is given) and private attributes.
+class or a transfer syntax, or the Retain UIDs option is given) and private attributes (removed;
+under the Retain Safe Private Option only those of Table E.3.10-1 and their creators are kept,
+see ``private.py``, with their UIDs remapped and their sequences' items walked).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
+from .private import KEEP, plan_private
 from .profile import Profile
 from .uids import Pseudonyms, is_standard_uid
 
@@ -86,6 +89,7 @@ class _Walker:
         self.names = names
         self.patient_id = patient_id
         self.retain_uids = "retain-uids" in profile.options
+        self.safe_private = profile.private_action in ("C", "K")     # E.3.10: the safe ones
         self.modified_dates = "retain-longitudinal-modified-dates" in profile.options
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         pattern = "|".join(re.escape(v) for v in sorted(set(identifying), key=len, reverse=True))
@@ -96,9 +100,12 @@ class _Walker:
 
     def dataset(self, ds: Dataset) -> None:
         held = ds._dict     # raw elements stay unconverted unless their value is looked at
+        private = {}
+        if self.safe_private and any(tag.is_private for tag in held):
+            private = plan_private(ds, lambda t: ds[t].VR)
         for tag in list(held.keys()):
             if tag.is_private:
-                self._private(ds, tag, _raw_vr(held[tag], tag))
+                self._private(ds, tag, private.get(tag))
                 continue
             action = self.profile.action(int(tag))
             if action is None and _raw_vr(held[tag], tag) not in ("SQ", "UI"):
@@ -142,12 +149,23 @@ class _Walker:
     def _empty(elem: DataElement) -> Any:
         return b"" if elem.VR in _BINARY_VRS else None
 
-    def _private(self, ds: Dataset, tag: Any, vr: str) -> None:
-        keep = self.profile.private_action in ("C", "K") and (
-            0x0010 <= tag.element < 0x0100 or vr in _NUMERIC_VRS)   # a creator, or a number
-        if not keep:
+    def _private(self, ds: Dataset, tag: Any, plan: "tuple[str, tuple[str, ...]] | None"
+                 ) -> None:
+        """Removed unless Table E.3.10-1 lists it (or it is the creator of one that is)."""
+        if plan is None:
             del ds[tag]
-        self.counts[keyword(int(tag))]["K" if keep else "X"] += 1
+            self.counts[keyword(int(tag))]["X"] += 1
+            return
+        kind, allowed = plan
+        elem = ds[tag]
+        if kind == KEEP and elem.VR == "UN" and allowed == ("UI",):     # an implicit-VR UID
+            text = bytes(elem.value or b"").decode("ascii", "replace").strip(" \0")
+            elem = ds[tag] = DataElement(tag, "UI", text.split("\\") if "\\" in text else text)
+        if elem.VR == "SQ":
+            self._items(elem)
+        elif elem.VR == "UI":
+            self._uid(elem, force=False)
+        self.counts[keyword(int(tag))]["K"] += 1
 
     def _unlisted(self, elem: DataElement) -> None:
         if elem.VR == "SQ":

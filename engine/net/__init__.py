@@ -13,6 +13,7 @@
 | ``qrscp``, ``qrmove`` | serve's C-FIND, C-GET and C-MOVE |
 | ``nodes`` | the C-MOVE destinations (``--node``, ``--nodes``: YAML or ACRNEMA.MAP) |
 | ``serveaudit`` | serve's audit rows (associations, queries, retrieves) |
+| ``sendqueue`` | the send queue of a PostgreSQL index and its workers' loop |
 
 pynetdicom is imported lazily: ``import conquest_run.net`` is cheap.
 """

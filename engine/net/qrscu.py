@@ -294,12 +294,60 @@ def _one_series(s: RemoteSeries, wanted: set[str] | None, request: Callable[[Any
     return total
 
 
+def _series_list_identifier(group: Sequence[RemoteSeries]) -> Any:
+    return _identifier("SERIES", {"StudyInstanceUID": group[0].study_uid,
+                                  "SeriesInstanceUID": "\\".join(s.series_uid for s in group)},
+                       ())
+
+
+def _study_groups(series: Sequence[RemoteSeries], only: dict[str, set[str]]
+                  ) -> Iterator[list[RemoteSeries]]:
+    """Consecutive series in one request: the whole series (none in ``only``) of one study, a
+    SERIES-level UID list of at most ``UID_CHUNK``; every other series alone."""
+    group: list[RemoteSeries] = []
+    for s in series:
+        whole = s.series_uid not in only
+        if group and (not whole or s.study_uid != group[0].study_uid or
+                      len(group) >= UID_CHUNK):
+            yield group
+            group = []
+        if whole:
+            group.append(s)
+        else:
+            yield [s]
+    if group:
+        yield group
+
+
+def _split(group: Sequence[RemoteSeries], part: SeriesResult, arrivals: list[Arrival]
+           ) -> tuple[list[SeriesResult], list[RemoteSeries]]:
+    """The results of a series-list request, per series, and the series to ask again alone:
+    those of a request that did not end in success, or that have fewer instances here than
+    the node counted (a node may take only the first UID of a list, or fail some)."""
+    done, again = [], []
+    clean = part.error is None and part.status == 0x0000 and part.failed == 0
+    for s in group:
+        mine = [a for a in arrivals if a.series_uid == s.series_uid]
+        stored = sum(1 for a in mine if a.status == 0)
+        if clean and len(mine) == stored and (s.instances is None or stored >= s.instances):
+            done.append(SeriesResult(s.series_uid, status=0x0000, completed=stored,
+                                     arrivals=mine))
+        else:
+            again.append(s)
+            done.append(SeriesResult(s.series_uid, arrivals=mine))   # merged with the retry
+    return done, again
+
+
 def _retrieve(assoc: Any, node: RemoteNode, series: Sequence[RemoteSeries],
               store: RetrieveStore, on_result: Callable[[SeriesResult], None],
               send: Callable[[Any, int], Iterator[tuple[Any, Any]]], what: str,
               only: dict[str, set[str]]) -> None:
+    """The whole series of a study in one SERIES-level request naming them all (for C-MOVE,
+    one association from the node instead of one per series), the C-STOREs attributed by
+    their own SeriesInstanceUID; partial series, and series such a request did not bring in
+    full, one at a time."""
     ids = iter(range(1, 1 << 30))
-    current = ""
+    current: tuple[str, ...] = ()
 
     def request(identifier: Any) -> SeriesResult:
         message_id = next(ids) % 65535 + 1
@@ -310,16 +358,47 @@ def _retrieve(assoc: Any, node: RemoteNode, series: Sequence[RemoteSeries],
         store.expect(None)
         return part
 
-    for number, s in enumerate(series, 1):
-        current = s.series_uid
+    def alone(s: RemoteSeries, before: SeriesResult | None = None) -> SeriesResult:
+        nonlocal current
+        current = (s.series_uid,)
         result = _one_series(s, only.get(s.series_uid), request)
         store.sink.flush()
-        result.arrivals = store.take()
-        on_result(result)
-        if result.error is not None or not assoc.is_established:
-            for rest in series[number:]:
-                on_result(SeriesResult(rest.series_uid, error="not retrieved: the "
-                                       "association to the node was lost"))
+        result.arrivals = (before.arrivals if before else []) + store.take()
+        return result
+
+    def lost(rest: Sequence[RemoteSeries]) -> None:
+        for s in rest:
+            on_result(SeriesResult(s.series_uid, error="not retrieved: the association to "
+                                   "the node was lost"))
+
+    groups = list(_study_groups(series, only))
+    for number, group in enumerate(groups, 1):
+        if len(group) == 1:
+            results = [alone(group[0])]
+        else:
+            current = tuple(s.series_uid for s in group)
+            part = request(_series_list_identifier(group))
+            store.sink.flush()
+            results, again = _split(group, part, store.take())
+            if part.error is not None or not assoc.is_established:
+                again = []
+                for r in results:
+                    if r.status is None:
+                        r.error = part.error or "not retrieved: the association was lost"
+            by_uid = {r.series_uid: r for r in results}
+            stopped = False
+            for s in again:
+                if stopped:
+                    by_uid[s.series_uid].error = "not retrieved: the association to the " \
+                                                 "node was lost"
+                    continue
+                by_uid[s.series_uid] = alone(s, by_uid[s.series_uid])
+                stopped = by_uid[s.series_uid].error is not None or not assoc.is_established
+            results = [by_uid[s.series_uid] for s in group]
+        for r in results:
+            on_result(r)
+        if any(r.error is not None for r in results) or not assoc.is_established:
+            lost([s for g in groups[number:] for s in g])
             return
 
 
@@ -327,7 +406,8 @@ def move_series(node: RemoteNode, series: Sequence[RemoteSeries], store: Retriev
                 on_result: Callable[[SeriesResult], None],
                 only: dict[str, set[str]] | None = None) -> None:
     """C-MOVE each series (or, in ``only``, just those of its instances) to ``store.aet``
-    (the store listening meanwhile), over one association."""
+    (the store listening meanwhile), over one association: the whole series of a study in
+    one request."""
     with _associated(node, [(STUDY_ROOT_MOVE, None)], "C-MOVE") as assoc:
         _retrieve(assoc, node, series, store, on_result,
                   lambda ident, mid: assoc.send_c_move(ident, store.aet, STUDY_ROOT_MOVE,

@@ -62,7 +62,8 @@ class RetrieveStore(Receiver):
 
     For C-MOVE it listens (``start()``) on ``port`` under our AE title; for C-GET it is not
     started, and its handler answers the C-STOREs of the C-GET association.  The requests
-    are made one series at a time: ``expect(series_uid, message_id)`` names the current one.
+    are made one at a time: ``expect(series_uids, message_id)`` names the series of the
+    current one.
     """
 
     def __init__(self, archive: Any, aet: str, port: int = 0, host: str = "127.0.0.1",
@@ -74,15 +75,17 @@ class RetrieveStore(Receiver):
         self.aet = aet
         self.placed = sink.placed
         self._mutex = threading.Lock()
-        self._moves: dict[int, str] = {}       # C-MOVE message ID -> series UID
-        self._current: str | None = None       # the series being retrieved now
+        self._moves: dict[int, tuple[str, ...]] = {}   # C-MOVE message ID -> its series
+        self._current: tuple[str, ...] | None = None   # the series being retrieved now
         self._arrived: list[Arrival] = []
 
-    def expect(self, series_uid: str | None, message_id: int | None = None) -> None:
+    def expect(self, series: tuple[str, ...] | None, message_id: int | None = None) -> None:
+        """The series of the request in flight (one, or the series list of a SERIES-level
+        request, whose C-STOREs are attributed by their own SeriesInstanceUID)."""
         with self._mutex:
-            self._current = series_uid
-            if message_id is not None and series_uid is not None:
-                self._moves[message_id] = series_uid
+            self._current = series or None
+            if message_id is not None and series:
+                self._moves[message_id] = series
 
     def take(self) -> list[Arrival]:
         """What arrived since the last call (called by the requesting thread)."""
@@ -90,7 +93,7 @@ class RetrieveStore(Receiver):
             out, self._arrived = self._arrived, []
         return out
 
-    def _attribute(self, request: Any) -> tuple[str | None, str]:
+    def _attribute(self, request: Any) -> tuple[tuple[str, ...] | None, str]:
         message_id = request.MoveOriginatorMessageID
         origin = (request.MoveOriginatorApplicationEntityTitle or "").strip()
         with self._mutex:
@@ -100,10 +103,23 @@ class RetrieveStore(Receiver):
                 return self._moves[message_id], f"{origin}#{message_id}"
         return None, f"{origin}#{message_id}"
 
+    @staticmethod
+    def _series_of(event: Any, asked: tuple[str, ...]) -> str:
+        """The series of a C-STORE among those asked for (its own SeriesInstanceUID when it is
+        one of them, else the first: a request for one series takes what it brings)."""
+        if len(asked) == 1:
+            return asked[0]
+        try:
+            own = str(event.dataset.get("SeriesInstanceUID", "") or "").strip()
+        except Exception:              # an undecodable dataset: the store refuses it anyway
+            own = ""
+        return own if own in asked else asked[0]
+
     def _on_c_store(self, event: Any) -> int:
         request = event.request
-        series_uid, origin = self._attribute(request)
+        asked, origin = self._attribute(request)
         sop_uid = str(request.AffectedSOPInstanceUID)
+        series_uid = None if asked is None else self._series_of(event, asked)
         if series_uid is None:
             self.notice(f"C-STORE of {sop_uid} refused (0x0124): its Move Originator "
                         f"({origin}) is not a retrieve of this job")

@@ -68,13 +68,9 @@ def _store(archive: Archive, url: str, args: argparse.Namespace) -> int:
     from ..indexer import FlaggedFile
     from ..store import store
     from .archive import _report
-    from ..db import has_schema
-    from ..indexer import Indexer
-    with closing(connect(url)) as probe:
-        fresh = not has_schema(probe, archive.schema)
+    if archive.data_dir.is_dir():    # as on SQLite: a new index has the folder indexed first
+        Archive(args.data, url, args.dicom_sql).ensure_indexed()
     with closing(_writable(archive, url)) as conn:
-        if fresh and archive.data_dir.is_dir():       # as on SQLite: the folder indexed first
-            Indexer(conn, archive.schema, archive.data_dir).run(mode="all")
         result = store(conn, archive.schema, archive.data_dir, args.paths, move=args.move)
         _print_notices(conn)
     flagged = [FlaggedFile(s.source, s.flags) for s in result.flagged]

@@ -21,20 +21,9 @@ import threading
 from pathlib import Path
 
 from ..errors import ArchiveError
+from .network import _bounded
 
 _EXIT_BY_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}
-
-
-def _bounded(convert, low: float, high: float, what: str):
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"out of range {low:g}..{high:g}: {text}")
-        return value
-    return parse
 
 
 def register(name: str, parser: argparse.ArgumentParser) -> None:

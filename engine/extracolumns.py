@@ -148,10 +148,14 @@ def add_missing_columns(conn: sqlite3.Connection, schema: Any,
             raise ArchiveError(f"{', '.join(sorted(wanted.values()))}: not a column of "
                                f"{schema.source} (add it there, or with Archive.add_column)")
         if added:              # the views list the columns: made again to show the new ones
-            conn.execute("DROP VIEW IF EXISTS v_series")
-            conn.execute("DROP VIEW IF EXISTS v_seriesRT")
-            for stmt in schema.views_ddl():
-                conn.execute(stmt)
+            if db.is_postgres(conn):
+                from .backends.pgschema import remake_views
+                remake_views(conn, schema)
+            else:
+                conn.execute("DROP VIEW IF EXISTS v_series")
+                conn.execute("DROP VIEW IF EXISTS v_seriesRT")
+                for stmt in schema.views_ddl():
+                    conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)          # never hides the error (a full disk) behind its own
@@ -221,10 +225,9 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
 def extend_database(archive: Any, names: Iterable[str]) -> dict[str, Any]:
     """``rebuild --refresh --columns NAME``: the named layout columns added to the database
     where missing, and only their values read from the files."""
-    from . import db
-    if not Path(archive.database).is_file():
+    if not db.index_exists(archive.database, archive.schema):
         raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",
-                           file=str(archive.database))
+                           file=db.index_label(archive.database))
     conn = db.connect(archive.database)
     try:
         columns = add_missing_columns(conn, archive.schema, names)

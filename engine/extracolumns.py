@@ -209,11 +209,10 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
     try:
         for n, _, table, column in where:
             key = schema.tables[table].key
-            for k, value in values[(table, column)].items():
-                if k is None:
-                    continue
-                updated += conn.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE "{key}" = ?',
-                                        (value, k)).rowcount
+            pairs = [(value, k) for k, value in values[(table, column)].items() if k is not None]
+            if pairs:               # one executemany (pipelined on PostgreSQL)
+                updated += conn.executemany(f'UPDATE "{table}" SET "{column}" = ? WHERE '
+                                            f'"{key}" = ?', pairs).rowcount
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)          # never hides the error (a full disk) behind its own

@@ -114,6 +114,14 @@ def test_what_a_postgresql_column_cannot_hold_is_refused_whole(arc):
     with pytest.raises(ArchiveError, match="column b of blobs holds bytes and these rows give "
                                            "it numbers or text"):
         archive.insert_rows("blobs", [{"a": 1}, {"b": "text"}])
+    with closing(db.connect(index_db.arg)) as conn:     # a table of the user's own types
+        conn.execute("CREATE TABLE typed (n integer, c varchar(4))")
+    with pytest.raises(ArchiveError, match="PostgreSQL refused the rows for typed, none written: "
+                                           "value too long for type character varying"):
+        archive.insert_rows("typed", [{"n": 1, "c": "abcd"}, {"n": 2, "c": "abcde"}])
+    archive.insert_rows("typed", [{"n": 2.0, "c": 12}])        # PostgreSQL casts them
+    assert _columns(index_db, "typed") == [("n", "integer"), ("c", "character varying")]
+    assert index_db.rows("SELECT n, c FROM typed") == [(2, "12")]
     assert not _has_table(index_db, "nul")
     assert _columns(index_db, "blobs") == [("b", "bytea")]
     assert index_db.rows("SELECT b FROM blobs") == [(b"\x00\x01",)]

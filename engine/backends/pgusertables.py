@@ -109,9 +109,9 @@ def _write(conn, table: str, rows: list[dict[str, Any]], columns: dict[str, str]
                 if have:
                     conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {want}')
                 continue
-            family = _FAMILY.get(have[low])
+            family = have[low] if have[low] in _WIDTH or have[low] == "bytea" else None
             if low not in kinds or family is None or family == want:
-                continue                  # no values, or a type of the user's: theirs to cast
+                continue     # no values, or a type of the user's own table: PostgreSQL casts
             wider = _wider(family, want)
             if wider == "":
                 raise ArchiveError(f"column {name} of {table} holds {_said(family)} and "
@@ -140,8 +140,15 @@ def _write(conn, table: str, rows: list[dict[str, Any]], columns: dict[str, str]
 def insert_rows(conn, table: str, rows: list[dict[str, Any]], columns: dict[str, str]) -> int:
     """Append the checked ``rows`` (``columns``: lower name -> name as first given) to
     ``table`` in one transaction, done again whole if the connection is lost."""
+    import psycopg
+
+    from .errors import describe
     kinds = _kinds(rows, columns)
-    conn.retrying(lambda: _write(conn, table, rows, columns, kinds))
+    try:
+        conn.retrying(lambda: _write(conn, table, rows, columns, kinds))
+    except psycopg.Error as exc:         # a value the user's own column types refuse, say
+        raise ArchiveError(f"{conn.shown}: PostgreSQL refused the rows for {table}, none "
+                           f"written: {describe(exc)}") from None
     return len(rows)
 
 

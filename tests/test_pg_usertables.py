@@ -158,14 +158,28 @@ def test_job_queries_read_user_tables(arc, tmp_path, capsys):
     job.write_text(textwrap.dedent(f"""\
         version: 1
         archive: {{data: {archive.data_dir}, database: "{index_db.arg}"}}
-        select:
-          query: {query}
-        action:
-          copy: {{destination: {tmp_path / "out"}}}
+        steps:
+          - name: copy
+            select:
+              query: {query}
+            action:
+              copy: {{destination: {tmp_path / "out"}}}
+          - name: table
+            action: {{dump: {{file: {tmp_path / "chosen.csv"}, table: chosen}}}}
+          - name: joined
+            select:
+              query: >-
+                select c.series as SeriesInst, c.by, s.Modality from chosen c
+                join DICOMSeries s on s.SeriesInst = c.series
+            action: {{dump: {{file: {tmp_path / "joined.csv"}}}}}
         """))
     assert main(["--validate", str(job)]) == 0, capsys.readouterr().err
     assert main([str(job)]) == 0, capsys.readouterr().err
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
+    assert (tmp_path / "chosen.csv").read_text().splitlines() == [
+        "series,by", f"{rt.rtplan_series_uid},dr who", "1.2.3,nobody"]
+    assert (tmp_path / "joined.csv").read_text().splitlines() == [
+        "SeriesInst,by,Modality", f"{rt.rtplan_series_uid},dr who,RTPLAN"]
     assert main(["query", "--data", str(archive.data_dir), "--database", index_db.arg,
                  "select by from chosen where series like '2.25.%'"]) == 0
     out = capsys.readouterr().out

@@ -121,10 +121,21 @@ def _ddl_type(entry) -> str:
     return "char(8)" if entry.sql_type == "SQL_C_DATE" else f"varchar({entry.length})"
 
 
+def _retried(conn: Any, work: Any) -> Any:
+    """``work()``; on PostgreSQL done again from its start when the connection is lost
+    (``PgConnection.retrying``: each of these is one transaction, or reads and one)."""
+    return conn.retrying(work) if db.is_postgres(conn) else work()
+
+
 def add_missing_columns(conn: sqlite3.Connection, schema: Any,
                         names: Iterable[str]) -> list[tuple[str, str]]:
     """``ALTER TABLE`` for each named layout column the database lacks; (table, column) of
     each named column, added or already there.  ArchiveError for a name not in the layout."""
+    names = list(names)
+    return _retried(conn, lambda: _add_missing_columns(conn, schema, names))
+
+
+def _add_missing_columns(conn: Any, schema: Any, names: list[str]) -> list[tuple[str, str]]:
     wanted = {n.lower(): n for n in names}
     found: list[tuple[str, str]] = []
     added = False
@@ -167,6 +178,11 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
                     columns: list[tuple[str, str]]) -> dict[str, Any]:
     """Read the values of ``columns`` ((table, column)) from the indexed files and write only
     them, in one transaction.  Upper levels take the first instance that has a value."""
+    return _retried(conn, lambda: _refresh_columns(conn, schema, data_dir, columns))
+
+
+def _refresh_columns(conn: Any, schema: Any, data_dir: Path,
+                     columns: list[tuple[str, str]]) -> dict[str, Any]:
     from .dicomread import ReadSpec, read_header
     from .errors import DicomFileError
     spec = ReadSpec.from_schema(schema)

@@ -239,3 +239,39 @@ def test_two_first_inserts_at_once_both_land(arc):
     assert errors == []
     assert index_db.rows("SELECT writer, only1, only2 FROM racey ORDER BY writer") == [
         (1, 1, None), (2, None, 2)]
+
+
+def test_a_lost_connection_is_made_again_and_the_work_done_once(arc, tmp_path):
+    """insert_rows, add_missing_columns and refresh_columns on PostgreSQL: the server ends the
+    session before each; a note, a new connection, the whole transaction done once."""
+    archive, index_db, _ = arc
+    if not index_db.on_postgres:
+        pytest.skip("a SQLite file has no connection to lose")
+    import psycopg
+
+    from conquest_run.backends.postgres import connect
+    from conquest_run.extracolumns import add_missing_columns, refresh_columns
+    from conquest_run.schema import default_dicom_sql_path, load_schema
+    layout = tmp_path / "dicom.sql"
+    link = '\t{ 0x0020, 0x000e, "SeriesInstanceUID", 64, SQL_C_CHAR, DT_UI }\n}'
+    layout.write_text(default_dicom_sql_path().read_text().replace(
+        link, '\t{ 0x0028, 0x0010, "PixRows", 5, SQL_C_CHAR, DT_UINT16 },\n' + link))
+    schema = load_schema(layout)
+    notes: list[str] = []
+    with closing(connect(index_db.arg, retry_delays=(0.05, 0.05))) as conn:
+        conn.report = notes.append
+
+        def lose() -> None:
+            with psycopg.connect(index_db.arg, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.raw.info.backend_pid,))
+        lose()
+        assert insert_rows(conn, "lost", [{"n": 1}, {"n": 2}], archive.schema) == 2
+        lose()
+        assert add_missing_columns(conn, schema, ["PixRows"]) == [("DICOMImages", "PixRows")]
+        lose()
+        result = refresh_columns(conn, schema, archive.data_dir, [("DICOMImages", "PixRows")])
+    assert len(notes) == 3 and all("was lost" in n and "reconnecting" in n for n in notes)
+    assert index_db.rows("SELECT n FROM lost ORDER BY n") == [(1,), (2,)]
+    images = index_db.rows("SELECT count(*) FROM DICOMImages")[0][0]
+    assert result["rows_updated"] == images
+    assert index_db.rows("SELECT count(*) FROM DICOMImages WHERE PixRows = '16'") == [(2,)]

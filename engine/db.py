@@ -198,7 +198,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA synchronous = FULL")     # a commit is on disk when it returns
     except sqlite3.OperationalError as exc:
         if path.is_file() and read_only_medium(path):
             raise ArchiveError(READ_ONLY_REFUSAL, file=str(path)) from None

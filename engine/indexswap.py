@@ -107,7 +107,7 @@ def _open_shadow(live: sqlite3.Connection, path: Path, schema: Schema) -> sqlite
 
 def _attach_live(conn: sqlite3.Connection, database: Path) -> None:
     conn.execute("ATTACH DATABASE ? AS live", (str(database.resolve()),))
-    conn.execute("PRAGMA live.synchronous = NORMAL")
+    conn.execute("PRAGMA live.synchronous = FULL")
 
 
 def _object_files(conn: sqlite3.Connection, schema_name: str, schema: Schema,

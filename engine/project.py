@@ -2,7 +2,7 @@
 
 Like dbt's ``dbt_project.yml``, it sits at the repository's root and holds the shared
 ``archive:`` and ``nodes:`` (``schemas/project.schema.json``).  ``find_project(job_path)`` looks
-for it in the job file's folder and its parents; ``load_project`` checks it (errors located
+for it in the job file's folder and its parents, up to the git repository's root; ``load_project`` checks it (errors located
 ``file:line:col``).  ``inherit`` gives a job's data what it leaves out: the project's archive
 keys and nodes (the job's own win).  With a project file every relative archive path, the
 project's and the job's, is from the project file's folder, so jobs run the same from any
@@ -57,15 +57,32 @@ def _validator():
 
 
 def find_project(start: str | os.PathLike) -> Path | None:
-    """The nearest ``conquest-run.yml`` in ``start`` (a job file's folder) or its parents."""
+    """The nearest ``conquest-run.yml`` in ``start`` (a job file's folder) or its parents.
+
+    The search stops, as git's does, at the root of the git repository the job is in (a
+    folder holding ``.git``) and where a parent is on another file system: a
+    ``conquest-run.yml`` above a job repository, or in ``/tmp`` above a stray job file
+    on another mount, is not that job's project file."""
     here = Path(start).absolute()
     if here.is_file() or not here.exists():
         here = here.parent
+    device = _device(here)
     for folder in (here, *here.parents):
+        if device is not None and _device(folder) not in (None, device):
+            return None
         candidate = folder / PROJECT_FILE
         if candidate.is_file():
             return candidate
+        if (folder / ".git").exists():
+            return None
     return None
+
+
+def _device(folder: Path) -> int | None:
+    try:
+        return folder.stat().st_dev
+    except OSError:
+        return None
 
 
 def load_project(path: str | os.PathLike) -> Project:

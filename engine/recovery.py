@@ -5,9 +5,9 @@ Python API's store methods) keeps an **intent journal**: a small file beside the
 ``.<database name>.intents-<PID>-<token>``.  Before a batch of files is renamed into ``data/``
 their paths (relative to the data directory, one a line) are appended to it in one write;
 once the batch's index rows are committed the journal is emptied (``ftruncate``), and it is
-removed when the writer closes.  The journal is never fsync'ed: it only has to survive the
-death of its process (the page cache does), and a rename it announces is only durable after the
-folder's fsync, which ext4 orders after the append.
+removed when the writer closes.  Each append is ``fdatasync``ed before the renames it
+announces, and the index commits with ``synchronous = FULL``: after a power loss as after a
+kill, a file renamed into ``data/`` has its rows or its intent.
 
 ``recover(conn, schema, data_dir, database)`` runs at the start of every command that writes the
 archive.  It takes over the journals of processes that are no longer alive (by renaming them, so
@@ -36,6 +36,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .durable import fsync_path
 from .errors import ArchiveError
 from .indexwalk import BadFile
 from .schema import Schema
@@ -116,9 +117,11 @@ class IntentJournal:
         data = "".join(f"{r}\n" for r in rels).encode("utf-8", "surrogateescape")
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fsync_path(self.path.parent)             # the journal's name outlives a power loss
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
+        os.fdatasync(self._fd)      # on disk before the renames it announces, as their commit
         self.open_intents += len(rels)
 
     def clear(self) -> None:

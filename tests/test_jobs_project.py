@@ -53,6 +53,24 @@ def test_jobs_inherit_and_override(repo: Path):
     assert own.archive.database == str(repo / "archive" / "conquest.db")
 
 
+
+def test_the_search_stops_at_the_git_repository_root(repo: Path):
+    """A conquest-run.yml above the git repository a job is in is not that job's project
+    file (git's own discovery stops there too); one inside the repository still is."""
+    inner = repo / "clone"
+    (inner / ".git").mkdir(parents=True)
+    (inner / "jobs").mkdir()
+    (inner / "jobs" / "send.yml").write_text(SEND)
+    assert find_project(inner / "jobs" / "send.yml") is None
+    with pytest.raises(JobError, match="'tps' is not declared under nodes"):
+        load_job(inner / "jobs" / "send.yml")
+    (inner / "conquest-run.yml").write_text(PROJECT)
+    assert find_project(inner / "jobs" / "send.yml") == inner / "conquest-run.yml"
+    (inner / ".git").rmdir()
+    (inner / ".git").write_text("gitdir: ../elsewhere\n")     # a worktree's .git file
+    (inner / "conquest-run.yml").unlink()
+    assert find_project(inner / "jobs" / "send.yml") is None
+
 def test_output_paths_are_from_the_project_folder_too(repo: Path, tmp_path: Path, monkeypatch):
     """A copy job of a repository exports beside the project wherever it is run from; an
     absolute destination and a job without a project are left alone."""

@@ -9,6 +9,7 @@ import os
 import sys
 
 from ..errors import ConquestRunError
+from .shown import shown as _shown
 
 
 def given_vars(args) -> dict:
@@ -28,14 +29,6 @@ def unknown_vars(given: dict, declared: set[str]) -> int:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     return 0
-
-
-def _shown(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
 
 
 def paths_note(job) -> str:

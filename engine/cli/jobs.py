@@ -23,6 +23,7 @@ from typing import Any
 from . import add_archive_flags
 from ..errors import ConquestRunError
 from .jobinputs import given_vars, paths_note, unknown_vars
+from .shown import shown as _shown, shown_database as _shown_database
 
 
 def register(name: str | None, parser: argparse.ArgumentParser) -> None:
@@ -84,23 +85,6 @@ def _console(stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 160
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
-
-
-def _shown(path: str) -> str:
-    """A path as short as it is clear: relative to the current directory when below it."""
-    import os
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
-def _shown_database(database: str) -> str:
-    """A SQLite path as ``_shown``; a PostgreSQL URL with any password masked."""
-    from ..db import index_label
-    from ..backends import is_postgres_url
-    return index_label(database) if is_postgres_url(database) else _shown(database)
 
 
 def _size(n: int) -> str:

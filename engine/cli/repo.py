@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConquestRunError
+from .shown import shown as _shown, shown_database as _shown_index
 
 
 def register(name: str, parser: argparse.ArgumentParser) -> None:
@@ -100,19 +101,6 @@ def _entry(path: Path) -> dict[str, Any]:
             "destructive": any(s.action == "delete" for s in job.steps),
             "vars": {n: {"type": s.type, "description": s.description,
                          "required": s.required} for n, s in job.var_specs.items()}}
-
-
-def _shown_index(database) -> str:
-    """The database as ``_shown`` says a path; a PostgreSQL URL with its password masked."""
-    from ..backends import is_postgres_url
-    from ..db import index_label
-    return index_label(database) if is_postgres_url(database) else _shown(Path(database))
-
-
-def _shown(path: Path) -> str:
-    import os
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
 
 
 def _list(args) -> int:

@@ -121,10 +121,21 @@ def _ddl_type(entry) -> str:
     return "char(8)" if entry.sql_type == "SQL_C_DATE" else f"varchar({entry.length})"
 
 
+def _retried(conn: Any, work: Any) -> Any:
+    """``work()``; on PostgreSQL done again from its start when the connection is lost
+    (``PgConnection.retrying``: each of these is one transaction, or reads and one)."""
+    return conn.retrying(work) if db.is_postgres(conn) else work()
+
+
 def add_missing_columns(conn: sqlite3.Connection, schema: Any,
                         names: Iterable[str]) -> list[tuple[str, str]]:
     """``ALTER TABLE`` for each named layout column the database lacks; (table, column) of
     each named column, added or already there.  ArchiveError for a name not in the layout."""
+    names = list(names)
+    return _retried(conn, lambda: _add_missing_columns(conn, schema, names))
+
+
+def _add_missing_columns(conn: Any, schema: Any, names: list[str]) -> list[tuple[str, str]]:
     wanted = {n.lower(): n for n in names}
     found: list[tuple[str, str]] = []
     added = False
@@ -148,10 +159,14 @@ def add_missing_columns(conn: sqlite3.Connection, schema: Any,
             raise ArchiveError(f"{', '.join(sorted(wanted.values()))}: not a column of "
                                f"{schema.source} (add it there, or with Archive.add_column)")
         if added:              # the views list the columns: made again to show the new ones
-            conn.execute("DROP VIEW IF EXISTS v_series")
-            conn.execute("DROP VIEW IF EXISTS v_seriesRT")
-            for stmt in schema.views_ddl():
-                conn.execute(stmt)
+            if db.is_postgres(conn):
+                from .backends.pgschema import remake_views
+                remake_views(conn, schema)
+            else:
+                conn.execute("DROP VIEW IF EXISTS v_series")
+                conn.execute("DROP VIEW IF EXISTS v_seriesRT")
+                for stmt in schema.views_ddl():
+                    conn.execute(stmt)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)          # never hides the error (a full disk) behind its own
@@ -163,6 +178,11 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
                     columns: list[tuple[str, str]]) -> dict[str, Any]:
     """Read the values of ``columns`` ((table, column)) from the indexed files and write only
     them, in one transaction.  Upper levels take the first instance that has a value."""
+    return _retried(conn, lambda: _refresh_columns(conn, schema, data_dir, columns))
+
+
+def _refresh_columns(conn: Any, schema: Any, data_dir: Path,
+                     columns: list[tuple[str, str]]) -> dict[str, Any]:
     from .dicomread import ReadSpec, read_header
     from .errors import DicomFileError
     spec = ReadSpec.from_schema(schema)
@@ -205,11 +225,10 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
     try:
         for n, _, table, column in where:
             key = schema.tables[table].key
-            for k, value in values[(table, column)].items():
-                if k is None:
-                    continue
-                updated += conn.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE "{key}" = ?',
-                                        (value, k)).rowcount
+            pairs = [(value, k) for k, value in values[(table, column)].items() if k is not None]
+            if pairs:               # one executemany (pipelined on PostgreSQL)
+                updated += conn.executemany(f'UPDATE "{table}" SET "{column}" = ? WHERE '
+                                            f'"{key}" = ?', pairs).rowcount
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)          # never hides the error (a full disk) behind its own
@@ -221,10 +240,9 @@ def refresh_columns(conn: sqlite3.Connection, schema: Any, data_dir: Path,
 def extend_database(archive: Any, names: Iterable[str]) -> dict[str, Any]:
     """``rebuild --refresh --columns NAME``: the named layout columns added to the database
     where missing, and only their values read from the files."""
-    from . import db
-    if not Path(archive.database).is_file():
+    if not db.index_exists(archive.database, archive.schema):
         raise ArchiveError("database not found (index the archive first: conquest-run rebuild)",
-                           file=str(archive.database))
+                           file=db.index_label(archive.database))
     conn = db.connect(archive.database)
     try:
         columns = add_missing_columns(conn, archive.schema, names)

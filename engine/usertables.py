@@ -5,9 +5,11 @@ first insert with a column per key (typed from the first value: INTEGER, REAL, T
 later keys added with ``ALTER TABLE ADD COLUMN``, all rows in one transaction.  Conquest's
 tables (the layout's, ``UIDMODS``, and the usual others of a Conquest server), conquest-run's
 own (``RTExtras``, ``ConquestRun*``), SQLite's and the views are refused as targets.  Table and
-column names must be plain identifiers (letters, digits, ``_``; at most 64) and are quoted in
+column names must be plain identifiers (letters, digits, ``_``; at most 63) and are quoted in
 the statements; values are always parameters.  :func:`user_tables` lists such tables with their
-columns, which the SQL check of jobs learns (:func:`with_user_tables`, :func:`schema_of`).
+columns, which the SQL check of jobs learns (:func:`with_user_tables`, :func:`schema_of`).  On a
+PostgreSQL index the same, through ``backends/pgusertables.py`` (typed columns, widened as
+values need; the tables of the connection's current schema).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import ArchiveError
-from .db import rollback_quietly
+from .db import is_postgres, rollback_quietly
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")   # PostgreSQL keeps 63
 # Tables a Conquest server or conquest-run owns, whatever the dicom.sql (lower case)
 RESERVED_TABLES = frozenset(t.lower() for t in (
     "DICOMPatients", "DICOMStudies", "DICOMSeries", "DICOMImages", "DICOMWorkList",
     "DICOMAccessUpdates", "UIDMODS", "RTExtras", "v_series", "v_seriesRT"))
-_RESERVED_PREFIXES = ("conquestrun", "sqlite_")
+_RESERVED_PREFIXES = ("conquestrun", "sqlite_", "pg_")
 
 
 def _reserved(name: str, schema: Any = None) -> bool:
@@ -43,13 +47,17 @@ def name_problem(name: Any, what: str = "table") -> str | None:
     """Why ``name`` cannot name a user table (or column), or None."""
     if not isinstance(name, str) or not _IDENT.match(name):
         return (f"{what} name {name!r} must start with a letter or '_' and hold only letters, "
-                "digits and '_' (at most 64)")
+                "digits and '_' (at most 63)")
     return None
 
 
 def user_tables(conn: sqlite3.Connection, schema: Any = None) -> dict[str, dict[str, str]]:
     """{table: {column: type}} of the tables in the database that are neither Conquest's nor
     conquest-run's: what ``insert_rows`` and ``load-csv`` made, or the user's own."""
+    if is_postgres(conn):
+        from .backends.pgusertables import user_tables as pg_user_tables
+        return pg_user_tables(conn, lambda name: not _reserved(name, schema)
+                              and bool(_IDENT.match(name)))
     out: dict[str, dict[str, str]] = {}
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
         if _reserved(name, schema) or not _IDENT.match(name):
@@ -116,6 +124,9 @@ def insert_rows(conn: sqlite3.Connection, table: str, rows: Iterable[dict[str, A
             except TypeError as exc:
                 raise ArchiveError(f"row {n}: the value of {key} is a {exc}; give text, a "
                                    "number, bytes, a date or None") from None
+            if isinstance(values[key], int) and not _INT64[0] <= values[key] <= _INT64[1]:
+                raise ArchiveError(f"row {n}: the value of {key} is an integer beyond 64 bits, "
+                                   "which the database cannot hold; give it as text")
             low = key.lower()
             if low in lowered:
                 raise ArchiveError(f"row {n}: column {key} is given twice (names ignore case)")
@@ -126,6 +137,9 @@ def insert_rows(conn: sqlite3.Connection, table: str, rows: Iterable[dict[str, A
         checked.append(values)
     if not checked:
         return 0
+    if is_postgres(conn):
+        from .backends.pgusertables import insert_rows as pg_insert_rows
+        return pg_insert_rows(conn, table, checked, columns)
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ? "
                     "COLLATE NOCASE", (table,)).fetchone():
         raise ArchiveError(f"{table} is a view, not a table")
@@ -225,16 +239,18 @@ def with_user_tables(schema, database) -> Any:
     """``schema`` plus the user tables of ``database`` (when it exists), so that job queries
     may read what ``Archive.insert_rows`` or ``conquest-run load-csv`` put there (re-exported
     by ``sqlcheck``)."""
+    from .backends import is_postgres_url
+    from .backends.errors import database_errors
     from .db import connect_reader
-    if database is None or not Path(database).is_file():
+    if database is None or not (is_postgres_url(database) or Path(database).is_file()):
         return schema
     try:
-        conn = connect_reader(database)
+        conn = connect_reader(database)         # on PostgreSQL a READ ONLY session
     except Exception:               # unreadable here: the run itself says why, later
         return schema
     try:
         extra = user_tables(conn, schema)
-    except sqlite3.Error:
+    except database_errors():
         return schema
     finally:
         conn.close()

@@ -7,7 +7,7 @@ takes SQLite's ``name:1``)."""
 
 from __future__ import annotations
 
-__all__ = ["ensure_schema", "pg_ddl", "column_widths", "MERGE_FUNCTION"]
+__all__ = ["ensure_schema", "pg_ddl", "column_widths", "remake_views", "MERGE_FUNCTION"]
 
 from ..errors import ArchiveError
 from ..schema import EXTRAS_COLUMNS, EXTRAS_TABLE, Schema
@@ -76,6 +76,14 @@ def _views_ddl(schema: Schema) -> list[str]:
     ]
 
 
+def remake_views(conn, schema: Schema) -> None:
+    """The two views dropped and made again from ``schema`` (a column was added), inside the
+    caller's transaction."""
+    conn.execute("DROP VIEW IF EXISTS v_seriesRT, v_series")
+    for stmt in _views_ddl(schema):
+        conn.execute(stmt)
+
+
 def pg_ddl(schema: Schema) -> list[str]:
     """Every statement of a new PostgreSQL index, in order."""
     return schema.conquest_ddl() + [_extras_ddl(), _MERGE_SQL] + _views_ddl(schema)
@@ -112,7 +120,9 @@ def ensure_schema(conn, schema: Schema) -> None:
                 missing = [c for c in table.column_names() if c.lower() not in cols]
                 if missing:
                     raise ArchiveError(f"{conn.shown}: table {table.name.lower()} lacks the "
-                                       f"columns {', '.join(missing)} of {schema.source}; the "
+                                       f"columns {', '.join(missing)} of {schema.source}; if "
+                                       "you added them there, run conquest-run rebuild "
+                                       f"--refresh --columns {','.join(missing)}; otherwise the "
                                        "database was made from another dicom.sql")
         conn.execute(_extras_ddl())
         extras = have.get(EXTRAS_TABLE.lower(), set())
@@ -124,9 +134,7 @@ def ensure_schema(conn, schema: Schema) -> None:
                 added = True
         conn.execute(_MERGE_SQL)
         if added or "v_series" not in have or "v_seriesrt" not in have:
-            conn.execute("DROP VIEW IF EXISTS v_seriesRT, v_series")
-            for stmt in _views_ddl(schema):
-                conn.execute(stmt)
+            remake_views(conn, schema)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -214,6 +214,8 @@ def _dry_run(args: argparse.Namespace, archive: Archive, mode: str | None) -> in
 
 def run(name: str, args: argparse.Namespace) -> int:
     from ..backends import is_postgres_url
+    if name == "rebuild" and args.columns:        # either backend (extracolumns.py)
+        return _refresh_columns(_archive(args), args)
     if is_postgres_url(args.database):
         from .pgarchive import run as run_on_postgres
         return run_on_postgres(name, args)
@@ -223,8 +225,6 @@ def run(name: str, args: argparse.Namespace) -> int:
         if args.workers < 1:
             print("conquest-run rebuild: --workers must be at least 1", file=sys.stderr)
             return 2
-        if args.columns:
-            return _refresh_columns(archive, args)
         if args.dry_run:
             return _dry_run(args, archive, mode)
         from ..commandlog import recorded_command

@@ -147,9 +147,10 @@ def _query(archive: Archive, url: str, args: argparse.Namespace) -> int:
     import sqlglot
     from sqlglot import exp
 
-    from ..sqlcheck import check_query
+    from ..sqlcheck import check_query, with_user_tables
     from .archive import _print_table
-    checked = check_query(args.sql, archive.schema, file="SQL", require_column=False)
+    checked = check_query(args.sql, with_user_tables(archive.schema, url), file="SQL",
+                          require_column=False)         # + the user tables there
     tree = sqlglot.parse_one(checked.sql, read="sqlite")
     written = list(tree.named_selects) if not any(
         isinstance(e, exp.Star) or isinstance(getattr(e, "this", None), exp.Star)

@@ -6,7 +6,8 @@
 Appends the CSV's rows (a header line names the columns) to the user table ``T`` of the
 archive's database, created on first use, in one transaction (``usertables.insert_rows``).
 Cells written as integers or decimals (no leading zeros) are stored as numbers, empty cells as
-NULL; ``--as-text`` keeps every cell as text.  Job queries can then read ``T``.
+NULL; ``--as-text`` keeps every cell as text.  Job queries can then read ``T``.  Both work on a
+PostgreSQL index (``--database postgresql://...``; ``backends/pgusertables.py``).
 """
 
 from __future__ import annotations
